@@ -1,0 +1,95 @@
+# dnsfwd: plain DNS in front, DNS over TLS behind.
+# `make run` builds and runs it; `make check` installs what is missing,
+# builds every variant and runs every test.
+
+PREFIX ?=	/usr/local
+DESTDIR ?=
+CC ?=		cc
+CFLAGS ?=	-O2 -g
+WARN =		-Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+		-Wmissing-prototypes -Wmissing-declarations -Wpointer-arith \
+		-Wsign-compare -Wformat=2
+HARDEN =	-fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
+ALL_CFLAGS =	-std=gnu11 -D_GNU_SOURCE $(WARN) $(HARDEN) $(CFLAGS)
+LDHARDEN =	-pie -Wl,-z,relro,-z,now
+LIBS =		-lev -lmbedtls -lmbedx509 -lmbedcrypto
+SAN =		-fsanitize=address,undefined -fno-omit-frame-pointer \
+		-fno-sanitize-recover=undefined
+PY =		/usr/bin/python3
+
+SRCS =		dnsfwd.c mux.c tls.c dns.c log.c
+HDRS =		dnsfwd.h
+# mbedTLS 3.6 from Debian 13, unpacked here by tests/mbedtls3.sh.
+M3 =		build/mbedtls3
+M3LIB =		$(M3)/usr/lib/$(shell $(CC) -print-multiarch)
+
+DEBS =		build-essential libev-dev libmbedtls-dev ca-certificates \
+		unbound python3-dnspython knot-dnsutils openssl mandoc
+
+RUN_ARGS =	--bind-udp 127.0.0.1:5353 --bind-tcp 127.0.0.1:5353 \
+		--connect-tls 9.9.9.9\#dns.quad9.net \
+		--connect-tls 1.1.1.1\#cloudflare-dns.com
+
+all: dnsfwd
+
+dnsfwd: $(SRCS) $(HDRS)
+	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ $(SRCS) $(LIBS)
+
+dnsfwd-asan: $(SRCS) $(HDRS)
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -o $@ $(SRCS) $(LIBS)
+
+$(M3)/.done: tests/mbedtls3.sh
+	bash tests/mbedtls3.sh $(M3) >/dev/null
+	touch $@
+
+# --disable-new-dtags: RPATH, not RUNPATH, so the libraries' own
+# dependencies are found in the same private directory.
+dnsfwd-mbedtls3: $(SRCS) $(HDRS) $(M3)/.done
+	$(CC) $(ALL_CFLAGS) -I$(M3)/usr/include $(LDHARDEN) -o $@ $(SRCS) \
+	    -L$(M3LIB) -Wl,--disable-new-dtags -Wl,-rpath,$(abspath $(M3LIB)) \
+	    $(LIBS)
+
+tests/test_dns: tests/test_dns.c dns.c $(HDRS)
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_dns.c dns.c
+
+tests/test_mux: tests/test_mux.c $(SRCS) $(HDRS)
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_mux.c dns.c \
+	    log.c tls.c $(LIBS)
+
+deps:
+	@missing=$$(for p in $(DEBS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	    grep -q 'install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		    apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+		echo "missing packages; run: sudo apt-get install" $$missing; \
+		exit 1; \
+	fi
+
+UNIT =		tests/test_dns tests/test_mux
+VARIANTS =	dnsfwd dnsfwd-asan dnsfwd-mbedtls3
+
+check: deps
+	$(MAKE) $(UNIT) $(VARIANTS)
+	mandoc -Tlint -W warning dnsfwd.8
+	$(PY) tests/runall.py $(UNIT) -- $(VARIANTS)
+
+run: deps dnsfwd
+	./dnsfwd $(RUN_ARGS)
+
+lint:
+	mandoc -Tlint -W warning dnsfwd.8
+
+install: dnsfwd
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 755 dnsfwd $(DESTDIR)$(PREFIX)/sbin/dnsfwd
+	install -m 644 dnsfwd.8 $(DESTDIR)$(PREFIX)/share/man/man8/dnsfwd.8
+
+clean:
+	rm -f $(VARIANTS) $(UNIT)
+
+.PHONY: all check deps run lint install clean

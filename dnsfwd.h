@@ -1,0 +1,224 @@
+/*
+ * dnsfwd: plain DNS in front, a small pool of DNS-over-TLS connections behind.
+ *
+ * Every tunable that is not a command line option is a #define here, with
+ * the reason for its value.  Shared types and the prototypes of each module
+ * follow, grouped by the file that defines them.
+ */
+#ifndef DNSFWD_H
+#define DNSFWD_H
+
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DNSFWD_VERSION	"0.1.0"
+
+#define DNS_HDRLEN	12
+#define DNS_MAXMSG	65535
+/* Largest client query we forward: the EDNS payload size of DNS Flag Day 2020. */
+#define QUERY_MAX	1232
+/* Payload size we advertise in OPT records we write ourselves. */
+#define EDNS_PAYLOAD	1232
+/* Datagrams handled per recvmmsg/sendmmsg call. */
+#define UDP_BATCH	32
+/* Client TCP connections served at once; accept stops beyond this. */
+#define TCP_CLIENTS_MAX	256
+/* Queries one TCP client may have pipelined before we stop reading it. */
+#define TCP_CLIENT_PIPELINE 64
+/* Replies queued for a TCP client that does not read; beyond it, close. */
+#define TCP_CLIENT_OUTMAX (256 * 1024)
+/* Idle seconds before a client TCP connection is closed (RFC 7766 6.2.3). */
+#define TCP_CLIENT_IDLE	10
+/* Listening sockets of each transport. */
+#define LISTEN_MAX	8
+/* Upstreams and SPKI pins per upstream. */
+#define UPSTREAMS_MAX	8
+#define PINS_MAX	8
+/* Failed dials back off from this, doubling, up to the maximum. */
+#define BACKOFF_MIN_MS	250
+#define BACKOFF_MAX_MS	30000
+/* Minimum seconds between two copies of one rate-limited warning. */
+#define LOG_RATELIMIT_S	5
+
+/* Extended DNS Error codes (RFC 8914) we put in our own SERVFAILs. */
+#define EDE_NO_REACHABLE_AUTHORITY 22
+#define EDE_NETWORK_ERROR	23
+
+#define DNS_TYPE_OPT	41
+#define DNS_OPT_EDE	15
+
+/* What dns_parse_query learnt about a well-formed query. */
+struct dns_qinfo {
+	size_t		qi_qend;	/* offset just past the question */
+	uint16_t	qi_qtype;
+	uint16_t	qi_qclass;
+	uint16_t	qi_udpsize;	/* client's EDNS payload size, 0 without OPT */
+	uint8_t		qi_has_opt;
+	uint8_t		qi_do;		/* DNSSEC OK bit of the OPT record */
+};
+
+/* Process-wide counters, reported on SIGUSR1. */
+struct stats {
+	uint64_t	st_queries;	/* well-formed client queries */
+	uint64_t	st_answers;	/* upstream answers delivered */
+	uint64_t	st_servfails;	/* SERVFAILs we made ourselves */
+	uint64_t	st_drops;	/* malformed client input dropped */
+	uint64_t	st_bad_replies;	/* upstream replies that matched nothing */
+	uint64_t	st_reconnects;	/* upstream connections opened */
+	uint64_t	st_overload;	/* queries refused: pending table full */
+};
+extern struct stats stats;
+
+/*
+ * Who asked a query, by value: the reply path looks a TCP client up by
+ * slot and generation, so a client that went away only loses its answer.
+ */
+enum client_kind { CLIENT_UDP, CLIENT_TCP };
+union sockaddr_any {
+	struct sockaddr		sa;
+	struct sockaddr_in	sin;
+	struct sockaddr_in6	sin6;
+};
+struct client_ref {
+	uint8_t		cr_kind;
+	uint16_t	cr_listener;	/* UDP: index of the listening socket */
+	uint32_t	cr_slot;	/* TCP: client slot */
+	uint32_t	cr_gen;		/* TCP: generation of that slot */
+	union sockaddr_any cr_addr;	/* UDP: where the query came from */
+	socklen_t	cr_addrlen;
+};
+
+enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+
+/* Results of non-blocking I/O steps (tls.c and the plain TCP path). */
+#define IO_ERR		(-1)
+#define IO_WANT_READ	(-2)
+#define IO_WANT_WRITE	(-3)
+
+/* One --connect-tls or --connect-tcp. */
+struct upstream_cfg {
+	union sockaddr_any uc_addr;
+	socklen_t	uc_addrlen;
+	int		uc_tls;
+	char		*uc_name;	/* auth name and SNI; NULL: pins only */
+	uint8_t		uc_pins[PINS_MAX][32];
+	int		uc_npins;
+};
+
+/* The command line, parsed; read-only once the loop runs. */
+struct config {
+	union sockaddr_any cf_udp[LISTEN_MAX];
+	int		cf_nudp;
+	union sockaddr_any cf_tcp[LISTEN_MAX];
+	int		cf_ntcp;
+	struct upstream_cfg cf_up[UPSTREAMS_MAX];
+	int		cf_nup;
+	const char	*cf_ca_file;
+	int		cf_connections;
+	int		cf_max_inflight;
+	int		cf_timeout_ms;
+	int		cf_idle_timeout_s;
+	enum log_level	cf_log_level;
+};
+
+/* dnsfwd.c */
+/*
+ * Hands a finished answer (already carrying the client's ID) to the
+ * client that asked; msg may be modified.  Called exactly once for every
+ * query given to mux_query.
+ */
+void	client_deliver(const struct client_ref *, uint8_t *, size_t,
+	    const struct dns_qinfo *);
+
+/* mux.c */
+struct ev_loop;
+void	mux_init(struct ev_loop *, const struct config *);
+void	mux_query(const struct client_ref *, const uint8_t *, size_t,
+	    const struct dns_qinfo *);
+void	mux_shutdown(void);
+int	mux_inflight(void);
+
+/* tls.c */
+struct tls_upstream;
+struct tls_conn;
+void	tls_init(void);
+int	tls_load_ca(const char *);
+void	tls_shutdown(void);
+const char *tls_strerror(int);
+void	tls_random(void *, size_t);
+struct tls_upstream *tls_upstream_new(const char *, const uint8_t (*)[32],
+	    int);
+void	tls_upstream_free(struct tls_upstream *);
+void	tls_upstream_forget(struct tls_upstream *);
+struct tls_conn *tls_conn_new(struct tls_upstream *, int);
+void	tls_conn_free(struct tls_conn *, int);
+int	tls_handshake(struct tls_conn *, char *, size_t);
+const char *tls_version(struct tls_conn *);
+int	tls_read(struct tls_conn *, uint8_t *, size_t);
+int	tls_write(struct tls_conn *, const uint8_t *, size_t);
+
+/* log.c */
+void	log_init(enum log_level);
+int	log_level_parse(const char *, enum log_level *);
+extern enum log_level log_verbosity;
+void	log_warn(const char *, ...) __attribute__((__format__(printf, 1, 2)));
+void	log_warnx(const char *, ...) __attribute__((__format__(printf, 1, 2)));
+void	log_info(const char *, ...) __attribute__((__format__(printf, 1, 2)));
+void	log_debug(const char *, ...) __attribute__((__format__(printf, 1, 2)));
+void	log_error(const char *, ...) __attribute__((__format__(printf, 1, 2)));
+/* Warn at most once per LOG_RATELIMIT_S per call site (pass a static). */
+void	log_ratelimited(int64_t *, const char *, ...)
+	    __attribute__((__format__(printf, 2, 3)));
+__attribute__((__noreturn__)) void fatal(int, const char *, ...)
+	    __attribute__((__format__(printf, 2, 3)));
+__attribute__((__noreturn__)) void fatalx(int, const char *, ...)
+	    __attribute__((__format__(printf, 2, 3)));
+int64_t	now_ms(void);
+const char *addr_str(const struct sockaddr *, char *, size_t);
+
+/* Exit codes, as listed in dnsfwd.8 EXIT STATUS. */
+#define EXIT_SETUP	1	/* bind failed, CA file unreadable, ... */
+#define EXIT_USAGE	2	/* bad command line */
+
+/* dns.c */
+/*
+ * Returns 0 and fills qi when msg is a query we may forward: a header,
+ * QR=0, opcode QUERY, exactly one question with a well-formed uncompressed
+ * name, and a parsable additional section (OPT found there).  -1 otherwise.
+ */
+int	dns_parse_query(const uint8_t *, size_t, struct dns_qinfo *);
+/*
+ * Returns 1 when the reply (rlen bytes) is a response whose question
+ * equals the query's: name compared case-insensitively, type and class.
+ */
+int	dns_reply_matches(const uint8_t *reply, size_t rlen,
+	    const uint8_t *query, size_t qend);
+/*
+ * Writes into out (capacity cap) a header-and-question-only copy of reply
+ * with TC=1, plus an OPT record when add_opt; returns its length or 0.
+ */
+size_t	dns_truncate(uint8_t *out, size_t cap, const uint8_t *reply,
+	    size_t rlen, int add_opt);
+/*
+ * Writes a SERVFAIL answering query (question ends at qend) into out:
+ * the query's ID, RD and question; with an OPT carrying an Extended DNS
+ * Error (code, text) when the query had OPT.  Returns the length or 0.
+ */
+size_t	dns_servfail(uint8_t *out, size_t cap, const uint8_t *query,
+	    const struct dns_qinfo *qi, uint16_t ede, const char *text);
+static inline uint16_t
+dns_get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+static inline void
+dns_put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+#endif /* DNSFWD_H */

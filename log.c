@@ -1,0 +1,158 @@
+/*
+ * Logging to stderr, one line per event.  Under systemd (JOURNAL_STREAM
+ * set) each line starts with its syslog priority, <3> to <7>, so journald
+ * files it correctly.  Writes never go to a socket that may need our own
+ * DNS, so they cannot deadlock the daemon.
+ */
+#include <sys/socket.h>
+#include <arpa/inet.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dnsfwd.h"
+
+enum log_level	log_verbosity = LOG_LVL_INFO;
+static int	log_journal;
+
+static void	vlog(enum log_level, int, const char *, va_list)
+		    __attribute__((__format__(printf, 3, 0)));
+
+static const struct {
+	const char	*name;
+	int		 syslog_pri;
+} levels[] = {
+	[LOG_LVL_ERROR] = { "error", 3 },
+	[LOG_LVL_WARN] = { "warn", 4 },
+	[LOG_LVL_INFO] = { "info", 6 },
+	[LOG_LVL_DEBUG] = { "debug", 7 },
+};
+
+void
+log_init(enum log_level lvl)
+{
+	log_verbosity = lvl;
+	log_journal = getenv("JOURNAL_STREAM") != NULL;
+	setvbuf(stderr, NULL, _IOLBF, 0);
+}
+
+int
+log_level_parse(const char *s, enum log_level *lvl)
+{
+	size_t	 i;
+
+	for (i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+		if (strcmp(s, levels[i].name) == 0) {
+			*lvl = (enum log_level)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static void
+vlog(enum log_level lvl, int errnum, const char *fmt, va_list ap)
+{
+	char	 msg[1024];
+
+	if (lvl > log_verbosity)
+		return;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (log_journal)
+		fprintf(stderr, "<%d>", levels[lvl].syslog_pri);
+	else
+		fprintf(stderr, "%s: ", levels[lvl].name);
+	if (errnum)
+		fprintf(stderr, "%s: %s\n", msg, strerror(errnum));
+	else
+		fprintf(stderr, "%s\n", msg);
+}
+
+#define LOGFN(fn, lvl, err)				\
+void							\
+fn(const char *fmt, ...)				\
+{							\
+	int	 saved = errno;				\
+	va_list	 ap;					\
+							\
+	va_start(ap, fmt);				\
+	vlog(lvl, err ? saved : 0, fmt, ap);		\
+	va_end(ap);					\
+	errno = saved;					\
+}
+
+LOGFN(log_warn, LOG_LVL_WARN, 1)
+LOGFN(log_warnx, LOG_LVL_WARN, 0)
+LOGFN(log_info, LOG_LVL_INFO, 0)
+LOGFN(log_debug, LOG_LVL_DEBUG, 0)
+LOGFN(log_error, LOG_LVL_ERROR, 0)
+
+void
+log_ratelimited(int64_t *last, const char *fmt, ...)
+{
+	int64_t	 now = now_ms();
+	va_list	 ap;
+
+	if (*last != 0 && now - *last < LOG_RATELIMIT_S * 1000)
+		return;
+	*last = now;
+	va_start(ap, fmt);
+	vlog(LOG_LVL_WARN, 0, fmt, ap);
+	va_end(ap);
+}
+
+void
+fatal(int code, const char *fmt, ...)
+{
+	int	 saved = errno;
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	vlog(LOG_LVL_ERROR, saved, fmt, ap);
+	va_end(ap);
+	exit(code);
+}
+
+void
+fatalx(int code, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	vlog(LOG_LVL_ERROR, 0, fmt, ap);
+	va_end(ap);
+	exit(code);
+}
+
+int64_t
+now_ms(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* "1.2.3.4:53" or "[::1]:53" into buf. */
+const char *
+addr_str(const struct sockaddr *sa, char *buf, size_t len)
+{
+	char	 host[INET6_ADDRSTRLEN];
+
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const void *)sa;
+
+		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(s6->sin6_port));
+	} else {
+		const struct sockaddr_in *s4 = (const void *)sa;
+
+		inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(s4->sin_port));
+	}
+	return buf;
+}

@@ -1,0 +1,477 @@
+"""fakeup: a programmable fake DNS-over-TLS / DNS-over-TCP upstream for tests.
+
+    fu = FakeUpstream(certfile, keyfile)      # or FakeUpstream(tls=False)
+    fu.start(); port = fu.port
+    fu.set(mode="reorder", n=10)              # behaviour, changeable any time
+    fu.set(delay_ms=300)
+    ... fu.queries, fu.conns, fu.resumed, fu.stats() ...
+    fu.stop()
+
+It listens on 127.0.0.1 (or host="::1"), reads 2-byte-length-framed queries (pipelined) and
+answers them per the current behaviour.  One thread accepts; each connection
+has one thread that owns its socket (reads, and writes replies whose time
+has come), so no socket is used from two threads.
+
+Answers in "normal" mode: names starting with "big." get a TXT RRset of
+about 2100 bytes; names starting with "nx." get NXDOMAIN; qtype A gets
+A 192.0.2.1; anything else NOERROR/NODATA.  Replies echo the query's ID.
+
+Modes (set(mode=...)); "budget" (set(budget=K)) makes a special mode apply
+K times and then revert to "normal" (None: for ever):
+  normal       answer as above (after delay_ms)
+  silent       read queries, never answer
+  reorder      hold replies on a connection until n are pending, then send
+               them in reverse order (one budget unit per batch)
+  close_after  on a connection's n-th query, close it, answering none of
+               its queries (one unit per close)
+  close_mid    answer with the first half of the frame, then close
+  wrong_id     reply with the ID plus one and A 198.51.100.66
+  wrong_qname  reply for "wrong.invalid." with A 198.51.100.66
+  qr0          the right reply with A 198.51.100.66 but QR=0
+  garbage      send a 7-byte frame of non-DNS bytes instead of the reply
+  dup          send the correct reply twice
+  stall        accept TCP but never do the TLS handshake (one unit per
+               connection; holds the socket open until stop/close_all)
+  refuse       not a mode: use refuse()/unrefuse() to stop/start listening.
+Wrong answers always carry 198.51.100.66 (BAD_ADDR) so tests can spot them.
+"""
+
+import heapq
+import itertools
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+GOOD_ADDR = "192.0.2.1"
+BAD_ADDR = "198.51.100.66"
+MODES = {"normal", "silent", "reorder", "close_after", "close_mid",
+         "wrong_id", "wrong_qname", "qr0", "garbage", "dup", "stall"}
+
+
+def big_txt_strings():
+    """The TXT strings of a big.* answer: 10 x 200 bytes, about 2100 on the wire."""
+    return ["%02d" % i + chr(ord("a") + i) * 198 for i in range(10)]
+
+
+def make_answer(q, bad=False):
+    """The dns.message reply fakeup gives to query q (bad: BAD_ADDR)."""
+    r = dns.message.make_response(q)
+    if not q.question:
+        return r
+    qn = q.question[0].name
+    first = qn.labels[0].lower() if len(qn.labels) > 1 else b""
+    qt = q.question[0].rdtype
+    if bad:
+        r.answer.append(dns.rrset.from_text(qn, 60, "IN", "A", BAD_ADDR))
+    elif first == b"big":
+        r.answer.append(dns.rrset.from_text_list(
+            qn, 60, "IN", "TXT", ['"%s"' % s for s in big_txt_strings()]))
+    elif first == b"nx":
+        r.set_rcode(dns.rcode.NXDOMAIN)
+    elif qt == dns.rdatatype.A:
+        r.answer.append(dns.rrset.from_text(qn, 60, "IN", "A", GOOD_ADDR))
+    return r
+
+
+def frame(wire):
+    return struct.pack("!H", len(wire)) + wire
+
+
+class _Conn:
+    """One accepted connection, served by its own thread."""
+
+    def __init__(self, fu, sock, cid, stall):
+        self.fu, self.sock, self.cid, self.stall = fu, sock, cid, stall
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.timers = []            # heap of (when, seq, bytes or None=close)
+        self.seq = itertools.count()
+        self.held = []              # reorder: frames waiting
+        self.nq = 0
+        self.pending_ids = set()    # IDs received and not yet replied to
+        self.closing = False        # close once outbuf is flushed
+        self.dead = False
+        self.kill = False           # set by other threads: close now
+        self.graceful = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    # -- helpers run on this connection's thread --
+    def schedule(self, delay_s, data, qid=None):
+        heapq.heappush(self.timers,
+                       (time.monotonic() + delay_s, next(self.seq), data, qid))
+
+    def handle_query(self, wire):
+        fu = self.fu
+        self.nq += 1
+        qid = struct.unpack("!H", wire[:2])[0] if len(wire) >= 2 else -1
+        rec = {"conn": self.cid, "id": qid, "qname": None, "qtype": None,
+               "t": time.monotonic(), "len": len(wire)}
+        q = None
+        try:
+            q = dns.message.from_wire(wire)
+            if q.question:
+                rec["qname"] = q.question[0].name.to_text().lower()
+                rec["qtype"] = q.question[0].rdtype
+            rec["edns"] = q.edns
+        except Exception as e:  # record what we could not parse
+            rec["error"] = repr(e)
+        with fu.lock:
+            if qid in self.pending_ids:
+                fu.id_collisions += 1
+            self.pending_ids.add(qid)
+            fu.max_pending = max(fu.max_pending, len(self.pending_ids))
+            fu.queries.append(rec)
+            mode = fu._take_mode(per_query=True, nq=self.nq)
+            delay = fu.delay_ms / 1000.0
+            n = fu.n
+        if q is None:
+            return
+        if mode == "silent":
+            return
+        if mode == "close_after":
+            if self.nq >= n:
+                with fu.lock:
+                    fu._spend()
+                self.dead = True     # drop everything, answer nothing
+            return
+        good = frame(make_answer(q).to_wire())
+        if mode == "normal":
+            self.schedule(delay, good, qid)
+        elif mode == "dup":
+            self.schedule(delay, good, qid)
+            self.schedule(delay, good, qid)
+        elif mode == "reorder":
+            self.held.append((good, qid))
+            if len(self.held) >= n:
+                for i, (f, i_qid) in enumerate(reversed(self.held)):
+                    self.schedule(delay + i * 0.001, f, i_qid)
+                self.held = []
+                with fu.lock:
+                    fu._spend()
+        elif mode == "close_mid":
+            self.schedule(delay, good[:len(good) // 2], qid)
+            self.schedule(delay, None)
+        elif mode == "wrong_id":
+            r = make_answer(q, bad=True)
+            r.id = (q.id + 1) & 0xffff
+            self.schedule(delay, frame(r.to_wire()), qid)
+        elif mode == "wrong_qname":
+            r = make_answer(dns.message.make_query("wrong.invalid.", "A"),
+                            bad=True)
+            r.id = q.id
+            self.schedule(delay, frame(r.to_wire()), qid)
+        elif mode == "qr0":
+            r = make_answer(q, bad=True)
+            r.flags &= ~dns.flags.QR
+            self.schedule(delay, frame(r.to_wire()), qid)
+        elif mode == "garbage":
+            self.schedule(delay, b"\x00\x07garbage", qid)
+
+    def run(self):
+        try:
+            self._run()
+        except Exception as e:
+            with self.fu.lock:
+                self.fu.errors.append("conn %d: %r" % (self.cid, e))
+        finally:
+            self._close()
+
+    def _run(self):
+        fu = self.fu
+        sock = self.sock
+        if self.stall:
+            while not fu.stopping and not self.kill:
+                time.sleep(0.02)
+            return
+        if fu.ctx is not None:
+            sock.settimeout(5)
+            try:
+                sock = fu.ctx.wrap_socket(sock, server_side=True,
+                                          do_handshake_on_connect=False)
+                self.sock = sock
+                sock.do_handshake()
+            except (ssl.SSLError, OSError) as e:
+                with fu.lock:
+                    fu.handshake_failures += 1
+                    fu.errors.append("handshake %d: %r" % (self.cid, e))
+                return
+            with fu.lock:
+                fu.handshakes += 1
+                if sock.session_reused:
+                    fu.resumed += 1
+                fu.versions.append(sock.version())
+        sock.setblocking(False)
+        while not fu.stopping and not self.kill and not self.dead:
+            now = time.monotonic()
+            while self.timers and self.timers[0][0] <= now:
+                _, _, data, qid = heapq.heappop(self.timers)
+                if data is None:
+                    self.closing = True
+                else:
+                    self.outbuf += data
+                    with fu.lock:
+                        self.pending_ids.discard(qid)
+                        fu.replies += 1
+            if self.closing and not self.outbuf:
+                return
+            timeout = 0.05
+            if self.timers:
+                timeout = max(0.0, min(timeout, self.timers[0][0] - now))
+            readable = fu.ctx is not None and sock.pending() > 0
+            if not readable:
+                r, w, _ = select.select([sock], [sock] if self.outbuf else [],
+                                        [], timeout)
+                readable = bool(r)
+                if w and self.outbuf:
+                    self._write()
+            if readable and not self.closing:
+                if not self._read():
+                    return
+            elif self.outbuf:
+                self._write()
+        if self.kill and self.graceful:
+            self._flush_and_shutdown()
+
+    def _read(self):
+        """Reads what is there; returns False on EOF."""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError,
+                    BlockingIOError):
+                break
+            except (ssl.SSLError, OSError):
+                return False
+            if not data:
+                return False
+            self.inbuf += data
+        while len(self.inbuf) >= 2:
+            ln = struct.unpack("!H", self.inbuf[:2])[0]
+            if len(self.inbuf) < 2 + ln:
+                break
+            wire = bytes(self.inbuf[2:2 + ln])
+            del self.inbuf[:2 + ln]
+            self.handle_query(wire)
+            if self.dead:
+                return False
+        return True
+
+    def _write(self):
+        try:
+            n = self.sock.send(self.outbuf[:16384])
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError,
+                BlockingIOError):
+            return
+        except (ssl.SSLError, OSError):
+            self.dead = True
+            return
+        del self.outbuf[:n]
+
+    def _flush_and_shutdown(self):
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(0.3)
+            if self.outbuf:
+                self.sock.sendall(self.outbuf)
+            if isinstance(self.sock, ssl.SSLSocket):
+                self.sock.unwrap()
+        except (ssl.SSLError, OSError, ValueError):
+            pass
+
+    def _close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self.fu.lock:
+            self.fu.closed += 1
+            self.fu.live.discard(self)
+
+
+class FakeUpstream:
+    def __init__(self, certfile=None, keyfile=None, tls=True, tls_max=None,
+                 host="127.0.0.1", port=0):
+        self.host, self.port = host, port
+        self.ctx = None
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if tls_max == "1.2":
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(certfile, keyfile)
+            ctx.options &= ~ssl.OP_NO_TICKET     # tickets on (default anyway)
+            ctx.num_tickets = 2
+            ctx.sni_callback = self._sni
+            self.ctx = ctx
+        self.lock = threading.Lock()
+        self.mode, self.n, self.delay_ms, self.budget = "normal", 1, 0, None
+        self.reset_counters()
+        self.live = set()
+        self.stopping = False
+        self._lsock = None
+        self._llock = threading.Lock()
+        self._thread = None
+
+    def reset_counters(self):
+        with self.lock:
+            self.conns = 0            # TCP connections accepted
+            self.handshakes = 0       # TLS handshakes completed
+            self.handshake_failures = 0
+            self.resumed = 0          # handshakes with session_reused
+            self.closed = 0           # connections ended (either side)
+            self.replies = 0          # frames written (incl. bad ones)
+            self.queries = []         # dicts: conn, id, qname, qtype, t, ...
+            self.id_collisions = 0    # ID reused while pending on one conn
+            self.max_pending = 0      # most unanswered queries on one conn
+            self.versions = []
+            self.snis = []
+            self.errors = []
+
+    # -- behaviour --
+    def set(self, mode=None, n=None, delay_ms=None, budget="keep"):
+        with self.lock:
+            if mode is not None:
+                assert mode in MODES, mode
+                self.mode = mode
+            if n is not None:
+                self.n = n
+            if delay_ms is not None:
+                self.delay_ms = delay_ms
+            if budget != "keep":
+                self.budget = budget
+
+    def _take_mode(self, per_query, nq=0):
+        """Current mode for a query (lock held); spends budget per query
+        for the reply-shaping modes."""
+        m = self.mode
+        if per_query and m in ("close_mid", "wrong_id", "wrong_qname", "qr0",
+                               "garbage", "dup"):
+            self._spend()
+        return m
+
+    def _spend(self):
+        if self.budget is not None:
+            self.budget -= 1
+            if self.budget <= 0:
+                self.mode, self.budget = "normal", None
+
+    def _sni(self, sslobj, name, ctx):
+        with self.lock:
+            self.snis.append(name)
+
+    # -- listening --
+    def start(self):
+        self._open()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _open(self):
+        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((self.host, self.port))
+        s.listen(128)
+        self.port = s.getsockname()[1]
+        self._lsock = s
+
+    def _accept_loop(self):
+        cids = itertools.count(1)
+        while not self.stopping:
+            with self._llock:
+                ls = self._lsock
+                r = []
+                if ls is not None:
+                    r, _, _ = select.select([ls], [], [], 0.02)
+                if not r:
+                    s = None
+                else:
+                    try:
+                        s, _ = ls.accept()
+                    except OSError:
+                        s = None
+            if ls is None:
+                time.sleep(0.02)
+            if s is None:
+                continue
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                self.conns += 1
+                stall = self.mode == "stall"
+                if stall:
+                    self._spend()
+                c = _Conn(self, s, next(cids), stall)
+                self.live.add(c)
+            c.thread.start()
+        with self._llock:
+            if self._lsock is not None:
+                self._lsock.close()
+                self._lsock = None
+
+    def refuse(self):
+        """Stop listening and drop every connection: dials are refused."""
+        with self._llock:
+            if self._lsock is not None:
+                self._lsock.close()
+                self._lsock = None
+        self.close_all(graceful=False)
+
+    def unrefuse(self):
+        """Listen again on the same port."""
+        with self._llock:
+            if self._lsock is None:
+                self._open()
+
+    def close_all(self, graceful=True, wait=True):
+        """Close every live connection (graceful: TLS close_notify first)."""
+        with self.lock:
+            live = list(self.live)
+        for c in live:
+            c.graceful = graceful
+            c.kill = True
+        if wait:
+            for c in live:
+                c.thread.join(2)
+
+    def stop(self):
+        self.stopping = True
+        if self._thread:
+            self._thread.join(3)
+        with self.lock:
+            live = list(self.live)
+        for c in live:
+            c.thread.join(2)
+
+    # -- reading results --
+    def nqueries(self, qname_prefix=None):
+        with self.lock:
+            if qname_prefix is None:
+                return len(self.queries)
+            return sum(1 for q in self.queries
+                       if (q["qname"] or "").startswith(qname_prefix))
+
+    def stats(self):
+        with self.lock:
+            return {"conns": self.conns, "handshakes": self.handshakes,
+                    "handshake_failures": self.handshake_failures,
+                    "resumed": self.resumed, "closed": self.closed,
+                    "queries": len(self.queries), "replies": self.replies,
+                    "id_collisions": self.id_collisions,
+                    "max_pending": self.max_pending,
+                    "live": len(self.live)}
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *a):
+        self.stop()

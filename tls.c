@@ -1,0 +1,408 @@
+/*
+ * mbedTLS client connections for DNS over TLS (RFC 7858).
+ *
+ * Builds with mbedTLS 2.28 (TLS 1.2) and 3.6 (TLS 1.3 preferred).  A
+ * session is only ever used after the handshake succeeded and the peer
+ * was authenticated by name, by SPKI pin, or both: there is no
+ * opportunistic mode.
+ */
+#include <sys/socket.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/sha256.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/version.h>
+#include <mbedtls/x509_crt.h>
+#if MBEDTLS_VERSION_MAJOR >= 3
+#include <psa/crypto.h>
+#endif
+
+#include "dnsfwd.h"
+
+/* Per upstream: its TLS configuration and the session we last had. */
+struct tls_upstream {
+	mbedtls_ssl_config	 tu_conf;
+	mbedtls_ssl_session	 tu_session;
+	int			 tu_have_session;
+	const char		*tu_name;	/* NULL: pins authenticate */
+	const uint8_t		(*tu_pins)[32];
+	int			 tu_npins;
+};
+
+/* Per connection; owned by the mux connection that created it. */
+struct tls_conn {
+	mbedtls_ssl_context	 tc_ssl;
+	struct tls_upstream	*tc_up;
+	int			 tc_fd;
+	int			 tc_offered;	/* a saved session was offered */
+};
+
+static mbedtls_entropy_context	entropy;
+static mbedtls_ctr_drbg_context	drbg;
+static mbedtls_x509_crt		cacert;
+static int			cacert_loaded;
+
+static int	bio_send(void *, const unsigned char *, size_t);
+static int	bio_recv(void *, unsigned char *, size_t);
+static void	verify_reason(uint32_t, char *, size_t);
+static int	check_pins(struct tls_conn *, char *, size_t);
+static void	save_session(struct tls_conn *);
+static int	map_io(struct tls_conn *, int);
+
+void
+tls_init(void)
+{
+	int	 rv;
+
+#if MBEDTLS_VERSION_MAJOR >= 3
+	if (psa_crypto_init() != PSA_SUCCESS)
+		fatalx(EXIT_SETUP, "psa_crypto_init failed");
+#endif
+	mbedtls_entropy_init(&entropy);
+	mbedtls_ctr_drbg_init(&drbg);
+	mbedtls_x509_crt_init(&cacert);
+	rv = mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy,
+	    (const unsigned char *)"dnsfwd", 6);
+	if (rv != 0)
+		fatalx(EXIT_SETUP, "random generator: %s", tls_strerror(rv));
+}
+
+/* Loads the trust anchors; only needed when an upstream has a name. */
+int
+tls_load_ca(const char *file)
+{
+	int	 rv;
+
+	rv = mbedtls_x509_crt_parse_file(&cacert, file);
+	if (rv < 0) {
+		log_error("cannot load CA file %s: %s", file,
+		    tls_strerror(rv));
+		return -1;
+	}
+	if (rv > 0)
+		log_warnx("CA file %s: %d certificates could not be parsed",
+		    file, rv);
+	cacert_loaded = 1;
+	return 0;
+}
+
+void
+tls_shutdown(void)
+{
+	mbedtls_x509_crt_free(&cacert);
+	mbedtls_ctr_drbg_free(&drbg);
+	mbedtls_entropy_free(&entropy);
+#if MBEDTLS_VERSION_MAJOR >= 3
+	mbedtls_psa_crypto_free();
+#endif
+}
+
+const char *
+tls_strerror(int rv)
+{
+	static char	 buf[128];
+
+	mbedtls_strerror(rv, buf, sizeof(buf));
+	return buf;
+}
+
+void
+tls_random(void *buf, size_t len)
+{
+	/* A reseed failure leaves no safe source of IDs: stop. */
+	if (mbedtls_ctr_drbg_random(&drbg, buf, len) != 0)
+		fatalx(EXIT_SETUP, "random generator failed");
+}
+
+struct tls_upstream *
+tls_upstream_new(const char *name, const uint8_t (*pins)[32], int npins)
+{
+	struct tls_upstream	*tu;
+	int			 rv;
+
+	if ((tu = calloc(1, sizeof(*tu))) == NULL)
+		fatal(EXIT_SETUP, "%s", __func__);
+	tu->tu_name = name;
+	tu->tu_pins = pins;
+	tu->tu_npins = npins;
+	mbedtls_ssl_config_init(&tu->tu_conf);
+	mbedtls_ssl_session_init(&tu->tu_session);
+	rv = mbedtls_ssl_config_defaults(&tu->tu_conf, MBEDTLS_SSL_IS_CLIENT,
+	    MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+	if (rv != 0)
+		fatalx(EXIT_SETUP, "TLS config: %s", tls_strerror(rv));
+#if MBEDTLS_VERSION_MAJOR >= 3
+	mbedtls_ssl_conf_min_tls_version(&tu->tu_conf,
+	    MBEDTLS_SSL_VERSION_TLS1_2);
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3) && defined(MBEDTLS_SSL_SESSION_TICKETS)
+	/* Otherwise TLS 1.3 tickets are discarded and nothing resumes. */
+	mbedtls_ssl_conf_tls13_enable_signal_new_session_tickets(&tu->tu_conf,
+	    MBEDTLS_SSL_TLS1_3_SIGNAL_NEW_SESSION_TICKETS_ENABLED);
+#endif
+#else
+	mbedtls_ssl_conf_min_version(&tu->tu_conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+	    MBEDTLS_SSL_MINOR_VERSION_3);
+#endif
+	mbedtls_ssl_conf_rng(&tu->tu_conf, mbedtls_ctr_drbg_random, &drbg);
+	mbedtls_ssl_conf_session_tickets(&tu->tu_conf,
+	    MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
+	if (name != NULL) {
+		mbedtls_ssl_conf_authmode(&tu->tu_conf,
+		    MBEDTLS_SSL_VERIFY_REQUIRED);
+		mbedtls_ssl_conf_ca_chain(&tu->tu_conf, &cacert, NULL);
+	} else {
+		/* Pin only: the SPKI hash is checked after the handshake. */
+		mbedtls_ssl_conf_authmode(&tu->tu_conf,
+		    MBEDTLS_SSL_VERIFY_NONE);
+	}
+	return tu;
+}
+
+void
+tls_upstream_free(struct tls_upstream *tu)
+{
+	if (tu == NULL)
+		return;
+	mbedtls_ssl_session_free(&tu->tu_session);
+	mbedtls_ssl_config_free(&tu->tu_conf);
+	free(tu);
+}
+
+/* Forgets the saved session, so the next dial does a full handshake. */
+void
+tls_upstream_forget(struct tls_upstream *tu)
+{
+	mbedtls_ssl_session_free(&tu->tu_session);
+	mbedtls_ssl_session_init(&tu->tu_session);
+	tu->tu_have_session = 0;
+}
+
+struct tls_conn *
+tls_conn_new(struct tls_upstream *tu, int fd)
+{
+	struct tls_conn	*tc;
+
+	if ((tc = calloc(1, sizeof(*tc))) == NULL) {
+		log_warn("%s", __func__);
+		return NULL;
+	}
+	tc->tc_up = tu;
+	tc->tc_fd = fd;
+	mbedtls_ssl_init(&tc->tc_ssl);
+	if (mbedtls_ssl_setup(&tc->tc_ssl, &tu->tu_conf) != 0 ||
+	    mbedtls_ssl_set_hostname(&tc->tc_ssl, tu->tu_name) != 0) {
+		log_warnx("%s: TLS setup failed", __func__);
+		tls_conn_free(tc, 0);
+		return NULL;
+	}
+	mbedtls_ssl_set_bio(&tc->tc_ssl, &tc->tc_fd, bio_send, bio_recv,
+	    NULL);
+	if (tu->tu_have_session &&
+	    mbedtls_ssl_set_session(&tc->tc_ssl, &tu->tu_session) == 0)
+		tc->tc_offered = 1;
+	return tc;
+}
+
+/* Sends close_notify when asked (a clean close), then frees. */
+void
+tls_conn_free(struct tls_conn *tc, int notify)
+{
+	if (tc == NULL)
+		return;
+	if (notify)
+		(void)mbedtls_ssl_close_notify(&tc->tc_ssl);
+	mbedtls_ssl_free(&tc->tc_ssl);
+	free(tc);
+}
+
+/*
+ * One step of the handshake: 0 when done and the peer is authenticated,
+ * IO_WANT_READ/IO_WANT_WRITE to wait, IO_ERR with the reason in why.
+ */
+int
+tls_handshake(struct tls_conn *tc, char *why, size_t whylen)
+{
+	int	 rv;
+
+	rv = mbedtls_ssl_handshake(&tc->tc_ssl);
+	if (rv == MBEDTLS_ERR_SSL_WANT_READ)
+		return IO_WANT_READ;
+	if (rv == MBEDTLS_ERR_SSL_WANT_WRITE)
+		return IO_WANT_WRITE;
+	if (rv == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED) {
+		verify_reason(mbedtls_ssl_get_verify_result(&tc->tc_ssl),
+		    why, whylen);
+		return IO_ERR;
+	}
+	if (rv != 0) {
+		snprintf(why, whylen, "%s", tls_strerror(rv));
+		return IO_ERR;
+	}
+	if (check_pins(tc, why, whylen) == -1)
+		return IO_ERR;
+	save_session(tc);
+	return 0;
+}
+
+const char *
+tls_version(struct tls_conn *tc)
+{
+	return mbedtls_ssl_get_version(&tc->tc_ssl);
+}
+
+/* Bytes read (>0), 0 when the peer closed, or an IO_* code. */
+int
+tls_read(struct tls_conn *tc, uint8_t *buf, size_t len)
+{
+	int	 rv;
+
+	for (;;) {
+		rv = mbedtls_ssl_read(&tc->tc_ssl, buf, len);
+#ifdef MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET
+		if (rv == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET) {
+			save_session(tc);
+			continue;
+		}
+#endif
+		return map_io(tc, rv);
+	}
+}
+
+int
+tls_write(struct tls_conn *tc, const uint8_t *buf, size_t len)
+{
+	return map_io(tc, mbedtls_ssl_write(&tc->tc_ssl, buf, len));
+}
+
+static int
+map_io(struct tls_conn *tc, int rv)
+{
+	if (rv > 0)
+		return rv;
+	switch (rv) {
+	case MBEDTLS_ERR_SSL_WANT_READ:
+		return IO_WANT_READ;
+	case MBEDTLS_ERR_SSL_WANT_WRITE:
+		return IO_WANT_WRITE;
+	case 0:
+	case MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY:
+	case MBEDTLS_ERR_SSL_CONN_EOF:
+	case MBEDTLS_ERR_NET_CONN_RESET:
+		return 0;
+	}
+	log_debug("TLS fd %d: %s", tc->tc_fd, tls_strerror(rv));
+	return IO_ERR;
+}
+
+/* Names the reasons a chain failed, in the words users search for. */
+static void
+verify_reason(uint32_t flags, char *why, size_t len)
+{
+	static const struct {
+		uint32_t	 flag;
+		const char	*text;
+	} reasons[] = {
+		{ MBEDTLS_X509_BADCERT_EXPIRED, "certificate expired" },
+		{ MBEDTLS_X509_BADCERT_FUTURE, "certificate not yet valid" },
+		{ MBEDTLS_X509_BADCERT_CN_MISMATCH,
+		    "certificate name mismatch" },
+		{ MBEDTLS_X509_BADCERT_NOT_TRUSTED,
+		    "certificate untrusted (no chain to the CA file)" },
+		{ MBEDTLS_X509_BADCERT_REVOKED, "certificate revoked" },
+	};
+	size_t	 i, off = 0;
+
+	why[0] = '\0';
+	for (i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++) {
+		if ((flags & reasons[i].flag) == 0)
+			continue;
+		off += (size_t)snprintf(why + off, len - off, "%s%s",
+		    off ? ", " : "", reasons[i].text);
+		if (off >= len)
+			return;
+		flags &= ~reasons[i].flag;
+	}
+	if (flags != 0 && off < len)
+		mbedtls_x509_crt_verify_info(why + off, len - off,
+		    off ? ", " : "", flags);
+	if (why[0] == '\0')
+		snprintf(why, len, "certificate verification failed");
+}
+
+/* RFC 7858 4.2: SHA-256 of the SubjectPublicKeyInfo, any pin matches. */
+static int
+check_pins(struct tls_conn *tc, char *why, size_t len)
+{
+	const mbedtls_x509_crt	*crt;
+	uint8_t			 hash[32];
+	int			 i;
+
+	if (tc->tc_up->tu_npins == 0)
+		return 0;
+	crt = mbedtls_ssl_get_peer_cert(&tc->tc_ssl);
+	if (crt == NULL) {
+		/* A resumed session was pinned when it was first made. */
+		if (tc->tc_offered)
+			return 0;
+		snprintf(why, len, "pin mismatch: no server certificate");
+		return -1;
+	}
+#if MBEDTLS_VERSION_MAJOR >= 3
+	mbedtls_sha256(crt->pk_raw.p, crt->pk_raw.len, hash, 0);
+#else
+	mbedtls_sha256_ret(crt->pk_raw.p, crt->pk_raw.len, hash, 0);
+#endif
+	for (i = 0; i < tc->tc_up->tu_npins; i++)
+		if (memcmp(hash, tc->tc_up->tu_pins[i], sizeof(hash)) == 0)
+			return 0;
+	snprintf(why, len, "pin mismatch: server key matches no --pin-sha256");
+	return -1;
+}
+
+static void
+save_session(struct tls_conn *tc)
+{
+	struct tls_upstream	*tu = tc->tc_up;
+
+	tls_upstream_forget(tu);
+	if (mbedtls_ssl_get_session(&tc->tc_ssl, &tu->tu_session) == 0)
+		tu->tu_have_session = 1;
+}
+
+static int
+bio_send(void *ctx, const unsigned char *buf, size_t len)
+{
+	ssize_t	 n;
+
+	n = send(*(int *)ctx, buf, len, MSG_NOSIGNAL);
+	if (n >= 0)
+		return (int)n;
+	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+		return MBEDTLS_ERR_SSL_WANT_WRITE;
+	if (errno == ECONNRESET || errno == EPIPE)
+		return MBEDTLS_ERR_NET_CONN_RESET;
+	return MBEDTLS_ERR_NET_SEND_FAILED;
+}
+
+static int
+bio_recv(void *ctx, unsigned char *buf, size_t len)
+{
+	ssize_t	 n;
+
+	n = recv(*(int *)ctx, buf, len, 0);
+	if (n >= 0)
+		return (int)n;
+	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+		return MBEDTLS_ERR_SSL_WANT_READ;
+	if (errno == ECONNRESET || errno == EPIPE)
+		return MBEDTLS_ERR_NET_CONN_RESET;
+	return MBEDTLS_ERR_NET_RECV_FAILED;
+}
