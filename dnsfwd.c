@@ -559,7 +559,8 @@ client_deliver(const struct client_ref *cr, uint8_t *msg, size_t len,
 		    cr->cr_slot);
 		c->tc_closing = 1;
 	} else {
-		if (c->tc_outoff + c->tc_outlen + 2 + len > c->tc_outcap) {
+		if (c->tc_outoff > 0 &&
+		    c->tc_outoff + c->tc_outlen + 2 + len > c->tc_outcap) {
 			memmove(c->tc_out, c->tc_out + c->tc_outoff,
 			    c->tc_outlen);
 			c->tc_outoff = 0;

@@ -27,6 +27,12 @@
 
 #include "dnsfwd.h"
 
+#ifdef MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET
+#define TICKET	MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET
+#else
+#define TICKET	INT32_MIN	/* mbedTLS 2: never returned */
+#endif
+
 /* Per upstream: its TLS configuration and the session we last had. */
 struct tls_upstream {
 	mbedtls_ssl_config	 tu_conf;
@@ -258,28 +264,29 @@ tls_version(struct tls_conn *tc)
 	return mbedtls_ssl_get_version(&tc->tc_ssl);
 }
 
-/* Bytes read (>0), 0 when the peer closed, or an IO_* code. */
+/*
+ * Bytes read or written (>0), 0 when the peer closed, or an IO_* code.
+ * TLS 1.3 tickets may arrive during either call; they are kept for the
+ * next dial and the call is repeated.
+ */
 int
 tls_read(struct tls_conn *tc, uint8_t *buf, size_t len)
 {
 	int	 rv;
 
-	for (;;) {
-		rv = mbedtls_ssl_read(&tc->tc_ssl, buf, len);
-#ifdef MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET
-		if (rv == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET) {
-			save_session(tc);
-			continue;
-		}
-#endif
-		return map_io(tc, rv);
-	}
+	while ((rv = mbedtls_ssl_read(&tc->tc_ssl, buf, len)) == TICKET)
+		save_session(tc);
+	return map_io(tc, rv);
 }
 
 int
 tls_write(struct tls_conn *tc, const uint8_t *buf, size_t len)
 {
-	return map_io(tc, mbedtls_ssl_write(&tc->tc_ssl, buf, len));
+	int	 rv;
+
+	while ((rv = mbedtls_ssl_write(&tc->tc_ssl, buf, len)) == TICKET)
+		save_session(tc);
+	return map_io(tc, rv);
 }
 
 static int

@@ -1,0 +1,1364 @@
+#!/usr/bin/python3
+"""dnsfwd integration tests.
+
+    /usr/bin/python3 tests/integration.py [--dnsfwd PATH] [-k SUBSTRING] [-j N]
+
+PATH defaults to $DNSFWD or ./dnsfwd.  Every scenario is a function below
+whose docstring is the claim it checks.  Each starts its own dnsfwd (with
+--log-level debug, stderr to a file), its own upstreams (tests/fakeup.py,
+or Debian's unbound via tests/unbound.py) on free loopback ports, and stops
+everything by PID.  After a scenario, each dnsfwd still running gets SIGTERM
+and must exit 0 within 2 s with "stopped" on its last log line, and no
+dnsfwd log may contain AddressSanitizer, LeakSanitizer or "runtime error".
+
+Prints "ok NAME" or "FAIL NAME: reason" per scenario, in order, then
+"N passed, N failed"; exits 1 if any failed.  Logs of failed scenarios are
+kept under the printed work directory.
+"""
+
+import argparse
+import concurrent.futures
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import dns.edns      # noqa: E402
+import dns.flags     # noqa: E402
+import dns.message   # noqa: E402
+import dns.rcode     # noqa: E402
+import dns.rdatatype  # noqa: E402
+
+import fakeup        # noqa: E402
+from fakeup import FakeUpstream, GOOD_ADDR, BAD_ADDR  # noqa: E402
+from unbound import Unbound, WWW_ADDR  # noqa: E402
+import unbound as unbound_mod  # noqa: E402
+
+SANITIZER = ("AddressSanitizer", "LeakSanitizer", "runtime error")
+DNSFWD = None          # path, set in main()
+PKI = None             # directory made by mkcerts.sh
+ALL_PROCS = set()      # every Popen we started, killed by PID at exit
+ALL_PROCS_LOCK = threading.Lock()
+
+
+class Fail(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+def pki(name):
+    return os.path.join(PKI, name)
+
+
+def read_pin(name="pin.txt"):
+    with open(pki(name)) as f:
+        return f.read().strip()
+
+
+# ---------------------------------------------------------------- clients
+
+class Reply:
+    """What a client got for one query: msg (first reply with our ID and
+    question, or None), every datagram/frame received (raw), elapsed s."""
+
+    def __init__(self, query):
+        self.query = query
+        self.msg = None
+        self.others = []     # replies that were not ours (wrong id/question)
+        self.raw = []
+        self.elapsed = None
+
+    def rcode(self):
+        return None if self.msg is None else self.msg.rcode()
+
+    def addrs(self):
+        out = []
+        if self.msg is not None:
+            for rrset in self.msg.answer:
+                if rrset.rdtype == dns.rdatatype.A:
+                    out += [r.address for r in rrset]
+        return out
+
+    def describe(self):
+        if self.msg is None:
+            return "no reply after %.2fs" % (self.elapsed or 0)
+        return "%s %s after %.2fs" % (dns.rcode.to_text(self.msg.rcode()),
+                                      self.addrs(), self.elapsed)
+
+
+def make_query(name, rdtype="A", edns=None, qid=None):
+    """A query; edns=None: no OPT, else the advertised payload size."""
+    if edns is None:
+        q = dns.message.make_query(name, rdtype, use_edns=False)
+    else:
+        q = dns.message.make_query(name, rdtype, use_edns=0, payload=edns)
+    if qid is not None:
+        q.id = qid
+    return q
+
+
+def _is_ours(q, wire):
+    try:
+        m = dns.message.from_wire(wire)
+    except Exception:
+        return None
+    if m.id != q.id or not (m.flags & dns.flags.QR):
+        return None
+    if len(m.question) != 1 or m.question[0] != q.question[0]:
+        return None
+    return m
+
+
+def _family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def ask_udp(port, q, timeout=3.0, host="127.0.0.1", linger=0.0):
+    """Sends q over UDP; waits up to timeout for our reply, then linger
+    more seconds collecting anything else that arrives."""
+    if isinstance(q, str):
+        q = make_query(q)
+    r = Reply(q)
+    s = socket.socket(_family(host), socket.SOCK_DGRAM)
+    try:
+        s.connect((host, port))
+        t0 = time.monotonic()
+        s.send(q.to_wire())
+        deadline = t0 + timeout
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            s.settimeout(deadline - now)
+            try:
+                data = s.recv(65535)
+            except (socket.timeout, ConnectionRefusedError):
+                break
+            r.raw.append(data)
+            m = _is_ours(q, data)
+            if m is not None and r.msg is None:
+                r.msg = m
+                r.elapsed = time.monotonic() - t0
+                deadline = time.monotonic() + linger
+            else:
+                r.others.append(data)
+        if r.elapsed is None:
+            r.elapsed = time.monotonic() - t0
+    finally:
+        s.close()
+    return r
+
+
+def tcp_connect(port, host="127.0.0.1", timeout=3.0):
+    s = socket.create_connection((host, port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def tcp_read_frames(s, count, timeout):
+    """Reads up to count length-framed messages within timeout."""
+    out, buf = [], b""
+    deadline = time.monotonic() + timeout
+    while len(out) < count:
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        s.settimeout(deadline - now)
+        try:
+            data = s.recv(65535)
+        except socket.timeout:
+            break
+        except OSError:
+            break
+        if not data:
+            break
+        buf += data
+        while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
+            n = struct.unpack("!H", buf[:2])[0]
+            out.append(buf[2:2 + n])
+            buf = buf[2 + n:]
+    return out
+
+
+def ask_tcp(port, q, timeout=3.0, host="127.0.0.1"):
+    if isinstance(q, str):
+        q = make_query(q)
+    r = Reply(q)
+    t0 = time.monotonic()
+    with tcp_connect(port, host, timeout) as s:
+        s.sendall(fakeup.frame(q.to_wire()))
+        for data in tcp_read_frames(s, 1, timeout):
+            r.raw.append(data)
+            m = _is_ours(q, data)
+            if m is not None and r.msg is None:
+                r.msg = m
+            else:
+                r.others.append(data)
+    r.elapsed = time.monotonic() - t0
+    return r
+
+
+def expect_a(r, addr=GOOD_ADDR, what="query"):
+    """r must be NOERROR with exactly A addr."""
+    check(r.msg is not None, "%s %s: %s" % (
+        what, r.query.question[0].name, r.describe()))
+    check(r.msg.rcode() == dns.rcode.NOERROR and r.addrs() == [addr],
+          "%s %s: got %s, want NOERROR [%s]" % (
+              what, r.query.question[0].name, r.describe(), addr))
+
+
+def expect_servfail(r, what="query"):
+    check(r.msg is not None, "%s: %s, want SERVFAIL" % (what, r.describe()))
+    check(r.msg.rcode() == dns.rcode.SERVFAIL,
+          "%s: got %s, want SERVFAIL" % (what, r.describe()))
+
+
+def no_bad(r, what="query"):
+    """Nothing the client got may carry the bad upstream data."""
+    for data in r.raw:
+        try:
+            m = dns.message.from_wire(data)
+        except Exception:
+            raise Fail("%s: client got an unparsable datagram %r" %
+                       (what, data[:40]))
+        for rrset in m.answer:
+            for rd in rrset:
+                check(getattr(rd, "address", None) != BAD_ADDR,
+                      "%s: client got the bad upstream reply %s" % (what, m))
+        check(len(m.question) == 1 and m.question[0] == r.query.question[0],
+              "%s: client got a reply for another question: %s" %
+              (what, m.question))
+    check(len(r.raw) <= 1, "%s: client got %d replies" % (what, len(r.raw)))
+
+
+def ede_codes(m):
+    codes = []
+    if m is None or m.edns < 0:
+        return codes
+    for opt in m.options:
+        if opt.otype == 15:
+            code = getattr(opt, "code", None)
+            if code is None:
+                code = struct.unpack("!H", opt.data[:2])[0]
+            codes.append(int(code))
+    return codes
+
+
+def parallel(fn, items, workers=32):
+    """fn over items in threads; returns results in order."""
+    with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(fn, items))
+
+
+# ---------------------------------------------------------------- dnsfwd
+
+def track(p):
+    with ALL_PROCS_LOCK:
+        ALL_PROCS.add(p)
+    return p
+
+
+def untrack(p):
+    with ALL_PROCS_LOCK:
+        ALL_PROCS.discard(p)
+
+
+def kill_pid(p):
+    if p.poll() is None:
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(3)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def udp_tcp_free_port(host):
+    """A port free for both UDP and TCP on host (racy by nature: retried)."""
+    fam = _family(host)
+    for _ in range(50):
+        t = socket.socket(fam, socket.SOCK_STREAM)
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        try:
+            t.bind((host, 0))
+            port = t.getsockname()[1]
+            try:
+                u.bind((host, port))
+            except OSError:
+                continue
+            return port
+        finally:
+            t.close()
+            u.close()
+    raise Fail("no free port")
+
+
+def fmt_addr(host, port):
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+class Dnsfwd:
+    def __init__(self, t, idx):
+        self.t = t
+        self.log = os.path.join(t.dir, "dnsfwd%d.log" % idx)
+        self.out = os.path.join(t.dir, "dnsfwd%d.out" % idx)
+        self.proc = None
+        self.port = None
+        self.host = "127.0.0.1"
+        self.argv = None
+        self.checked = False
+
+    def start(self, args, udp=True, tcp=True, host="127.0.0.1",
+              wait_ready=True):
+        self.host = host
+        last = ""
+        for _attempt in range(3):
+            self.port = udp_tcp_free_port(host)
+            argv = [DNSFWD, "--log-level", "debug"]
+            if udp:
+                argv += ["--bind-udp", fmt_addr(host, self.port)]
+            if tcp:
+                argv += ["--bind-tcp", fmt_addr(host, self.port)]
+            argv += list(args)
+            self.argv = argv
+            self.t.note("dnsfwd: " + " ".join(argv))
+            with open(self.log, "ab") as lf, open(self.out, "ab") as of:
+                self.proc = track(subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=of, stderr=lf))
+            if not wait_ready:
+                return self
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if "ready" in self.text():
+                    return self
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+            rc = self.proc.poll()
+            last = self.tail()
+            if rc == 1 and re.search(r"(?i)bind|in use", last):
+                continue            # lost a port race: try another port
+            raise Fail("dnsfwd not ready (exit %r): %s" % (rc, last))
+        raise Fail("dnsfwd could not bind: %s" % last)
+
+    def text(self):
+        try:
+            with open(self.log, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def lines(self):
+        return [ln for ln in self.text().splitlines() if ln.strip()]
+
+    def tail(self, n=8):
+        return " | ".join(self.lines()[-n:])
+
+    def grep(self, sub):
+        return [ln for ln in self.lines() if sub in ln]
+
+    def stats(self):
+        """SIGUSR1, then the key=value pairs of the new stats line."""
+        before = len(self.grep("stats:"))
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            got = self.grep("stats:")
+            if len(got) > before:
+                return {k: int(v) for k, v in
+                        re.findall(r"(\w+)=(\d+)", got[-1])}
+            time.sleep(0.01)
+        raise Fail("no stats line after SIGUSR1: %s" % self.tail())
+
+    def stop_and_check(self, sig=signal.SIGTERM):
+        """Signals dnsfwd; it must exit 0 within 2 s, last line 'stopped'."""
+        self.checked = True
+        p = self.proc
+        if p.poll() is not None:
+            raise Fail("dnsfwd had already exited with %s: %s" %
+                       (p.returncode, self.tail()))
+        t0 = time.monotonic()
+        os.kill(p.pid, sig)
+        try:
+            rc = p.wait(2.0)
+        except subprocess.TimeoutExpired:
+            kill_pid(p)
+            raise Fail("dnsfwd did not exit within 2 s of %s: %s" %
+                       (signal.Signals(sig).name, self.tail()))
+        finally:
+            untrack(p)
+        check(rc == 0, "dnsfwd exited %d after %s (%.2fs): %s" % (
+            rc, signal.Signals(sig).name, time.monotonic() - t0, self.tail()))
+        lines = self.lines()
+        check(lines and "stopped" in lines[-1],
+              "last log line lacks 'stopped': %r" %
+              (lines[-1] if lines else ""))
+
+    def sanitizer_check(self):
+        txt = self.text()
+        for s in SANITIZER:
+            if s in txt:
+                i = txt.index(s)
+                raise Fail("%s in dnsfwd log: %s" % (
+                    s, txt[max(0, i - 200):i + 600].replace("\n", " | ")))
+
+
+def run_dnsfwd(t, args, timeout=5.0):
+    """Runs dnsfwd to completion (usage errors etc.): (rc, stdout, stderr)."""
+    argv = [DNSFWD] + list(args)
+    p = track(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_pid(p)
+        out, err = p.communicate()
+        raise Fail("dnsfwd %s did not exit within %.0fs" % (args, timeout))
+    finally:
+        untrack(p)
+    out, err = out.decode(errors="replace"), err.decode(errors="replace")
+    for s in SANITIZER:
+        check(s not in err, "%s running %s: %s" % (s, args, err[:800]))
+    return p.returncode, out, err
+
+
+# ---------------------------------------------------------------- per test
+
+class T:
+    """One scenario's resources; cleanup() stops and checks them."""
+
+    def __init__(self, name, workdir):
+        self.name = name
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.daemons = []
+        self.ups = []
+        self.unbounds = []
+        self.notes = []
+
+    def note(self, s):
+        self.notes.append(s)
+
+    def dnsfwd(self, *args, **kw):
+        d = Dnsfwd(self, len(self.daemons))
+        self.daemons.append(d)
+        return d.start(args, **kw)
+
+    def fakeup(self, cert="server", tls=True, **kw):
+        if tls:
+            fu = FakeUpstream(pki(cert + ".pem"), pki(cert + ".key"), **kw)
+        else:
+            fu = FakeUpstream(tls=False, **kw)
+        self.ups.append(fu)
+        return fu.start()
+
+    def unbound(self):
+        ub = Unbound(self.dir, pki("server.pem"), pki("server.key"))
+        self.unbounds.append(ub)
+        ub.start()
+        track(ub.proc)
+        return ub
+
+    def cleanup(self, failed):
+        errs = []
+        for d in self.daemons:
+            if d.proc is None:
+                continue
+            if not d.checked:
+                try:
+                    d.stop_and_check()
+                except Fail as e:
+                    errs.append(str(e))
+            kill_pid(d.proc)
+            untrack(d.proc)
+            try:
+                d.sanitizer_check()
+            except Fail as e:
+                errs.append(str(e))
+        for fu in self.ups:
+            fu.stop()
+        for ub in self.unbounds:
+            p = ub.proc
+            ub.stop()
+            if p is not None:
+                untrack(p)
+        return errs
+
+
+def tls_up(fu, name="dns.test", pins=(), ca=True, host="127.0.0.1"):
+    """--connect-tls arguments for fakeup/unbound at port."""
+    port = fu.port
+    a = fmt_addr(host, port) + ("#" + name if name else "")
+    args = ["--connect-tls", a]
+    for p in pins:
+        args += ["--pin-sha256", p]
+    if ca:
+        args += ["--ca-file", pki("ca.pem")]
+    return args
+
+
+# ---------------------------------------------------------------- scenarios
+
+SCENARIOS = []
+
+
+def scenario(fn):
+    SCENARIOS.append(fn)
+    return fn
+
+
+@scenario
+def unbound_udp_tcp(t):
+    """dnspython and kdig get answers from real unbound over DoT, via UDP and TCP."""
+    ub = t.unbound()
+    d = t.dnsfwd(*tls_up(ub), "--timeout", "2000")
+    expect_a(ask_udp(d.port, "www.test."), WWW_ADDR, "udp")
+    expect_a(ask_tcp(d.port, "www.test."), WWW_ADDR, "tcp")
+    expect_a(ask_udp(d.port, make_query("a.test.", edns=1232)),
+             "192.0.2.81", "udp+edns")
+    r = ask_udp(d.port, "nx.test.")
+    check(r.rcode() == dns.rcode.NXDOMAIN, "nx.test: %s" % r.describe())
+    for mode in ("+notcp", "+tcp"):
+        cmd = ["kdig", "@127.0.0.1", "-p", str(d.port), mode,
+               "+timeout=3", "+retry=0", "b.test", "A"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        check(p.returncode == 0 and "NOERROR" in p.stdout and
+              "192.0.2.82" in p.stdout,
+              "kdig %s: rc %d %s %s" % (mode, p.returncode, p.stdout[-400:],
+                                        p.stderr[-200:]))
+    st = d.stats()
+    check(st.get("answers", 0) >= 6 and st.get("queries", 0) >= 6,
+          "stats after 6 answered queries: %s" % st)
+
+
+@scenario
+def upstream_id_rewritten(t):
+    """The upstream sees an ID other than the client's, unique among in-flight queries."""
+    fu = t.fakeup()
+    fu.set(delay_ms=300)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    client_id = 0x1234
+    qs = [make_query("id%d.example." % i, qid=client_id) for i in range(30)]
+    rs = parallel(lambda q: ask_udp(d.port, q), qs)
+    for r in rs:
+        expect_a(r)
+    recs = [q for q in fu.queries if (q["qname"] or "").startswith("id")]
+    check(len(recs) == 30, "fakeup saw %d of 30 queries" % len(recs))
+    same = [q["qname"] for q in recs if q["id"] == client_id]
+    check(not same, "upstream got the client's ID 0x1234 for %s" % same)
+    check(fu.id_collisions == 0,
+          "%d upstream IDs were reused while in flight on one connection"
+          % fu.id_collisions)
+
+
+@scenario
+def same_client_id_200(t):
+    """200 concurrent queries from 20 UDP sockets, all with one client ID, each get their own answer."""
+    fu = t.fakeup()
+    fu.set(delay_ms=20)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "3000")
+    qid = 0x4242
+    socks = []
+    try:
+        for i in range(20):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.connect(("127.0.0.1", d.port))
+            socks.append(s)
+        want = {}
+        for i, s in enumerate(socks):
+            want[i] = set()
+            for j in range(10):
+                name = "s%d-q%d.example." % (i, j)
+                want[i].add(name)
+                s.send(make_query(name, qid=qid).to_wire())
+        got = {i: [] for i in range(20)}
+        bad = []
+        deadline = time.monotonic() + 5
+        for i, s in enumerate(socks):
+            while len(got[i]) < 10:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                s.settimeout(left)
+                try:
+                    data = s.recv(65535)
+                except socket.timeout:
+                    break
+                m = dns.message.from_wire(data)
+                name = m.question[0].name.to_text() if m.question else None
+                addrs = [r.address for rr in m.answer for r in rr
+                         if rr.rdtype == dns.rdatatype.A]
+                if (m.id != qid or name not in want[i] or
+                        m.rcode() != dns.rcode.NOERROR or
+                        addrs != [GOOD_ADDR]):
+                    bad.append((i, m.id, name, dns.rcode.to_text(m.rcode())))
+                got[i].append(name)
+        check(not bad, "%d wrong replies, e.g. %s" % (len(bad), bad[:5]))
+        missing = sum(len(want[i] - set(got[i])) for i in range(20))
+        dup = sum(len(got[i]) - len(set(got[i])) for i in range(20))
+        check(missing == 0 and dup == 0,
+              "%d of 200 queries unanswered, %d duplicated (fakeup saw %d)" %
+              (missing, dup, fu.nqueries("s")))
+    finally:
+        for s in socks:
+            s.close()
+
+
+@scenario
+def pool_two_connections(t):
+    """With --connections 2, 100 concurrent queries use at most 2 upstream connections."""
+    fu = t.fakeup()
+    fu.set(delay_ms=200)
+    d = t.dnsfwd(*tls_up(fu), "--connections", "2", "--timeout", "3000")
+    rs = parallel(lambda i: ask_udp(d.port, "p%d.example." % i), range(100),
+                  workers=100)
+    for r in rs:
+        expect_a(r)
+    st = fu.stats()
+    check(st["conns"] <= 2, "fakeup saw %d connections (want <= 2)" %
+          st["conns"])
+
+
+@scenario
+def reorder_replies(t):
+    """Replies that come back in reverse order still reach the right clients."""
+    fu = t.fakeup()
+    fu.set(mode="reorder", n=10)
+    d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--timeout", "3000")
+    qs = [make_query("ro%d.example." % i, qid=0x0101) for i in range(10)]
+    rs = parallel(lambda q: ask_udp(d.port, q, linger=0.2), qs, workers=10)
+    for r in rs:
+        expect_a(r)
+        no_bad(r)
+    check(fu.stats()["conns"] == 1, "fakeup saw %d conns" % fu.conns)
+
+
+def _bad_reply(t, mode):
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "800")
+    expect_a(ask_udp(d.port, "warm.example."), GOOD_ADDR, "warm-up")
+    before = d.stats()
+    fu.set(mode=mode, budget=1)
+    r = ask_udp(d.port, "victim.example.", timeout=2.5, linger=0.3)
+    no_bad(r, "query answered with %s" % mode)
+    check(r.msg is not None and (
+        r.rcode() == dns.rcode.SERVFAIL or r.addrs() == [GOOD_ADDR]),
+        "query under %s: %s (want SERVFAIL at the deadline or the right "
+        "answer)" % (mode, r.describe()))
+    time.sleep(0.1)
+    after = d.stats()
+    check(after.get("bad_replies", 0) > before.get("bad_replies", 0),
+          "bad_replies did not rise: before %s after %s" % (before, after))
+    fu.set(mode="normal")
+    for i in range(3):
+        expect_a(ask_udp(d.port, "after%d.example." % i), GOOD_ADDR,
+                 "query after the bad reply")
+    return fu, d, r
+
+
+@scenario
+def bad_reply_wrong_id(t):
+    """An upstream reply with an unknown ID is dropped and counted; dnsfwd keeps serving."""
+    _bad_reply(t, "wrong_id")
+
+
+@scenario
+def bad_reply_wrong_question(t):
+    """An upstream reply for another question is dropped and counted; dnsfwd keeps serving."""
+    _bad_reply(t, "wrong_qname")
+
+
+@scenario
+def bad_reply_qr0(t):
+    """An upstream 'reply' with QR=0 is dropped and counted; dnsfwd keeps serving."""
+    _bad_reply(t, "qr0")
+
+
+@scenario
+def bad_reply_garbage(t):
+    """Garbage from upstream closes that connection; the query is answered after reconnect or SERVFAILed."""
+    fu, d, r = _bad_reply(t, "garbage")
+    check(fu.stats()["closed"] >= 1,
+          "dnsfwd kept the connection that sent garbage: %s" % fu.stats())
+    if r.rcode() == dns.rcode.SERVFAIL:
+        check(0.6 <= r.elapsed <= 1.4,
+              "SERVFAIL after %.2fs, want about the 0.8s deadline" % r.elapsed)
+
+
+@scenario
+def duplicate_reply(t):
+    """An upstream reply sent twice reaches the client once."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "1000")
+    fu.set(mode="dup", budget=1)
+    r = ask_udp(d.port, "twice.example.", linger=0.5)
+    expect_a(r)
+    no_bad(r)
+    expect_a(ask_udp(d.port, "next.example."), GOOD_ADDR, "next query")
+
+
+@scenario
+def truncation_tc(t):
+    """Big answer: no-EDNS UDP gets TC=1 without answers, TCP and EDNS 4096 UDP get it all."""
+    ub = t.unbound()
+    d = t.dnsfwd(*tls_up(ub), "--timeout", "2000")
+    r = ask_udp(d.port, make_query("big.test.", "TXT"))
+    check(r.msg is not None, "udp no-EDNS: %s" % r.describe())
+    check(r.msg.flags & dns.flags.TC, "udp no-EDNS: TC not set (%d bytes)" %
+          len(r.raw[0]))
+    check(not r.msg.answer, "udp no-EDNS: TC reply has %d answer RRsets" %
+          len(r.msg.answer))
+    check(len(r.raw[0]) <= 512, "udp no-EDNS: %d bytes" % len(r.raw[0]))
+    want = sorted(unbound_mod.big_txt_strings())
+
+    def txts(m):
+        return sorted(s.decode() for rr in m.answer for rd in rr
+                      for s in rd.strings)
+    r = ask_tcp(d.port, make_query("big.test.", "TXT"))
+    check(r.msg is not None and txts(r.msg) == want,
+          "tcp: %s" % r.describe())
+    r = ask_udp(d.port, make_query("big.test.", "TXT", edns=4096))
+    check(r.msg is not None, "udp EDNS 4096: %s" % r.describe())
+    check(not (r.msg.flags & dns.flags.TC) and txts(r.msg) == want,
+          "udp EDNS 4096: TC=%d, %d strings" % (
+              bool(r.msg.flags & dns.flags.TC), len(txts(r.msg))))
+
+
+@scenario
+def upstream_closes_after_n(t):
+    """When the upstream closes after N queries without answering, they are re-sent and answered."""
+    fu = t.fakeup()
+    fu.set(mode="close_after", n=3, budget=1)
+    d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--timeout", "2000")
+    rs = parallel(lambda i: ask_udp(d.port, "ca%d.example." % i), range(3))
+    for r in rs:
+        expect_a(r)
+    st = fu.stats()
+    check(st["conns"] >= 2 and st["queries"] >= 6,
+          "expected a second connection with the re-sent queries: %s" % st)
+
+
+@scenario
+def upstream_closes_mid_reply(t):
+    """When the upstream closes halfway through a reply, the query is re-sent and answered."""
+    fu = t.fakeup()
+    fu.set(mode="close_mid", budget=1)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    r = ask_udp(d.port, "half.example.")
+    expect_a(r)
+    check(fu.stats()["conns"] >= 2, "no reconnect: %s" % fu.stats())
+
+
+@scenario
+def upstream_refusing_servfail(t):
+    """With the upstream refusing connections, clients get SERVFAIL well before --timeout, with EDE."""
+    fu = t.fakeup()
+    fu.refuse()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    for i in range(3):
+        r = ask_udp(d.port, make_query("down%d.example." % i, edns=1232))
+        expect_servfail(r, "query %d" % i)
+        check(r.elapsed < 1.0, "query %d: SERVFAIL after %.2fs (want < 1s)"
+              % (i, r.elapsed))
+        codes = ede_codes(r.msg)
+        check(set(codes) & {22, 23},
+              "query %d: EDE codes %s, want 22 or 23" % (i, codes))
+    r = ask_udp(d.port, make_query("down-noedns.example."))
+    expect_servfail(r, "no-EDNS query")
+    check(r.elapsed < 1.0, "no-EDNS: SERVFAIL after %.2fs" % r.elapsed)
+    r = ask_tcp(d.port, make_query("down-tcp.example.", edns=1232))
+    expect_servfail(r, "TCP query")
+    check(r.elapsed < 1.0, "TCP: SERVFAIL after %.2fs" % r.elapsed)
+
+
+@scenario
+def upstream_comes_back(t):
+    """After the upstream comes back, answers resume within a few seconds."""
+    fu = t.fakeup()
+    fu.refuse()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "1000")
+    t_end = time.monotonic() + 1.0
+    while time.monotonic() < t_end:
+        expect_servfail(ask_udp(d.port, "still-down.example."), "while down")
+        time.sleep(0.2)
+    fu.unrefuse()
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < 6.0:
+        last = ask_udp(d.port, "back.example.")
+        if last.addrs() == [GOOD_ADDR]:
+            break
+        time.sleep(0.1)
+    expect_a(last, GOOD_ADDR, "%.1fs after the upstream came back" %
+             (time.monotonic() - t0))
+
+
+@scenario
+def upstream_delay_timeout(t):
+    """An upstream slower than --timeout gives SERVFAIL at about the deadline; the late reply is dropped."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "600")
+    expect_a(ask_udp(d.port, "warm.example."), GOOD_ADDR, "warm-up")
+    fu.set(delay_ms=1500)
+    r = ask_udp(d.port, "slow.example.", timeout=3, linger=1.3)
+    expect_servfail(r, "slow query")
+    check(0.45 <= r.elapsed <= 1.1,
+          "SERVFAIL after %.2fs, want about 0.6s" % r.elapsed)
+    check(len(r.raw) == 1, "client got %d replies (late reply leaked?)" %
+          len(r.raw))
+    fu.set(delay_ms=0)
+    expect_a(ask_udp(d.port, "fast.example."), GOOD_ADDR, "after the delay")
+
+
+@scenario
+def handshake_stall(t):
+    """An upstream that accepts but never finishes TLS gives SERVFAIL by the deadline, then recovery."""
+    fu = t.fakeup()
+    fu.set(mode="stall")
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "800")
+    r = ask_udp(d.port, "stall.example.", timeout=3)
+    expect_servfail(r, "during stall")
+    check(r.elapsed <= 1.3, "SERVFAIL after %.2fs, want about 0.8s" %
+          r.elapsed)
+    check(fu.nqueries() == 0, "queries reached a stalled upstream")
+    fu.set(mode="normal")
+    fu.close_all(graceful=False)
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < 6.0:
+        last = ask_udp(d.port, "unstalled.example.")
+        if last.addrs() == [GOOD_ADDR]:
+            break
+        time.sleep(0.1)
+    expect_a(last, GOOD_ADDR, "after the stall ended")
+
+
+@scenario
+def idle_closed_by_server(t):
+    """After the upstream closes an idle connection, the next query is answered without delay."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    expect_a(ask_udp(d.port, "first.example."))
+    for i in range(3):
+        fu.close_all(graceful=True)
+        time.sleep(0.15)
+        r = ask_udp(d.port, "again%d.example." % i)
+        expect_a(r, GOOD_ADDR, "after close %d" % i)
+        check(r.elapsed < 0.5, "answer %d took %.2fs after the idle close" %
+              (i, r.elapsed))
+    fu.close_all(graceful=False)
+    time.sleep(0.15)
+    r = ask_udp(d.port, "abrupt.example.")
+    expect_a(r, GOOD_ADDR, "after an abrupt close")
+    check(r.elapsed < 0.5, "answer took %.2fs after an abrupt close" %
+          r.elapsed)
+
+
+@scenario
+def idle_timeout_closes(t):
+    """--idle-timeout 1 closes an idle upstream connection; later queries still work."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--idle-timeout", "1", "--timeout", "2000")
+    expect_a(ask_udp(d.port, "one.example."))
+    check(fu.stats()["closed"] == 0, "closed too early: %s" % fu.stats())
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline and fu.stats()["live"] > 0:
+        time.sleep(0.05)
+    check(fu.stats()["live"] == 0,
+          "upstream connection still open 3.5s after the last query, "
+          "--idle-timeout 1: %s" % fu.stats())
+    expect_a(ask_udp(d.port, "two.example."), GOOD_ADDR, "after idle close")
+
+
+def _auth_fail(t, fu, args, reason):
+    d = t.dnsfwd(*args, "--timeout", "1000")
+    for i in range(2):
+        r = ask_udp(d.port, "auth%d.example." % i, timeout=3)
+        expect_servfail(r, "query %d" % i)
+    time.sleep(0.1)
+    check(fu.nqueries() == 0, "%d queries reached an upstream that failed "
+          "authentication" % fu.nqueries())
+    check(fu.stats()["conns"] >= 1, "dnsfwd never dialled the upstream")
+    hits = d.grep(reason)
+    check(hits, "log does not say %r: %s" % (reason, d.tail(6)))
+
+
+@scenario
+def tls_name_mismatch(t):
+    """Connecting with #wrong.test sends no query, SERVFAILs, and logs 'name mismatch'."""
+    fu = t.fakeup()
+    _auth_fail(t, fu, tls_up(fu, name="wrong.test"), "name mismatch")
+
+
+@scenario
+def tls_untrusted_ca(t):
+    """A certificate from an unknown CA sends no query, SERVFAILs, and logs 'untrusted'."""
+    fu = t.fakeup(cert="untrusted")
+    _auth_fail(t, fu, tls_up(fu), "untrusted")
+
+
+@scenario
+def tls_expired_cert(t):
+    """An expired certificate sends no query, SERVFAILs, and logs 'expired'."""
+    fu = t.fakeup(cert="expired")
+    _auth_fail(t, fu, tls_up(fu), "expired")
+
+
+@scenario
+def tls_pin_mismatch(t):
+    """A pin-only upstream whose key does not match sends no query, SERVFAILs, and logs 'pin mismatch'."""
+    fu = t.fakeup()
+    _auth_fail(t, fu, tls_up(fu, name=None, pins=[read_pin("wrong-pin.txt")],
+                             ca=False), "pin mismatch")
+
+
+@scenario
+def tls_name_ok_pin_mismatch(t):
+    """A valid name does not excuse a wrong pin: no query, SERVFAIL, 'pin mismatch'."""
+    fu = t.fakeup()
+    _auth_fail(t, fu, tls_up(fu, pins=[read_pin("wrong-pin.txt")]),
+               "pin mismatch")
+
+
+@scenario
+def tls_pin_only(t):
+    """A correct --pin-sha256 alone (no #NAME, no CA file) authenticates."""
+    fu = t.fakeup()
+    port = fu.port
+    d = t.dnsfwd("--connect-tls=127.0.0.1:%d" % port,
+                 "--pin-sha256=" + read_pin(), "--timeout=2000")
+    expect_a(ask_udp(d.port, "pinned.example."))
+    expect_a(ask_tcp(d.port, "pinned2.example."))
+
+
+@scenario
+def tls_pin_and_name(t):
+    """A correct pin plus #dns.test works, and the SNI sent is dns.test."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu, pins=[read_pin("wrong-pin.txt"), read_pin()]),
+                 "--timeout", "2000")
+    expect_a(ask_udp(d.port, "both.example."))
+    check(fu.snis and all(s == "dns.test" for s in fu.snis),
+          "SNI seen by the upstream: %s" % fu.snis)
+
+
+def _resume(t, tls_max):
+    fu = t.fakeup(tls_max=tls_max)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    expect_a(ask_udp(d.port, "r1.example."))
+    expect_a(ask_udp(d.port, "r2.example."))
+    for i in range(2):
+        fu.close_all(graceful=True)
+        time.sleep(0.15)
+        expect_a(ask_udp(d.port, "r%d.example." % (i + 3)))
+    st = fu.stats()
+    check(st["resumed"] >= 1, "no resumed TLS session in %d handshakes "
+          "(versions %s)" % (st["handshakes"], sorted(set(fu.versions))))
+
+
+@scenario
+def tls_session_resumption(t):
+    """After the upstream closes an idle connection, the reconnect resumes the TLS session."""
+    _resume(t, None)
+
+
+@scenario
+def tls12_resumption(t):
+    """Against a TLS 1.2-only upstream, queries work and reconnects resume the session."""
+    _resume(t, "1.2")
+
+
+@scenario
+def connect_tcp_plain(t):
+    """--connect-tcp to a plain DNS-over-TCP upstream answers UDP and TCP clients."""
+    fu = t.fakeup(tls=False)
+    d = t.dnsfwd("--connect-tcp", "127.0.0.1:%d" % fu.port, "--timeout",
+                 "2000")
+    expect_a(ask_udp(d.port, "plain.example."))
+    expect_a(ask_tcp(d.port, "plain-tcp.example."))
+    r = ask_udp(d.port, "nx.plain.example.")
+    check(r.rcode() == dns.rcode.NXDOMAIN, "nx: %s" % r.describe())
+
+
+@scenario
+def tcp_client_pipelined(t):
+    """Ten queries pipelined on one client TCP connection are all answered, even out of order."""
+    fu = t.fakeup()
+    fu.set(mode="reorder", n=10)
+    d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--timeout", "3000")
+    qs = [make_query("pipe%d.example." % i, qid=1000 + i) for i in range(10)]
+    with tcp_connect(d.port) as s:
+        s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
+        frames = tcp_read_frames(s, 10, 4)
+    check(len(frames) == 10, "got %d of 10 replies (fakeup saw %d)" %
+          (len(frames), fu.nqueries()))
+    byid = {q.id: q for q in qs}
+    seen = []
+    for f in frames:
+        m = dns.message.from_wire(f)
+        q = byid.get(m.id)
+        check(q is not None and m.question == q.question,
+              "reply id %d for %s matches no query" % (m.id, m.question))
+        check([r.address for rr in m.answer for r in rr] == [GOOD_ADDR],
+              "bad answer %s" % m)
+        seen.append(m.id)
+    check(sorted(seen) == sorted(byid), "duplicate replies: %s" % seen)
+
+
+@scenario
+def tcp_client_fragmented(t):
+    """A query split over many small TCP writes (and one straddling two) is answered."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    q1 = make_query("frag1.example.", qid=7)
+    q2 = make_query("frag2.example.", qid=8)
+    q3 = make_query("frag3.example.", qid=9)
+    w1, w2, w3 = (fakeup.frame(q.to_wire()) for q in (q1, q2, q3))
+    with tcp_connect(d.port) as s:
+        for i in range(len(w1)):        # byte by byte
+            s.sendall(w1[i:i + 1])
+            time.sleep(0.005)
+        f = tcp_read_frames(s, 1, 3)
+        check(len(f) == 1 and _is_ours(q1, f[0]) is not None,
+              "byte-by-byte query: %d replies" % len(f))
+        stream = w2 + w3                # chunks that straddle the frames
+        cut = len(w2) + 3
+        for chunk in (stream[:1], stream[1:9], stream[9:cut], stream[cut:]):
+            s.sendall(chunk)
+            time.sleep(0.03)
+        f = tcp_read_frames(s, 2, 3)
+        ids = sorted(dns.message.from_wire(x).id for x in f)
+        check(ids == [8, 9], "straddling queries: replies %s" % ids)
+
+
+@scenario
+def malformed_client_datagrams(t):
+    """Short, QR=1 and garbage datagrams get no reply, count as drops, and serving goes on."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    expect_a(ask_udp(d.port, "before.example."))
+    before = d.stats()
+    resp = dns.message.make_response(make_query("qr1.example."))
+    bads = [b"\x12\x34\x01", resp.to_wire(), os.urandom(7) + b"\xff" * 40,
+            b"\x00" * 12 + b"\xff\xff\xff"]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("127.0.0.1", d.port))
+        for b in bads:
+            s.send(b)
+        s.settimeout(0.5)
+        try:
+            got = s.recv(65535)
+        except socket.timeout:
+            got = None
+        check(got is None, "a malformed datagram got a reply: %r" %
+              (got or b"")[:40])
+    finally:
+        s.close()
+    after = d.stats()
+    check(after.get("drops", 0) - before.get("drops", 0) >= len(bads),
+          "drops rose by %d for %d malformed datagrams: %s" % (
+              after.get("drops", 0) - before.get("drops", 0), len(bads),
+              after))
+    check(fu.nqueries() == 1, "a malformed datagram reached the upstream")
+    expect_a(ask_udp(d.port, "after.example."), GOOD_ADDR, "after garbage")
+    expect_a(ask_tcp(d.port, "after-tcp.example."), GOOD_ADDR, "after garbage")
+
+
+USAGE_UP = ["--connect-tcp", "127.0.0.1:9"]
+
+
+@scenario
+def usage_errors(t):
+    """Every usage error exits 2 with one stderr line naming the flag."""
+    pin = read_pin()
+    lu = ["--bind-udp", "127.0.0.1:5353"]
+    cases = [
+        (["--bogus"] + lu + USAGE_UP, "--bogus"),
+        (["--bind-udp", "300.1.2.3:53"] + USAGE_UP, "--bind-udp"),
+        (["--bind-udp", "localhost:53"] + USAGE_UP, "--bind-udp"),
+        (["--bind-tcp", "[::1:53"] + USAGE_UP, "--bind-tcp"),
+        (["--bind-udp", "127.0.0.1:70000"] + USAGE_UP, "--bind-udp"),
+        (lu + ["--connect-tls", "1.2.3:853#dns.test"], "--connect-tls"),
+        (lu + ["--connect-tcp", "127.0.0.1:x"], "--connect-tcp"),
+        (lu + USAGE_UP + ["--connections", "abc"], "--connections"),
+        (lu + USAGE_UP + ["--max-inflight", "12x"], "--max-inflight"),
+        (lu + USAGE_UP + ["--timeout", "-5"], "--timeout"),
+        (lu + USAGE_UP + ["--timeout=abc"], "--timeout"),
+        (lu + USAGE_UP + ["--idle-timeout", "1e3"], "--idle-timeout"),
+        (lu + USAGE_UP + ["--log-level", "loud"], "--log-level"),
+        (lu + USAGE_UP + ["--timeout"], "--timeout"),
+        (lu + USAGE_UP + ["--ca-file"], "--ca-file"),
+        (USAGE_UP + ["--bind-udp"], "--bind-udp"),
+        (USAGE_UP, "--bind"),
+        (lu, "--connect"),
+        (lu + ["--pin-sha256", pin] + USAGE_UP, "--pin-sha256"),
+        (lu + ["--connect-tls", "127.0.0.1:853"], "--connect-tls"),
+    ]
+    bad = []
+    for args, flag in cases:
+        rc, out, err = run_dnsfwd(t, args)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        if rc != 2 or len(lines) != 1 or flag not in lines[0]:
+            bad.append("%s -> exit %s, stderr %r" % (" ".join(args), rc,
+                                                     err[:200]))
+    check(not bad, "%d of %d usage errors wrong: %s" % (
+        len(bad), len(cases), "; ".join(bad)))
+
+
+@scenario
+def help_and_version(t):
+    """--help and --version print to stdout and exit 0."""
+    rc, out, err = run_dnsfwd(t, ["--help"])
+    check(rc == 0 and "--connect-tls" in out and "--bind-udp" in out,
+          "--help: exit %s, stdout %r, stderr %r" % (rc, out[:200], err[:200]))
+    rc, out, err = run_dnsfwd(t, ["--version"])
+    check(rc == 0 and re.search(r"\d+\.\d+", out),
+          "--version: exit %s, stdout %r, stderr %r" % (rc, out[:200],
+                                                        err[:200]))
+
+
+@scenario
+def bind_in_use(t):
+    """Binding an address already in use (UDP or TCP) exits 1 with a message."""
+    for kind, flag in ((socket.SOCK_DGRAM, "--bind-udp"),
+                       (socket.SOCK_STREAM, "--bind-tcp")):
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            s.bind(("127.0.0.1", 0))
+            if kind == socket.SOCK_STREAM:
+                s.listen(1)
+            port = s.getsockname()[1]
+            rc, out, err = run_dnsfwd(t, [flag, "127.0.0.1:%d" % port] +
+                                      USAGE_UP)
+            check(rc == 1 and err.strip(),
+                  "%s on a busy port: exit %s, stderr %r" % (flag, rc,
+                                                             err[:300]))
+        finally:
+            s.close()
+
+
+@scenario
+def missing_ca_file(t):
+    """An unreadable --ca-file exits 1 with a message."""
+    rc, out, err = run_dnsfwd(t, ["--bind-udp", "127.0.0.1:%d" %
+                                  udp_tcp_free_port("127.0.0.1"),
+                                  "--connect-tls", "127.0.0.1:853#dns.test",
+                                  "--ca-file", os.path.join(t.dir, "nope.pem")])
+    check(rc == 1 and err.strip(), "exit %s, stderr %r" % (rc, err[:300]))
+
+
+@scenario
+def multiple_upstreams(t):
+    """With one upstream refusing and one healthy, every query is answered."""
+    dead = t.fakeup()
+    dead.refuse()
+    good = t.fakeup()
+    d = t.dnsfwd(*tls_up(dead), *tls_up(good, ca=False), "--timeout", "1000")
+    rs = []
+    for i in range(10):
+        rs.append(ask_udp(d.port, "multi%d.example." % i))
+    rs += parallel(lambda i: ask_udp(d.port, "multi-par%d.example." % i),
+                   range(20))
+    bad = [r.describe() for r in rs if r.addrs() != [GOOD_ADDR]]
+    check(not bad, "%d of %d not answered: %s" % (len(bad), len(rs), bad[:4]))
+
+
+def _have_ipv6():
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.bind(("::1", 0))
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+class Skip(Exception):
+    pass
+
+
+@scenario
+def ipv6_listener(t):
+    """An IPv6 listener [::1]:PORT answers over UDP and TCP."""
+    if not _have_ipv6():
+        raise Skip("::1 unavailable")
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000", host="::1")
+    expect_a(ask_udp(d.port, "six.example.", host="::1"))
+    expect_a(ask_tcp(d.port, "six-tcp.example.", host="::1"))
+
+
+@scenario
+def ipv6_upstream(t):
+    """--connect-tls [::1]:PORT#dns.test reaches an upstream over IPv6."""
+    if not _have_ipv6():
+        raise Skip("::1 unavailable")
+    fu = t.fakeup(host="::1")
+    d = t.dnsfwd(*tls_up(fu, host="::1"), "--timeout", "2000")
+    expect_a(ask_udp(d.port, "up6.example."))
+
+
+@scenario
+def max_inflight_queue(t):
+    """With --max-inflight 5 on one connection, 10 queries are answered with never more than 5 in flight."""
+    fu = t.fakeup()
+    fu.set(delay_ms=200)
+    d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--max-inflight", "5",
+                 "--timeout", "3000")
+    rs = parallel(lambda i: ask_udp(d.port, "mi%d.example." % i, timeout=5),
+                  range(10), workers=10)
+    bad = [r.describe() for r in rs if r.addrs() != [GOOD_ADDR]]
+    check(not bad, "%d of 10 not answered: %s" % (len(bad), bad[:4]))
+    st = fu.stats()
+    check(st["max_pending"] <= 5, "%d queries in flight on one connection "
+          "with --max-inflight 5" % st["max_pending"])
+    check(st["conns"] == 1, "%d connections with --connections 1" %
+          st["conns"])
+
+
+@scenario
+def overload_servfail(t):
+    """Beyond the pending table and wait queue (2 x 5 here), queries get a quick SERVFAIL counted as overload."""
+    fu = t.fakeup()
+    fu.set(delay_ms=600)
+    d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--max-inflight", "5",
+                 "--timeout", "3000")
+    before = d.stats()
+    rs = parallel(lambda i: ask_udp(d.port, "ov%d.example." % i, timeout=5),
+                  range(30), workers=30)
+    ok = [r for r in rs if r.addrs() == [GOOD_ADDR]]
+    sf = [r for r in rs if r.rcode() == dns.rcode.SERVFAIL]
+    other = [r.describe() for r in rs if r not in ok and r not in sf]
+    check(not other, "neither answer nor SERVFAIL: %s" % other[:4])
+    check(len(ok) >= 10, "only %d answered; 5 in flight + 5 queued should "
+          "be" % len(ok))
+    slow = [r.elapsed for r in sf if r.elapsed > 0.5]
+    check(not slow, "overload SERVFAILs took %s s" % slow[:4])
+    after = d.stats()
+    grew = after.get("overload", 0) - before.get("overload", 0)
+    check(grew == len(sf), "overload rose by %d for %d SERVFAILs: %s" % (
+        grew, len(sf), after))
+    check(fu.stats()["max_pending"] <= 5, "%d in flight on one connection"
+          % fu.stats()["max_pending"])
+
+
+@scenario
+def sigint_stops(t):
+    """SIGINT stops dnsfwd with exit 0 and a final 'stopped' line."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu))
+    expect_a(ask_udp(d.port, "int.example."))
+    d.stop_and_check(signal.SIGINT)
+
+
+# ---------------------------------------------------------------- runner
+
+def run_one(fn, workdir):
+    t = T(fn.__name__, workdir)
+    status, reason = "ok", ""
+    t0 = time.monotonic()
+    try:
+        fn(t)
+    except Skip as e:
+        status, reason = "skip", str(e)
+    except Fail as e:
+        status, reason = "FAIL", str(e)
+    except Exception as e:
+        status, reason = "FAIL", "test error: %s" % "".join(
+            traceback.format_exception_only(type(e), e)).strip()
+        t.note(traceback.format_exc())
+    try:
+        errs = t.cleanup(failed=(status == "FAIL"))
+    except Exception as e:
+        errs = ["cleanup error: %r" % e]
+    if errs and status != "FAIL":
+        status, reason = "FAIL", "; ".join(errs)
+    elif errs:
+        reason += "; " + "; ".join(errs)
+    with open(os.path.join(t.dir, "notes.txt"), "w") as f:
+        f.write("\n".join(t.notes) + "\n%s %s\n" % (status, reason))
+    return status, reason, time.monotonic() - t0, t
+
+
+def main():
+    global DNSFWD, PKI
+    ap = argparse.ArgumentParser(description="dnsfwd integration tests")
+    ap.add_argument("--dnsfwd", default=os.environ.get("DNSFWD", "./dnsfwd"))
+    ap.add_argument("-k", dest="substr", default=None,
+                    help="run only scenarios whose name contains this")
+    ap.add_argument("-j", dest="jobs", type=int, default=4,
+                    help="scenarios run at once (default 4)")
+    ap.add_argument("-v", dest="verbose", action="store_true",
+                    help="print log tails of failed scenarios")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work directory even when all pass")
+    a = ap.parse_args()
+    DNSFWD = os.path.abspath(a.dnsfwd)
+    if not os.access(DNSFWD, os.X_OK):
+        print("FAIL setup: %s is not an executable" % DNSFWD)
+        print("0 passed, 1 failed")
+        return 1
+    workdir = tempfile.mkdtemp(prefix="dnsfwd-it-")
+    PKI = os.path.join(workdir, "pki")
+    subprocess.run(["sh", os.path.join(HERE, "mkcerts.sh"), PKI], check=True)
+    todo = [fn for fn in SCENARIOS if not a.substr or a.substr in fn.__name__]
+    passed = failed = skipped = 0
+    t0 = time.monotonic()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as ex:
+            futs = [ex.submit(run_one, fn, workdir) for fn in todo]
+            for fn, fut in zip(todo, futs):
+                try:
+                    status, reason, dt, t = fut.result(timeout=300)
+                except concurrent.futures.TimeoutError:
+                    status, reason, dt, t = "FAIL", "hung for 300s", 300, None
+                name = fn.__name__
+                if status == "ok":
+                    passed += 1
+                    print("ok %s (%.1fs)" % (name, dt), flush=True)
+                elif status == "skip":
+                    skipped += 1
+                    print("skip %s: %s" % (name, reason), flush=True)
+                else:
+                    failed += 1
+                    print("FAIL %s: %s" % (name, reason), flush=True)
+                    if a.verbose and t is not None:
+                        for d in t.daemons:
+                            print("    --- %s" % d.log)
+                            for ln in d.lines()[-15:]:
+                                print("    " + ln)
+    finally:
+        with ALL_PROCS_LOCK:
+            left = list(ALL_PROCS)
+        for p in left:
+            kill_pid(p)
+    print("# %.1fs, work directory %s" % (
+        time.monotonic() - t0, workdir if (failed or a.keep) else "removed"))
+    if not failed and not a.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    tail = ", %d skipped" % skipped if skipped else ""
+    print("%d passed, %d failed%s" % (passed, failed, tail))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
