@@ -318,8 +318,8 @@ class FakeUpstream:
         self.reset_counters()
         self.live = set()
         self.stopping = False
-        self._lsock = None
-        self._llock = threading.Lock()
+        self._lsock = None              # owned by the accept thread
+        self._want_listen, self._req, self._done = True, 0, 0
         self._thread = None
 
     def reset_counters(self):
@@ -386,23 +386,31 @@ class FakeUpstream:
         self._lsock = s
 
     def _accept_loop(self):
+        """Owns the listening socket: opens/closes it as asked, accepts."""
         cids = itertools.count(1)
         while not self.stopping:
-            with self._llock:
-                ls = self._lsock
-                r = []
-                if ls is not None:
-                    r, _, _ = select.select([ls], [], [], 0.02)
-                if not r:
-                    s = None
-                else:
-                    try:
-                        s, _ = ls.accept()
-                    except OSError:
-                        s = None
-            if ls is None:
-                time.sleep(0.02)
-            if s is None:
+            with self.lock:
+                want, req = self._want_listen, self._req
+            if want and self._lsock is None:
+                try:
+                    self._open()
+                except OSError as e:
+                    with self.lock:
+                        self.errors.append("rebind: %r" % e)
+            elif not want and self._lsock is not None:
+                self._lsock.close()
+                self._lsock = None
+            with self.lock:
+                self._done = req
+            if self._lsock is None:
+                time.sleep(0.01)
+                continue
+            r, _, _ = select.select([self._lsock], [], [], 0.01)
+            if not r:
+                continue
+            try:
+                s, _ = self._lsock.accept()
+            except OSError:
                 continue
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.lock:
@@ -413,24 +421,30 @@ class FakeUpstream:
                 c = _Conn(self, s, next(cids), stall)
                 self.live.add(c)
             c.thread.start()
-        with self._llock:
-            if self._lsock is not None:
-                self._lsock.close()
-                self._lsock = None
+        if self._lsock is not None:
+            self._lsock.close()
+            self._lsock = None
+
+    def _listen(self, want):
+        with self.lock:
+            self._want_listen = want
+            self._req += 1
+            req = self._req
+        for _ in range(300):            # the accept loop acts within ~20 ms
+            with self.lock:
+                if self._done >= req:
+                    return
+            time.sleep(0.005)
+        raise RuntimeError("fakeup accept loop did not answer")
 
     def refuse(self):
         """Stop listening and drop every connection: dials are refused."""
-        with self._llock:
-            if self._lsock is not None:
-                self._lsock.close()
-                self._lsock = None
+        self._listen(False)
         self.close_all(graceful=False)
 
     def unrefuse(self):
         """Listen again on the same port."""
-        with self._llock:
-            if self._lsock is None:
-                self._open()
+        self._listen(True)
 
     def close_all(self, graceful=True, wait=True):
         """Close every live connection (graceful: TLS close_notify first)."""

@@ -339,6 +339,7 @@ class Dnsfwd:
             argv += list(args)
             self.argv = argv
             self.t.note("dnsfwd: " + " ".join(argv))
+            start_at = len(self.text())
             with open(self.log, "ab") as lf, open(self.out, "ab") as of:
                 self.proc = track(subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=of, stderr=lf))
@@ -346,13 +347,13 @@ class Dnsfwd:
                 return self
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                if "ready" in self.text():
+                if re.search(r"\bready\b", self.text()[start_at:]):
                     return self
                 if self.proc.poll() is not None:
                     break
                 time.sleep(0.01)
             rc = self.proc.poll()
-            last = self.tail()
+            last = " | ".join(self.text()[start_at:].splitlines()[-8:])
             if rc == 1 and re.search(r"(?i)bind|in use", last):
                 continue            # lost a port race: try another port
             raise Fail("dnsfwd not ready (exit %r): %s" % (rc, last))
@@ -544,7 +545,10 @@ def unbound_udp_tcp(t):
               "kdig %s: rc %d %s %s" % (mode, p.returncode, p.stdout[-400:],
                                         p.stderr[-200:]))
     st = d.stats()
-    check(st.get("answers", 0) >= 6 and st.get("queries", 0) >= 6,
+    keys = {"queries", "answers", "servfails", "drops", "bad_replies",
+            "reconnects", "overload", "inflight"}
+    check(keys <= set(st), "stats line lacks %s: %s" % (keys - set(st), st))
+    check(st["answers"] >= 6 and st["queries"] >= 6 and st["inflight"] == 0,
           "stats after 6 answered queries: %s" % st)
 
 
@@ -671,6 +675,8 @@ def _bad_reply(t, mode):
     for i in range(3):
         expect_a(ask_udp(d.port, "after%d.example." % i), GOOD_ADDR,
                  "query after the bad reply")
+    st = d.stats()
+    check(st.get("inflight") == 0, "inflight not back to 0: %s" % st)
     return fu, d, r
 
 
@@ -735,6 +741,11 @@ def truncation_tc(t):
     r = ask_tcp(d.port, make_query("big.test.", "TXT"))
     check(r.msg is not None and txts(r.msg) == want,
           "tcp: %s" % r.describe())
+    r = ask_udp(d.port, make_query("big.test.", "TXT", edns=1232))
+    check(r.msg is not None, "udp EDNS 1232: %s" % r.describe())
+    check(r.msg.flags & dns.flags.TC and len(r.raw[0]) <= 1232,
+          "udp EDNS 1232, %d-byte answer: TC=%d, %d bytes" % (
+              2156, bool(r.msg.flags & dns.flags.TC), len(r.raw[0])))
     r = ask_udp(d.port, make_query("big.test.", "TXT", edns=4096))
     check(r.msg is not None, "udp EDNS 4096: %s" % r.describe())
     check(not (r.msg.flags & dns.flags.TC) and txts(r.msg) == want,
@@ -824,8 +835,15 @@ def upstream_delay_timeout(t):
           "SERVFAIL after %.2fs, want about 0.6s" % r.elapsed)
     check(len(r.raw) == 1, "client got %d replies (late reply leaked?)" %
           len(r.raw))
+    r = ask_tcp(d.port, "slow-tcp.example.", timeout=3)
+    expect_servfail(r, "slow TCP query")
+    check(0.45 <= r.elapsed <= 1.1,
+          "TCP SERVFAIL after %.2fs, want about 0.6s" % r.elapsed)
     fu.set(delay_ms=0)
     expect_a(ask_udp(d.port, "fast.example."), GOOD_ADDR, "after the delay")
+    time.sleep(1.0)            # the late replies have arrived by now
+    st = d.stats()
+    check(st.get("inflight") == 0, "inflight not back to 0: %s" % st)
 
 
 @scenario
@@ -1251,6 +1269,7 @@ def overload_servfail(t):
     check(not other, "neither answer nor SERVFAIL: %s" % other[:4])
     check(len(ok) >= 10, "only %d answered; 5 in flight + 5 queued should "
           "be" % len(ok))
+    check(sf, "all 30 answered: the wait queue is not bounded")
     slow = [r.elapsed for r in sf if r.elapsed > 0.5]
     check(not slow, "overload SERVFAILs took %s s" % slow[:4])
     after = d.stats()
@@ -1259,6 +1278,80 @@ def overload_servfail(t):
         grew, len(sf), after))
     check(fu.stats()["max_pending"] <= 5, "%d in flight on one connection"
           % fu.stats()["max_pending"])
+    st = d.stats()
+    check(st.get("inflight") == 0, "inflight not back to 0: %s" % st)
+
+
+@scenario
+def pin_applies_to_preceding(t):
+    """--pin-sha256 binds only the --connect-tls before it, not the others."""
+    dead = t.fakeup()
+    dead.refuse()
+    good = t.fakeup()
+    wrong = read_pin("wrong-pin.txt")
+    d = t.dnsfwd(*tls_up(dead, pins=[wrong]), *tls_up(good, ca=False),
+                 "--timeout", "1000")
+    for i in range(4):
+        expect_a(ask_udp(d.port, "pa%d.example." % i), GOOD_ADDR,
+                 "pinned dead upstream first")
+    check(not d.grep("pin mismatch"), "pin applied to the wrong upstream: "
+          "%s" % d.grep("pin mismatch")[:2])
+    # The pin follows the healthy upstream here and must be checked there.
+    untrusted = t.fakeup(cert="untrusted")
+    d2 = t.dnsfwd("--connect-tls", "127.0.0.1:%d#dns.test" % good.port,
+                  "--connect-tls", "127.0.0.1:%d" % untrusted.port,
+                  "--pin-sha256", wrong, "--ca-file", pki("ca.pem"),
+                  "--timeout", "1000")
+    for i in range(4):
+        expect_a(ask_udp(d2.port, "pb%d.example." % i), GOOD_ADDR,
+                 "name-checked upstream before a pinned one")
+    d2.stop_and_check()
+
+
+@scenario
+def failover_on_auth_failure(t):
+    """With one upstream failing authentication and one healthy, every query is answered."""
+    bad = t.fakeup(cert="untrusted")
+    good = t.fakeup()
+    d = t.dnsfwd(*tls_up(bad), *tls_up(good, ca=False), "--timeout", "1000")
+    rs = [ask_udp(d.port, "fa%d.example." % i) for i in range(6)]
+    rs += parallel(lambda i: ask_udp(d.port, "fa-par%d.example." % i),
+                   range(10))
+    bad_rs = [r.describe() for r in rs if r.addrs() != [GOOD_ADDR]]
+    check(not bad_rs, "%d of %d not answered: %s" % (len(bad_rs), len(rs),
+                                                     bad_rs[:4]))
+    check(bad.nqueries() == 0, "queries reached the untrusted upstream")
+
+
+@scenario
+def sigterm_with_work_pending(t):
+    """SIGTERM with queries in flight, queued, on TCP clients and in a stalled handshake still exits 0 within 2 s."""
+    slow = t.fakeup()
+    slow.set(delay_ms=5000)
+    stall = t.fakeup()
+    stall.set(mode="stall")
+    d = t.dnsfwd(*tls_up(slow), *tls_up(stall, ca=False), "--connections",
+                 "1", "--max-inflight", "3", "--timeout", "8000")
+    socks = []
+    try:
+        for i in range(8):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.connect(("127.0.0.1", d.port))
+            s.send(make_query("term%d.example." % i).to_wire())
+            socks.append(s)
+        for i in range(2):
+            c = tcp_connect(d.port)
+            c.sendall(fakeup.frame(make_query("tterm%d.example." % i)
+                                   .to_wire()) + b"\x00\x30\x12")
+            socks.append(c)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and slow.nqueries() < 3:
+            time.sleep(0.02)
+        check(slow.nqueries() >= 1, "no query reached the upstream")
+        d.stop_and_check()
+    finally:
+        for s in socks:
+            s.close()
 
 
 @scenario
@@ -1334,7 +1427,8 @@ def main():
                 name = fn.__name__
                 if status == "ok":
                     passed += 1
-                    print("ok %s (%.1fs)" % (name, dt), flush=True)
+                    print("ok %s%s" % (name, " (%.1fs)" % dt if a.verbose
+                                       else ""), flush=True)
                 elif status == "skip":
                     skipped += 1
                     print("skip %s: %s" % (name, reason), flush=True)
