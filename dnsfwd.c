@@ -35,11 +35,13 @@ struct udp_listener {
 };
 
 /*
- * A TCP client; the slot is reused, the generation tells a late answer
- * for a previous occupant from one for the current.
+ * A TCP client, from accept to client_close.  Its slot is reused; the
+ * generation tells a late answer for a previous occupant from one for
+ * the current.
  */
 struct tcp_client {
 	int		 tc_fd;
+	uint32_t	 tc_slot;
 	uint32_t	 tc_gen;
 	ev_io		 tc_rio;
 	ev_io		 tc_wio;
@@ -64,7 +66,8 @@ static struct udp_listener udp[LISTEN_MAX];
 static int		 tcp_fd[LISTEN_MAX];
 static ev_io		 tcp_io[LISTEN_MAX];
 static ev_timer		 accept_pause;
-static struct tcp_client *clients;
+static struct tcp_client *clients[TCP_CLIENTS_MAX];
+static uint32_t		 client_gen[TCP_CLIENTS_MAX];
 static int		 nclients;
 static TAILQ_HEAD(, tcp_client) client_dirty =
 			    TAILQ_HEAD_INITIALIZER(client_dirty);
@@ -546,8 +549,8 @@ client_deliver(const struct client_ref *cr, uint8_t *msg, size_t len,
 		    msg, len);
 		return;
 	}
-	c = &clients[cr->cr_slot];
-	if (c->tc_gen != cr->cr_gen || c->tc_fd == -1)
+	c = clients[cr->cr_slot];
+	if (c == NULL || c->tc_gen != cr->cr_gen)
 		return;		/* that client has gone */
 	if (c->tc_pending-- == TCP_CLIENT_PIPELINE && !c->tc_closing &&
 	    !draining)
@@ -641,21 +644,22 @@ accept_pause_cb(struct ev_loop *l, ev_timer *w, int revents)
 static void
 client_open(int fd, int listener)
 {
-	struct tcp_client	*c = NULL;
+	struct tcp_client	*c;
 	int			 i, one = 1;
 
 	(void)listener;
-	for (i = 0; i < TCP_CLIENTS_MAX; i++) {
-		if (clients[i].tc_fd == -1) {
-			c = &clients[i];
-			break;
-		}
+	for (i = 0; i < TCP_CLIENTS_MAX && clients[i] != NULL; i++)
+		;
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
+		log_warn("%s", __func__);
+		close(fd);
+		return;
 	}
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	clients[i] = c;
 	c->tc_fd = fd;
-	c->tc_gen++;
-	c->tc_pending = c->tc_closing = 0;
-	c->tc_inlen = c->tc_outoff = c->tc_outlen = 0;
+	c->tc_slot = (uint32_t)i;
+	c->tc_gen = ++client_gen[i];
 	ev_io_init(&c->tc_rio, client_read_cb, fd, EV_READ);
 	ev_io_init(&c->tc_wio, client_write_cb, fd, EV_WRITE);
 	ev_init(&c->tc_idle, client_idle_cb);
@@ -670,7 +674,7 @@ client_open(int fd, int listener)
 static void
 client_close(struct tcp_client *c, const char *why)
 {
-	log_debug("tcp client %d: closed: %s", (int)(c - clients), why);
+	log_debug("tcp client %u: closed: %s", c->tc_slot, why);
 	ev_io_stop(loop, &c->tc_rio);
 	ev_io_stop(loop, &c->tc_wio);
 	ev_timer_stop(loop, &c->tc_idle);
@@ -679,10 +683,9 @@ client_close(struct tcp_client *c, const char *why)
 		c->tc_dirty = 0;
 	}
 	close(c->tc_fd);
-	c->tc_fd = -1;
+	clients[c->tc_slot] = NULL;
 	free(c->tc_out);
-	c->tc_out = NULL;
-	c->tc_outcap = 0;
+	free(c);
 	if (nclients-- == TCP_CLIENTS_MAX && !ev_is_active(&accept_pause))
 		accept_enable(1);
 }
@@ -718,7 +721,7 @@ client_frames(struct tcp_client *c)
 
 	memset(&cr, 0, sizeof(cr));
 	cr.cr_kind = CLIENT_TCP;
-	cr.cr_slot = (uint32_t)(c - clients);
+	cr.cr_slot = c->tc_slot;
 	cr.cr_gen = c->tc_gen;
 	while (c->tc_inlen - off >= 2 && !c->tc_closing &&
 	    c->tc_pending < TCP_CLIENT_PIPELINE) {
@@ -834,8 +837,8 @@ signal_cb(struct ev_loop *l, ev_signal *w, int revents)
 	accept_enable(0);
 	ev_timer_stop(loop, &accept_pause);
 	for (i = 0; i < TCP_CLIENTS_MAX; i++)
-		if (clients[i].tc_fd != -1)
-			ev_io_stop(loop, &clients[i].tc_rio);
+		if (clients[i] != NULL)
+			ev_io_stop(loop, &clients[i]->tc_rio);
 	/* Answer what is in flight, but never past the 2 s promise. */
 	ev_timer_init(&drain_timer, drain_cb, 1.0, 0.0);
 	ev_timer_start(loop, &drain_timer);
@@ -887,10 +890,6 @@ setup_listeners(void)
 		ev_io_init(&tcp_io[i], tcp_accept_cb, tcp_fd[i], EV_READ);
 		ev_io_start(loop, &tcp_io[i]);
 	}
-	if ((clients = calloc(TCP_CLIENTS_MAX, sizeof(*clients))) == NULL)
-		fatal(EXIT_SETUP, "%s", __func__);
-	for (i = 0; i < TCP_CLIENTS_MAX; i++)
-		clients[i].tc_fd = -1;
 	ev_init(&accept_pause, accept_pause_cb);
 }
 
@@ -901,9 +900,8 @@ teardown(void)
 
 	mux_shutdown();
 	for (i = 0; i < TCP_CLIENTS_MAX; i++)
-		if (clients[i].tc_fd != -1)
-			client_close(&clients[i], "shutting down");
-	free(clients);
+		if (clients[i] != NULL)
+			client_close(clients[i], "shutting down");
 	for (i = 0; i < cf.cf_nudp; i++) {
 		close(udp[i].ul_fd);
 		free(udp[i].ul_buf);
