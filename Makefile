@@ -17,7 +17,7 @@ SAN =		-fsanitize=address,undefined -fno-omit-frame-pointer \
 		-fno-sanitize-recover=undefined
 PY =		/usr/bin/python3
 
-SRCS =		dnsfwd.c mux.c tls.c dns.c log.c
+SRCS =		dnsfwd.c mux.c cache.c tls.c dns.c log.c
 HDRS =		dnsfwd.h
 # mbedTLS 3.6 from Debian 13, unpacked here by tests/mbedtls3.sh.
 M3 =		build/mbedtls3
@@ -54,7 +54,7 @@ tests/test_dns: tests/test_dns.c dns.c $(HDRS)
 
 tests/test_mux: tests/test_mux.c $(SRCS) $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_mux.c dns.c \
-	    log.c tls.c $(LIBS)
+	    log.c tls.c cache.c $(LIBS)
 
 deps:
 	@missing=$$(for p in $(DEBS); do \

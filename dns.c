@@ -15,6 +15,7 @@
 #define F_OPCODE	0x78
 #define F_TC		0x02
 #define F_RD		0x01
+#define F_CD		0x10
 #define F_RA		0x80
 #define F_DO		0x80	/* first byte of the OPT TTL's flags half */
 
@@ -77,10 +78,67 @@ dns_reply_matches(const uint8_t *reply, size_t rlen, const uint8_t *query,
 	 */
 	if ((end = question_end(reply, rlen)) == 0 || end != qend)
 		return 0;
-	if (!name_equal(reply, query, DNS_HDRLEN))
+	return dns_question_equal(reply, query, qend);
+}
+
+int
+dns_question_equal(const uint8_t *a, const uint8_t *b, size_t qend)
+{
+	if (!name_equal(a, b, DNS_HDRLEN))
 		return 0;
-	return memcmp(reply + end - DNS_QTAIL, query + end - DNS_QTAIL,
+	return memcmp(a + qend - DNS_QTAIL, b + qend - DNS_QTAIL,
 	    DNS_QTAIL) == 0;
+}
+
+/*
+ * Hashes what makes two queries interchangeable: the case-folded name,
+ * type, class, the DO and CD bits and whether OPT was there.  The seed
+ * is secret, so nobody can aim many names at one bucket.
+ */
+uint32_t
+dns_query_hash(const uint8_t *q, const struct dns_qinfo *qi, uint32_t seed)
+{
+	uint32_t h = seed ^ 2166136261u;
+	size_t	 i;
+
+	for (i = DNS_HDRLEN; i < qi->qi_qend; i++)
+		h = (h ^ ascii_lower(q[i])) * 16777619u;
+	h = (h ^ (uint32_t)(qi->qi_do | qi->qi_has_opt << 1)) * 16777619u;
+	return (h ^ (q[3] & F_CD)) * 16777619u;
+}
+
+int
+dns_query_same(const uint8_t *a, const struct dns_qinfo *qa,
+    const uint8_t *b, const struct dns_qinfo *qb)
+{
+	return qa->qi_qend == qb->qi_qend && qa->qi_do == qb->qi_do &&
+	    qa->qi_has_opt == qb->qi_has_opt &&
+	    (a[3] & F_CD) == (b[3] & F_CD) &&
+	    dns_question_equal(a, b, qa->qi_qend);
+}
+
+/*
+ * Reads the resource record at *off into rr and steps past it; -1 when
+ * it does not fit.  Owner names may be compressed, pointing backwards.
+ */
+int
+dns_rr_next(const uint8_t *msg, size_t len, size_t *off, struct dns_rr *rr)
+{
+	size_t	p = *off;
+
+	if (name_skip(msg, len, &p, 1) == -1 || len - p < DNS_RRFIXED)
+		return -1;
+	rr->rr_type = dns_get16(msg + p);
+	rr->rr_ttloff = p + 4;
+	rr->rr_ttl = (uint32_t)dns_get16(msg + p + 4) << 16 |
+	    dns_get16(msg + p + 6);
+	rr->rr_rdlen = dns_get16(msg + p + 8);
+	rr->rr_rdata = p + DNS_RRFIXED;
+	if (len - rr->rr_rdata < rr->rr_rdlen)
+		return -1;
+	rr->rr_start = *off;
+	*off = rr->rr_rdata + rr->rr_rdlen;
+	return 0;
 }
 
 size_t
@@ -130,6 +188,14 @@ dns_servfail(uint8_t *out, size_t cap, const uint8_t *query,
 	dns_put16(p + 4, ede);
 	memcpy(p + 6, text, tlen);
 	return need;
+}
+
+size_t
+dns_opt_append(uint8_t *msg, size_t len, int do_bit)
+{
+	opt_put(msg + len, do_bit ? F_DO : 0, 0);
+	dns_put16(msg + 10, (uint16_t)(dns_get16(msg + 10) + 1));
+	return len + OPT_LEN;
 }
 
 /*

@@ -113,7 +113,9 @@ static const char *usage_text =
 "              (--connect-tls ADDR[:PORT][#NAME] [--pin-sha256 B64 ...] |\n"
 "               --connect-tcp ADDR[:PORT]) ...\n"
 "              [--ca-file FILE] [--connections N] [--max-inflight N]\n"
-"              [--timeout MS] [--idle-timeout S]\n"
+"              [--timeout MS] [--idle-timeout S] [--cache-size N]\n"
+"              [--min-ttl S] [--max-ttl S] [--neg-max-ttl S]\n"
+"              [--serve-stale S] [--prefetch]\n"
 "              [--log-level debug|info|warn|error] [--help] [--version]\n";
 
 #define HELP_TEXT \
@@ -130,6 +132,13 @@ static const char *usage_text =
 "  --max-inflight N         queries in flight per connection (default %d)\n" \
 "  --timeout MS             per-query deadline, then SERVFAIL (default %d)\n" \
 "  --idle-timeout S         close idle upstream connections (default %d)\n" \
+"  --cache-size N           cached answers, 0 for none (default %d)\n" \
+"  --min-ttl S              floor for cached TTLs (default 0)\n" \
+"  --max-ttl S              ceiling for cached TTLs (default 86400)\n" \
+"  --neg-max-ttl S          ceiling for cached negative answers (default 3600)\n" \
+"  --serve-stale S          keep expired answers S seconds to use when\n" \
+"                           upstreams fail (default 0: never)\n" \
+"  --prefetch               refresh popular answers before they expire\n" \
 "  --log-level LEVEL        debug, info, warn or error (default info)\n" \
 "ADDR is an IPv4 address or a bracketed IPv6 address such as [::1].\n"
 
@@ -138,6 +147,10 @@ static const char *usage_text =
 #define DEFAULT_MAX_INFLIGHT	100
 #define DEFAULT_TIMEOUT_MS	2000
 #define DEFAULT_IDLE_TIMEOUT_S	10
+#define DEFAULT_CACHE_SIZE	4096
+#define DEFAULT_MAX_TTL		86400
+#define DEFAULT_NEG_MAX_TTL	3600
+#define TTL_LIMIT		604800	/* a week, as unbound's cache-max-ttl */
 
 static void
 usage(FILE *f, int code)
@@ -146,7 +159,7 @@ usage(FILE *f, int code)
 	if (f == stdout)
 		fprintf(f, HELP_TEXT, DEFAULT_CA_FILE, DEFAULT_CONNECTIONS,
 		    DEFAULT_MAX_INFLIGHT, DEFAULT_TIMEOUT_MS,
-		    DEFAULT_IDLE_TIMEOUT_S);
+		    DEFAULT_IDLE_TIMEOUT_S, DEFAULT_CACHE_SIZE);
 	exit(code);
 }
 
@@ -166,13 +179,15 @@ usage_error(const char *fmt, ...)
 enum {
 	OPT_BIND_UDP = 256, OPT_BIND_TCP, OPT_CONNECT_TLS, OPT_CONNECT_TCP,
 	OPT_PIN, OPT_CA_FILE, OPT_CONNECTIONS, OPT_MAX_INFLIGHT, OPT_TIMEOUT,
-	OPT_IDLE_TIMEOUT, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION
+	OPT_IDLE_TIMEOUT, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION, OPT_CACHE_SIZE,
+	OPT_MIN_TTL, OPT_MAX_TTL, OPT_NEG_MAX_TTL, OPT_SERVE_STALE, OPT_PREFETCH
 };
 
 static const struct option longopts[] = {
 	{ "bind-udp",		required_argument, NULL, OPT_BIND_UDP },
 	{ "bind-tcp",		required_argument, NULL, OPT_BIND_TCP },
 	{ "ca-file",		required_argument, NULL, OPT_CA_FILE },
+	{ "cache-size",		required_argument, NULL, OPT_CACHE_SIZE },
 	{ "connect-tcp",	required_argument, NULL, OPT_CONNECT_TCP },
 	{ "connect-tls",	required_argument, NULL, OPT_CONNECT_TLS },
 	{ "connections",	required_argument, NULL, OPT_CONNECTIONS },
@@ -180,7 +195,12 @@ static const struct option longopts[] = {
 	{ "idle-timeout",	required_argument, NULL, OPT_IDLE_TIMEOUT },
 	{ "log-level",		required_argument, NULL, OPT_LOG_LEVEL },
 	{ "max-inflight",	required_argument, NULL, OPT_MAX_INFLIGHT },
+	{ "max-ttl",		required_argument, NULL, OPT_MAX_TTL },
+	{ "min-ttl",		required_argument, NULL, OPT_MIN_TTL },
+	{ "neg-max-ttl",	required_argument, NULL, OPT_NEG_MAX_TTL },
 	{ "pin-sha256",		required_argument, NULL, OPT_PIN },
+	{ "prefetch",		no_argument,	   NULL, OPT_PREFETCH },
+	{ "serve-stale",	required_argument, NULL, OPT_SERVE_STALE },
 	{ "timeout",		required_argument, NULL, OPT_TIMEOUT },
 	{ "version",		no_argument,	   NULL, OPT_VERSION },
 	{ NULL, 0, NULL, 0 }
@@ -208,6 +228,9 @@ parse_args(int argc, char **argv)
 	cf.cf_timeout_ms = DEFAULT_TIMEOUT_MS;
 	cf.cf_idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S;
 	cf.cf_log_level = LOG_LVL_INFO;
+	cf.cf_cache_size = DEFAULT_CACHE_SIZE;
+	cf.cf_max_ttl = DEFAULT_MAX_TTL;
+	cf.cf_neg_max_ttl = DEFAULT_NEG_MAX_TTL;
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -245,6 +268,29 @@ parse_args(int argc, char **argv)
 			cf.cf_idle_timeout_s = parse_num("--idle-timeout",
 			    optarg, 1, 3600);
 			break;
+		case OPT_CACHE_SIZE:
+			cf.cf_cache_size = parse_num("--cache-size", optarg, 0,
+			    1000000);
+			break;
+		case OPT_MIN_TTL:
+			cf.cf_min_ttl = parse_num("--min-ttl", optarg, 0,
+			    TTL_LIMIT);
+			break;
+		case OPT_MAX_TTL:
+			cf.cf_max_ttl = parse_num("--max-ttl", optarg, 1,
+			    TTL_LIMIT);
+			break;
+		case OPT_NEG_MAX_TTL:
+			cf.cf_neg_max_ttl = parse_num("--neg-max-ttl", optarg,
+			    1, TTL_LIMIT);
+			break;
+		case OPT_SERVE_STALE:
+			cf.cf_serve_stale = parse_num("--serve-stale", optarg,
+			    0, TTL_LIMIT);
+			break;
+		case OPT_PREFETCH:
+			cf.cf_prefetch = 1;
+			break;
 		case OPT_LOG_LEVEL:
 			if (log_level_parse(optarg, &cf.cf_log_level) == -1)
 				usage_error("--log-level: invalid value '%s'",
@@ -269,6 +315,9 @@ parse_args(int argc, char **argv)
 		usage_error("no listener: give --bind-udp or --bind-tcp");
 	if (cf.cf_nup == 0)
 		usage_error("no upstream: give --connect-tls or --connect-tcp");
+	if (cf.cf_min_ttl > cf.cf_max_ttl)
+		usage_error("--min-ttl: %d is above --max-ttl %d",
+		    cf.cf_min_ttl, cf.cf_max_ttl);
 }
 
 /* IPv4 "a.b.c.d[:port]" or IPv6 "[addr][:port]". */
@@ -480,7 +529,7 @@ udp_read_cb(struct ev_loop *l, ev_io *w, int revents)
 		stats.st_queries++;
 		memcpy(&cr.cr_addr, &from[i], sizeof(cr.cr_addr));
 		cr.cr_addrlen = msgs[i].msg_hdr.msg_namelen;
-		mux_query(&cr, bufs[i], len, &qi);
+		cache_query(&cr, bufs[i], len, &qi);
 	}
 }
 
@@ -736,7 +785,7 @@ client_frames(struct tcp_client *c)
 		if (dns_parse_query(c->tc_in + off + 2, flen, &qi) == 0) {
 			stats.st_queries++;
 			c->tc_pending++;
-			mux_query(&cr, c->tc_in + off + 2, flen, &qi);
+			cache_query(&cr, c->tc_in + off + 2, flen, &qi);
 		} else
 			stats.st_drops++;
 		off += 2 + flen;
@@ -856,14 +905,21 @@ static void
 log_stats(void)
 {
 	log_info("stats: queries=%llu answers=%llu servfails=%llu drops=%llu "
-	    "bad_replies=%llu reconnects=%llu overload=%llu inflight=%d",
+	    "bad_replies=%llu reconnects=%llu overload=%llu inflight=%d "
+	    "cache_hits=%llu cache_misses=%llu cache_entries=%d "
+	    "cache_evictions=%llu stale=%llu prefetches=%llu",
 	    (unsigned long long)stats.st_queries,
 	    (unsigned long long)stats.st_answers,
 	    (unsigned long long)stats.st_servfails,
 	    (unsigned long long)stats.st_drops,
 	    (unsigned long long)stats.st_bad_replies,
 	    (unsigned long long)stats.st_reconnects,
-	    (unsigned long long)stats.st_overload, mux_inflight());
+	    (unsigned long long)stats.st_overload, mux_inflight(),
+	    (unsigned long long)stats.st_cache_hits,
+	    (unsigned long long)stats.st_cache_misses, cache_entries(),
+	    (unsigned long long)stats.st_cache_evictions,
+	    (unsigned long long)stats.st_stale,
+	    (unsigned long long)stats.st_prefetches);
 }
 
 static void
@@ -899,6 +955,7 @@ teardown(void)
 	int	 i;
 
 	mux_shutdown();
+	cache_free();
 	for (i = 0; i < TCP_CLIENTS_MAX; i++)
 		if (clients[i] != NULL)
 			client_close(clients[i], "shutting down");
@@ -938,6 +995,7 @@ main(int argc, char **argv)
 		fatalx(EXIT_SETUP, "cannot initialise the event loop");
 	setup_listeners();
 	mux_init(loop, &cf);
+	cache_init(&cf);
 	ev_prepare_init(&client_prep, prepare_cb);
 	ev_prepare_start(loop, &client_prep);
 	ev_signal_init(&sig_term, signal_cb, SIGTERM);

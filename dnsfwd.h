@@ -63,12 +63,17 @@ struct dns_qinfo {
 /* Process-wide counters, reported on SIGUSR1. */
 struct stats {
 	uint64_t	st_queries;	/* well-formed client queries */
-	uint64_t	st_answers;	/* upstream answers delivered */
+	uint64_t	st_answers;	/* answers delivered, cached or not */
 	uint64_t	st_servfails;	/* SERVFAILs we made ourselves */
 	uint64_t	st_drops;	/* malformed client input dropped */
 	uint64_t	st_bad_replies;	/* upstream replies that matched nothing */
 	uint64_t	st_reconnects;	/* upstream connections opened */
 	uint64_t	st_overload;	/* queries refused: pending table full */
+	uint64_t	st_cache_hits;
+	uint64_t	st_cache_misses;
+	uint64_t	st_cache_evictions;	/* live entries pushed out */
+	uint64_t	st_stale;	/* answers served stale (RFC 8767) */
+	uint64_t	st_prefetches;	/* background refreshes started */
 };
 extern struct stats stats;
 
@@ -76,7 +81,7 @@ extern struct stats stats;
  * Who asked a query, by value: the reply path looks a TCP client up by
  * slot and generation, so a client that went away only loses its answer.
  */
-enum client_kind { CLIENT_UDP, CLIENT_TCP };
+enum client_kind { CLIENT_UDP, CLIENT_TCP, CLIENT_NONE };
 union sockaddr_any {
 	struct sockaddr		sa;
 	struct sockaddr_in	sin;
@@ -121,6 +126,12 @@ struct config {
 	int		cf_max_inflight;
 	int		cf_timeout_ms;
 	int		cf_idle_timeout_s;
+	int		cf_cache_size;
+	int		cf_min_ttl;
+	int		cf_max_ttl;
+	int		cf_neg_max_ttl;
+	int		cf_serve_stale;
+	int		cf_prefetch;
 	enum log_level	cf_log_level;
 };
 
@@ -133,11 +144,37 @@ struct config {
 void	client_deliver(const struct client_ref *, uint8_t *, size_t,
 	    const struct dns_qinfo *);
 
+/* cache.c */
+/* Largest answer the cache keeps; each entry reserves this much. */
+#define CACHE_MSGMAX	1232
+/* Bytes per cache entry, as documented in dnsfwd.8 LIMITS. */
+#define CACHE_ENTRY_BYTES (CACHE_MSGMAX + 48)
+/* How long a refresh may take before a stale entry is served instead. */
+#define STALE_WAIT_MS	1800
+/* A stale answer's TTL (RFC 8767 section 4). */
+#define STALE_TTL	30
+void	cache_init(const struct config *);
+void	cache_free(void);
+int	cache_entries(void);
+/* Answers from the cache or sends upstream; called for every query. */
+void	cache_query(const struct client_ref *, const uint8_t *, size_t,
+	    const struct dns_qinfo *);
+/* Offers an upstream answer to the query q for keeping. */
+void	cache_store(const uint8_t *, const struct dns_qinfo *,
+	    const uint8_t *, size_t);
+/* Answers from a stale entry; 0 when there is none to serve. */
+int	cache_stale(const struct client_ref *, const uint8_t *,
+	    const struct dns_qinfo *);
+
 /* mux.c */
+/* mux_query flags */
+#define MUXQ_COALESCE	0x01	/* share an identical query in flight */
+#define MUXQ_STALE	0x02	/* a stale answer may stand in for it */
+#define MUXQ_BACKGROUND	0x04	/* refresh only: nobody waits for it */
 struct ev_loop;
 void	mux_init(struct ev_loop *, const struct config *);
 void	mux_query(const struct client_ref *, const uint8_t *, size_t,
-	    const struct dns_qinfo *);
+	    const struct dns_qinfo *, int);
 void	mux_shutdown(void);
 int	mux_inflight(void);
 
@@ -209,6 +246,23 @@ size_t	dns_truncate(uint8_t *out, size_t cap, const uint8_t *reply,
  */
 size_t	dns_servfail(uint8_t *out, size_t cap, const uint8_t *query,
 	    const struct dns_qinfo *qi, uint16_t ede, const char *text);
+/* Two client queries with equal keys may share one upstream answer. */
+int	dns_question_equal(const uint8_t *, const uint8_t *, size_t);
+uint32_t dns_query_hash(const uint8_t *, const struct dns_qinfo *, uint32_t);
+int	dns_query_same(const uint8_t *, const struct dns_qinfo *,
+	    const uint8_t *, const struct dns_qinfo *);
+/* One resource record as dns_rr_next found it; offsets into the message. */
+struct dns_rr {
+	size_t		rr_start;
+	size_t		rr_ttloff;
+	size_t		rr_rdata;
+	uint32_t	rr_ttl;
+	uint16_t	rr_type;
+	uint16_t	rr_rdlen;
+};
+int	dns_rr_next(const uint8_t *, size_t, size_t *, struct dns_rr *);
+/* Appends our OPT record (11 bytes, caller's room) and counts it. */
+size_t	dns_opt_append(uint8_t *, size_t, int);
 static inline uint16_t
 dns_get16(const uint8_t *p)
 {

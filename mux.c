@@ -5,11 +5,14 @@
  * connections per upstream.  Replies are matched on ID and question and
  * handed back with the client's own ID.
  *
- * A pq is always on exactly one of three lists through pq_link: the free
- * list, the wait queue (no connection yet), or the list of the connection
- * it was written to.  While in use it is also on the deadline list, which
- * is in expiry order because every query gets the same timeout: one
- * ev_timer on its head serves them all (ev.pod, "Be smart about timeouts").
+ * A pq is always on exactly one of four lists through pq_link: the free
+ * list, the wait queue (no connection yet), the list of the connection
+ * it was written to, or the followers of an identical query in flight
+ * whose answer it will share.  While in use it is also on the deadline
+ * list, which is in expiry order because every query gets the same
+ * timeout: one ev_timer on its head serves them all (ev.pod, "Be smart
+ * about timeouts").  The stale list works the same way for queries that
+ * a stale cache entry may answer after STALE_WAIT_MS.
  */
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -33,6 +36,9 @@
 /* A jump of the boot clock past the monotonic one this large is a sleep. */
 #define SUSPEND_MS	2000
 #define EDE_OTHER	0
+/* Sends of one query before a connection loss is blamed on the query. */
+#define PQ_MAX_SENDS	3
+#define F_RD		0x01
 
 /* A query on its way upstream; lives from mux_query to its answer. */
 struct pq {
@@ -44,7 +50,17 @@ struct pq {
 	int32_t		 pq_hnext;	/* next pq index in its ID bucket */
 	uint16_t	 pq_upid;
 	uint16_t	 pq_len;
-	struct client_ref pq_client;
+	uint8_t		 pq_flags;	/* MUXQ_* */
+	uint8_t		 pq_sends;	/* times written to a connection */
+	uint8_t		 pq_keyed;	/* a leader, in the key table */
+	uint8_t		 pq_on_stale;	/* on the stale list */
+	struct pq	*pq_leader;	/* a follower's leader */
+	TAILQ_HEAD(, pq) pq_followers;	/* a leader's followers */
+	int32_t		 pq_knext;	/* next leader in its key bucket */
+	uint32_t	 pq_khash;
+	TAILQ_ENTRY(pq)	 pq_slink;
+	int64_t		 pq_stale_at;
+	struct client_ref pq_client;	/* CLIENT_NONE: nobody waits */
 	struct dns_qinfo pq_qi;
 	uint8_t		 pq_query[QUERY_MAX];	/* with the client's ID */
 };
@@ -102,7 +118,12 @@ static struct {
 	struct pqlist	 free;
 	struct pqlist	 waitq;
 	struct pqlist	 deadlines;
+	struct pqlist	 stale;
+	int32_t		*keys;		/* leaders by question */
+	uint32_t	 kmask;
+	uint32_t	 kseed;
 	ev_timer	 deadline_timer;
+	ev_timer	 stale_timer;
 	ev_prepare	 flush_prep;
 	TAILQ_HEAD(, conn) dirty;
 	uint16_t	 ids[256];
@@ -132,9 +153,20 @@ static void	 conn_read_cb(struct ev_loop *, ev_io *, int);
 static void	 conn_write_cb(struct ev_loop *, ev_io *, int);
 static void	 conn_timer_cb(struct ev_loop *, ev_timer *, int);
 static void	 upstream_failed(struct upstream *, const char *, int64_t);
+static void	 pq_init(struct pq *, const struct client_ref *,
+		    const uint8_t *, size_t, const struct dns_qinfo *, int,
+		    int64_t);
 static void	 pq_send(struct pq *, struct conn *, int64_t);
 static void	 pq_detach(struct pq *);
 static void	 pq_fail(struct pq *, uint16_t, const char *);
+static void	 pq_deliver(struct pq *, uint8_t *, size_t);
+static struct pq *key_find(const uint8_t *, const struct dns_qinfo *,
+		    uint32_t);
+static void	 key_remove(struct pq *);
+static void	 timer_arm(ev_timer *, int64_t);
+static void	 stale_cb(struct ev_loop *, ev_timer *, int);
+static void	 fail_client(const struct client_ref *, const uint8_t *,
+		    const struct dns_qinfo *, int, uint16_t, const char *);
 static void	 pq_free(struct pq *);
 static struct pq *hash_find(struct conn *, uint16_t);
 static void	 hash_remove(struct conn *, struct pq *);
@@ -142,7 +174,6 @@ static uint16_t	 new_id(struct conn *);
 static void	 fail_waiting(uint16_t, const char *);
 static void	 servfail(const struct client_ref *, const uint8_t *,
 		    const struct dns_qinfo *, uint16_t, const char *);
-static void	 deadline_arm(int64_t);
 static void	 deadline_cb(struct ev_loop *, ev_timer *, int);
 static void	 flush_cb(struct ev_loop *, ev_prepare *, int);
 static void	 check_suspend(int64_t, int64_t);
@@ -205,13 +236,22 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 	TAILQ_INIT(&mux.free);
 	TAILQ_INIT(&mux.waitq);
 	TAILQ_INIT(&mux.deadlines);
+	TAILQ_INIT(&mux.stale);
 	TAILQ_INIT(&mux.dirty);
+	for (mux.kmask = 1; mux.kmask < (uint32_t)mux.npool;)
+		mux.kmask <<= 1;
+	mux.kmask--;
+	if ((mux.keys = malloc((mux.kmask + 1) * sizeof(int32_t))) == NULL)
+		fatal(EXIT_SETUP, "%s", __func__);
+	memset(mux.keys, 0xff, (mux.kmask + 1) * sizeof(int32_t));
+	tls_random(&mux.kseed, sizeof(mux.kseed));
 	for (i = 0; i < mux.npool; i++)
 		TAILQ_INSERT_TAIL(&mux.free, &mux.pool[i], pq_link);
 	mux.nfree = mux.npool;
 	for (i = 0; i < mux.nup; i++)
 		upstream_init(&mux.ups[i], &cf->cf_up[i], i);
 	ev_init(&mux.deadline_timer, deadline_cb);
+	ev_init(&mux.stale_timer, stale_cb);
 	ev_prepare_init(&mux.flush_prep, flush_cb);
 	ev_prepare_start(loop, &mux.flush_prep);
 	ev_unref(loop);		/* the flush watcher alone keeps nothing alive */
@@ -239,9 +279,11 @@ mux_shutdown(void)
 		tls_upstream_free(up->up_tls);
 	}
 	ev_timer_stop(mux.loop, &mux.deadline_timer);
+	ev_timer_stop(mux.loop, &mux.stale_timer);
 	ev_ref(mux.loop);
 	ev_prepare_stop(mux.loop, &mux.flush_prep);
 	free(mux.pool);
+	free(mux.keys);
 	memset(&mux, 0, sizeof(mux));
 }
 
@@ -251,35 +293,83 @@ mux_inflight(void)
 	return mux.npool - mux.nfree;
 }
 
+/*
+ * Takes a client query.  With MUXQ_COALESCE or MUXQ_BACKGROUND it joins
+ * an identical query already in flight instead of going upstream again;
+ * a background refresh that finds one has nothing left to do.
+ */
 void
 mux_query(const struct client_ref *cr, const uint8_t *q, size_t len,
-    const struct dns_qinfo *qi)
+    const struct dns_qinfo *qi, int flags)
 {
 	int64_t		 now = now_ms();
-	struct pq	*pq;
+	struct pq	*pq, *leader = NULL;
+	uint32_t	 h = 0;
 
 	check_suspend(now, boottime_ms());
+	if (flags & (MUXQ_COALESCE | MUXQ_BACKGROUND)) {
+		h = dns_query_hash(q, qi, mux.kseed);
+		leader = key_find(q, qi, h);
+		if (leader != NULL && (flags & MUXQ_BACKGROUND))
+			return;
+	}
 	if ((pq = TAILQ_FIRST(&mux.free)) == NULL) {
+		if (flags & MUXQ_BACKGROUND)
+			return;
 		stats.st_overload++;
 		log_ratelimited(&mux.overload_warned, "%d queries pending: "
 		    "answering SERVFAIL until some complete", mux.npool);
-		servfail(cr, q, qi, EDE_OTHER, "too many queries in flight");
+		fail_client(cr, q, qi, flags, EDE_OTHER,
+		    "too many queries in flight");
 		return;
 	}
 	TAILQ_REMOVE(&mux.free, pq, pq_link);
 	mux.nfree--;
+	pq_init(pq, cr, q, len, qi, flags, now);
+	if (leader != NULL) {
+		pq->pq_leader = leader;
+		TAILQ_INSERT_TAIL(&leader->pq_followers, pq, pq_link);
+		return;
+	}
+	if (flags & (MUXQ_COALESCE | MUXQ_BACKGROUND)) {
+		pq->pq_khash = h;
+		pq->pq_knext = mux.keys[h & mux.kmask];
+		mux.keys[h & mux.kmask] = PQ_INDEX(pq);
+		pq->pq_keyed = 1;
+	}
+	if (flags & MUXQ_BACKGROUND)
+		stats.st_prefetches++;
+	TAILQ_INSERT_TAIL(&mux.waitq, pq, pq_link);
+	mux.nwait++;
+	dispatch(now);
+}
+
+/* Fills a fresh pq and puts it on the deadline (and stale) list. */
+static void
+pq_init(struct pq *pq, const struct client_ref *cr, const uint8_t *q,
+    size_t len, const struct dns_qinfo *qi, int flags, int64_t now)
+{
 	pq->pq_client = *cr;
 	pq->pq_qi = *qi;
 	pq->pq_len = (uint16_t)len;
 	memcpy(pq->pq_query, q, len);
 	pq->pq_conn = NULL;
+	pq->pq_leader = NULL;
+	pq->pq_keyed = 0;
+	pq->pq_flags = (uint8_t)flags;
+	pq->pq_sends = 0;
+	TAILQ_INIT(&pq->pq_followers);
 	pq->pq_deadline = now + mux.cf->cf_timeout_ms;
 	if (TAILQ_EMPTY(&mux.deadlines))
-		deadline_arm(now + mux.cf->cf_timeout_ms);
+		timer_arm(&mux.deadline_timer, pq->pq_deadline);
 	TAILQ_INSERT_TAIL(&mux.deadlines, pq, pq_dlink);
-	TAILQ_INSERT_TAIL(&mux.waitq, pq, pq_link);
-	mux.nwait++;
-	dispatch(now);
+	pq->pq_on_stale = (flags & MUXQ_STALE) != 0;
+	if (pq->pq_on_stale) {
+		pq->pq_stale_at = now + STALE_WAIT_MS;
+		if (TAILQ_EMPTY(&mux.stale))
+			timer_arm(&mux.stale_timer, pq->pq_stale_at);
+		TAILQ_INSERT_TAIL(&mux.stale, pq, pq_slink);
+	}
 }
 
 /*
@@ -500,12 +590,15 @@ conn_ready(struct conn *c, int64_t now)
  * The one teardown of a connection: stops its watchers, says goodbye
  * over TLS when the session was up, closes the socket, and puts its
  * queries back at the head of the wait queue in their original order.
- * The caller decides whether to dispatch them.
+ * A query that went down with PQ_MAX_SENDS connections is likely what
+ * kills them: it fails rather than take another one along.  The caller
+ * decides whether to dispatch the rest.
  */
 static void
 conn_close(struct conn *c, const char *why)
 {
-	struct pq	*pq;
+	struct pq	*pq, *next;
+	int		 n = c->c_inflight;
 
 	log_debug("%s c%d: closed: %s", c->c_up->up_label, c->c_idx, why);
 	ev_io_stop(mux.loop, &c->c_rio);
@@ -528,6 +621,12 @@ conn_close(struct conn *c, const char *why)
 	}
 	c->c_inflight = 0;
 	memset(c->c_hash, 0xff, (mux.hmask + 1) * sizeof(int32_t));
+	for (pq = TAILQ_FIRST(&mux.waitq); pq != NULL && n-- > 0; pq = next) {
+		next = TAILQ_NEXT(pq, pq_link);
+		if (pq->pq_sends >= PQ_MAX_SENDS)
+			pq_fail(pq, EDE_NETWORK_ERROR,
+			    "upstream connections failed with this query");
+	}
 }
 
 /* A dial or handshake that failed: the upstream backs off. */
@@ -674,7 +773,7 @@ static int
 conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 {
 	struct upstream	*up = c->c_up;
-	struct pq	*pq;
+	struct pq	*pq, *f;
 	int64_t		 rtt;
 
 	if (len < DNS_HDRLEN || (msg[2] & 0x80) == 0) {
@@ -695,10 +794,14 @@ conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 	}
 	rtt = now - pq->pq_sent;
 	up->up_rtt8 += rtt - up->up_rtt8 / 8;
+	cache_store(pq->pq_query, &pq->pq_qi, msg, len);
 	pq_detach(pq);
-	memcpy(msg, pq->pq_query, 2);
-	stats.st_answers++;
-	client_deliver(&pq->pq_client, msg, len, &pq->pq_qi);
+	pq_deliver(pq, msg, len);
+	while ((f = TAILQ_FIRST(&pq->pq_followers)) != NULL) {
+		pq_detach(f);
+		pq_deliver(f, msg, len);
+		pq_free(f);
+	}
 	pq_free(pq);
 	return 0;
 }
@@ -810,6 +913,7 @@ pq_send(struct pq *pq, struct conn *c, int64_t now)
 	TAILQ_INSERT_TAIL(&c->c_pqs, pq, pq_link);
 	pq->pq_conn = c;
 	pq->pq_sent = now;
+	pq->pq_sends++;
 	if (c->c_inflight++ == 0)
 		ev_timer_stop(mux.loop, &c->c_timer);
 	if (c->c_outoff + c->c_outlen + 2 + pq->pq_len > c->c_outcap) {
@@ -833,7 +937,10 @@ pq_detach(struct pq *pq)
 {
 	struct conn	*c = pq->pq_conn;
 
-	if (c != NULL) {
+	if (pq->pq_leader != NULL) {
+		TAILQ_REMOVE(&pq->pq_leader->pq_followers, pq, pq_link);
+		pq->pq_leader = NULL;
+	} else if (c != NULL) {
 		hash_remove(c, pq);
 		TAILQ_REMOVE(&c->c_pqs, pq, pq_link);
 		c->c_inflight--;
@@ -843,6 +950,52 @@ pq_detach(struct pq *pq)
 		mux.nwait--;
 	}
 	TAILQ_REMOVE(&mux.deadlines, pq, pq_dlink);
+	if (pq->pq_on_stale) {
+		TAILQ_REMOVE(&mux.stale, pq, pq_slink);
+		pq->pq_on_stale = 0;
+	}
+	if (pq->pq_keyed)
+		key_remove(pq);
+}
+
+/* Hands the answer to this pq's client with its own ID, case and RD. */
+static void
+pq_deliver(struct pq *pq, uint8_t *msg, size_t len)
+{
+	if (pq->pq_client.cr_kind == CLIENT_NONE)
+		return;
+	memcpy(msg, pq->pq_query, 2);
+	memcpy(msg + DNS_HDRLEN, pq->pq_query + DNS_HDRLEN,
+	    pq->pq_qi.qi_qend - DNS_HDRLEN);
+	msg[2] = (uint8_t)((msg[2] & ~F_RD) | (pq->pq_query[2] & F_RD));
+	stats.st_answers++;
+	client_deliver(&pq->pq_client, msg, len, &pq->pq_qi);
+}
+
+static struct pq *
+key_find(const uint8_t *q, const struct dns_qinfo *qi, uint32_t h)
+{
+	struct pq	*pq;
+	int32_t		 i;
+
+	for (i = mux.keys[h & mux.kmask]; i >= 0; i = pq->pq_knext) {
+		pq = &mux.pool[i];
+		if (pq->pq_khash == h &&
+		    dns_query_same(pq->pq_query, &pq->pq_qi, q, qi))
+			return pq;
+	}
+	return NULL;
+}
+
+static void
+key_remove(struct pq *pq)
+{
+	int32_t	*ip = &mux.keys[pq->pq_khash & mux.kmask];
+
+	while (*ip != PQ_INDEX(pq))
+		ip = &mux.pool[*ip].pq_knext;
+	*ip = pq->pq_knext;
+	pq->pq_keyed = 0;
 }
 
 static void
@@ -852,12 +1005,29 @@ pq_free(struct pq *pq)
 	mux.nfree++;
 }
 
+/* No answer came: a stale one if allowed, else SERVFAIL, to all sharing it. */
 static void
 pq_fail(struct pq *pq, uint16_t ede, const char *text)
 {
+	struct pq	*f;
+
+	while ((f = TAILQ_FIRST(&pq->pq_followers)) != NULL)
+		pq_fail(f, ede, text);
 	pq_detach(pq);
-	servfail(&pq->pq_client, pq->pq_query, &pq->pq_qi, ede, text);
+	fail_client(&pq->pq_client, pq->pq_query, &pq->pq_qi, pq->pq_flags,
+	    ede, text);
 	pq_free(pq);
+}
+
+static void
+fail_client(const struct client_ref *cr, const uint8_t *q,
+    const struct dns_qinfo *qi, int flags, uint16_t ede, const char *text)
+{
+	if (cr->cr_kind == CLIENT_NONE)
+		return;
+	if ((flags & MUXQ_STALE) && cache_stale(cr, q, qi))
+		return;
+	servfail(cr, q, qi, ede, text);
 }
 
 static void
@@ -920,12 +1090,44 @@ new_id(struct conn *c)
 }
 
 static void
-deadline_arm(int64_t when)
+timer_arm(ev_timer *t, int64_t when)
 {
 	double	 after = (double)(when - now_ms()) / 1000.0;
 
-	mux.deadline_timer.repeat = after > 0.001 ? after : 0.001;
-	ev_timer_again(mux.loop, &mux.deadline_timer);
+	t->repeat = after > 0.001 ? after : 0.001;
+	ev_timer_again(mux.loop, t);
+}
+
+/*
+ * RFC 8767: a refresh that takes too long is answered from the stale
+ * entry; the query stays in flight to refresh the cache for later.
+ */
+static void
+stale_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct pq	*pq;
+	int64_t		 now = now_ms();
+
+	(void)loop;
+	(void)w;
+	(void)revents;
+	while ((pq = TAILQ_FIRST(&mux.stale)) != NULL &&
+	    pq->pq_stale_at <= now) {
+		TAILQ_REMOVE(&mux.stale, pq, pq_slink);
+		pq->pq_on_stale = 0;
+		if (pq->pq_client.cr_kind == CLIENT_NONE ||
+		    !cache_stale(&pq->pq_client, pq->pq_query, &pq->pq_qi))
+			continue;
+		pq->pq_client.cr_kind = CLIENT_NONE;
+		if (pq->pq_leader != NULL) {
+			pq_detach(pq);
+			pq_free(pq);
+		}
+	}
+	if (pq != NULL)
+		timer_arm(&mux.stale_timer, pq->pq_stale_at);
+	else
+		ev_timer_stop(mux.loop, &mux.stale_timer);
 }
 
 /*
@@ -955,7 +1157,7 @@ deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		}
 	}
 	if (pq != NULL)
-		deadline_arm(pq->pq_deadline);
+		timer_arm(&mux.deadline_timer, pq->pq_deadline);
 	else
 		ev_timer_stop(mux.loop, &mux.deadline_timer);
 	dispatch(now);

@@ -87,7 +87,7 @@ send_query(uint16_t id, const char *name, uint16_t port)
 	cr.cr_addr.sin.sin_port = htons(port);
 	if (dns_parse_query(q, len, &qi) != 0)
 		abort();
-	mux_query(&cr, q, len, &qi);
+	mux_query(&cr, q, len, &qi, 0);
 }
 
 /* Reads the frames dnsfwd wrote upstream into qs; returns how many. */
@@ -337,6 +337,48 @@ test_requeue_on_close(void)
 	teardown();
 }
 
+static void
+revive(int u, int i)
+{
+	struct conn	*c = &mux.ups[u].up_conns[i];
+	int		 sp[2];
+
+	close(peer[u][i]);
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sp) == -1)
+		abort();
+	c->c_fd = sp[0];
+	peer[u][i] = sp[1];
+	c->c_state = CONN_READY;
+	ev_io_set(&c->c_rio, sp[0], EV_READ);
+	ev_io_set(&c->c_wio, sp[0], EV_WRITE);
+}
+
+/* A query that every connection dies with fails after PQ_MAX_SENDS. */
+static void
+test_query_of_death(void)
+{
+	struct conn	*c;
+	int		 i;
+
+	setup(1, 1, 8);
+	c = &mux.ups[0].up_conns[0];
+	send_query(77, "death", 1);
+	for (i = 1; i < PQ_MAX_SENDS; i++) {
+		CHECK(c->c_inflight == 1);
+		conn_close(c, "test");
+		CHECK(ngot == 0 && mux.nwait == 1);
+		revive(0, 0);
+		dispatch(now_ms());
+	}
+	CHECK(c->c_inflight == 1);
+	conn_close(c, "test");
+	CHECK(ngot == 1 && (got[0].msg[3] & 0x0f) == 2);
+	CHECK(dns_get16(got[0].msg) == 77);
+	CHECK(mux_inflight() == 0);
+	revive(0, 0);
+	teardown();
+}
+
 /* Failed dials back off from 250 ms doubling to 30 s, with jitter. */
 static void
 test_backoff(void)
@@ -450,6 +492,7 @@ main(void)
 	test_overload();
 	test_deadline();
 	test_requeue_on_close();
+	test_query_of_death();
 	test_backoff();
 	test_rtt_choice();
 	test_suspend();
