@@ -90,6 +90,7 @@ struct conn {
 	size_t		 c_tlslen;	/* length of a TLS write to repeat */
 	int64_t		 c_last_read;
 	int		 c_dirty;
+	int		 c_slow;	/* dialling for over half a timeout */
 	TAILQ_ENTRY(conn) c_dirtylink;
 };
 
@@ -136,6 +137,7 @@ static void	 dispatch(int64_t);
 static struct upstream *pick_upstream(int64_t);
 static struct conn *pick_conn(struct upstream *);
 static int	 need_dial(struct upstream *);
+static int	 slow_dial(struct upstream *);
 static int	 conn_dial(struct upstream *, int64_t);
 static void	 conn_connected(struct conn *, int64_t);
 static void	 conn_handshake(struct conn *, int64_t);
@@ -400,8 +402,25 @@ dispatch(int64_t now)
 }
 
 /*
- * Healthy upstreams first, then those due a probe or probing, each by
- * lowest round-trip time.  NULL when all are backing off.
+ * True while the upstream's only hope is a dial that has taken over half
+ * the query timeout: a black hole, most likely, so others go first.
+ */
+static int
+slow_dial(struct upstream *up)
+{
+	int	 i, slow = 0;
+
+	for (i = 0; i < mux.cf->cf_connections; i++) {
+		if (up->up_conns[i].c_state == CONN_READY)
+			return 0;
+		slow |= up->up_conns[i].c_slow;
+	}
+	return slow;
+}
+
+/*
+ * Healthy upstreams first, then those due a probe, probing or slow to
+ * connect, each by lowest round-trip time.  NULL when all back off.
  */
 static struct upstream *
 pick_upstream(int64_t now)
@@ -411,7 +430,7 @@ pick_upstream(int64_t now)
 
 	for (i = 0; i < mux.nup; i++) {
 		up = &mux.ups[i];
-		if (up->up_fails == 0)
+		if (up->up_fails == 0 && !slow_dial(up))
 			rank = 0;
 		else if (now >= up->up_retry_at || pick_conn(up) != NULL ||
 		    !need_dial(up))
@@ -509,11 +528,12 @@ conn_dial(struct upstream *up, int64_t now)
 	stats.st_reconnects++;
 	c->c_fd = fd;
 	c->c_state = CONN_CONNECTING;
+	c->c_slow = 0;
 	c->c_inlen = c->c_outoff = c->c_outlen = c->c_tlslen = 0;
 	ev_io_set(&c->c_rio, fd, EV_READ);
 	ev_io_set(&c->c_wio, fd, EV_WRITE);
 	ev_io_start(mux.loop, &c->c_wio);
-	c->c_timer.repeat = mux.cf->cf_timeout_ms / 1000.0;
+	c->c_timer.repeat = mux.cf->cf_timeout_ms / 2000.0;
 	ev_timer_again(mux.loop, &c->c_timer);
 	log_debug("%s c%d: connecting", up->up_label, c->c_idx);
 	return 0;
@@ -572,6 +592,7 @@ conn_ready(struct conn *c, int64_t now)
 	struct upstream	*up = c->c_up;
 
 	c->c_state = CONN_READY;
+	c->c_slow = 0;
 	c->c_last_read = now;
 	ev_io_stop(mux.loop, &c->c_wio);
 	ev_io_start(mux.loop, &c->c_rio);
@@ -609,6 +630,7 @@ conn_close(struct conn *c, const char *why)
 	close(c->c_fd);
 	c->c_fd = -1;
 	c->c_state = CONN_IDLE;
+	c->c_slow = 0;
 	if (c->c_dirty) {
 		TAILQ_REMOVE(&mux.dirty, c, c_dirtylink);
 		c->c_dirty = 0;
@@ -706,7 +728,12 @@ conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 	(void)loop;
 	(void)revents;
-	if (c->c_state == CONN_CONNECTING)
+	if (c->c_state != CONN_READY && !c->c_slow) {
+		/* Halfway: let another upstream take the waiting queries. */
+		c->c_slow = 1;
+		ev_timer_again(mux.loop, &c->c_timer);
+		dispatch(now);
+	} else if (c->c_state == CONN_CONNECTING)
 		conn_failed(c, "connect timed out", now);
 	else if (c->c_state == CONN_HANDSHAKE)
 		conn_failed(c, "TLS handshake timed out", now);

@@ -427,6 +427,31 @@ test_rtt_choice(void)
 	teardown();
 }
 
+/* An upstream stuck dialling past half the timeout yields to another. */
+static void
+test_slow_dial(void)
+{
+	struct conn	*a;
+
+	setup(2, 1, 8);
+	mux.ups[0].up_rtt8 = 8;
+	mux.ups[1].up_rtt8 = 8 * 50;
+	a = &mux.ups[0].up_conns[0];
+	a->c_state = CONN_CONNECTING;
+	mux.nwait = 1;
+	CHECK(pick_upstream(now_ms()) == &mux.ups[0]);
+	a->c_slow = 1;
+	CHECK(pick_upstream(now_ms()) == &mux.ups[1]);
+	mux.ups[1].up_conns[0].c_state = CONN_CONNECTING;
+	mux.ups[1].up_conns[0].c_slow = 1;
+	/* Both slow: the faster one again, rather than nobody. */
+	CHECK(pick_upstream(now_ms()) == &mux.ups[0]);
+	mux.nwait = 0;
+	a->c_state = CONN_READY;
+	mux.ups[1].up_conns[0].c_state = CONN_READY;
+	teardown();
+}
+
 /* When the boot clock jumps past the monotonic one, start afresh. */
 static void
 test_suspend(void)
@@ -495,6 +520,7 @@ main(void)
 	test_query_of_death();
 	test_backoff();
 	test_rtt_choice();
+	test_slow_dial();
 	test_suspend();
 	test_hash();
 	tls_shutdown();
