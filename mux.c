@@ -47,6 +47,7 @@ struct pq {
 	struct conn	*pq_conn;	/* NULL unless written to a conn */
 	int64_t		 pq_deadline;
 	int64_t		 pq_sent;
+	uint32_t	 pq_reads;	/* its conn's c_reads when written */
 	int32_t		 pq_hnext;	/* next pq index in its ID bucket */
 	uint16_t	 pq_upid;
 	uint16_t	 pq_len;
@@ -88,7 +89,7 @@ struct conn {
 	size_t		 c_outlen;
 	size_t		 c_outcap;
 	size_t		 c_tlslen;	/* length of a TLS write to repeat */
-	int64_t		 c_last_read;
+	uint32_t	 c_reads;	/* successful reads, to spot silence */
 	int		 c_dirty;
 	int		 c_slow;	/* dialling for over half a timeout */
 	TAILQ_ENTRY(conn) c_dirtylink;
@@ -593,7 +594,6 @@ conn_ready(struct conn *c, int64_t now)
 
 	c->c_state = CONN_READY;
 	c->c_slow = 0;
-	c->c_last_read = now;
 	ev_io_stop(mux.loop, &c->c_wio);
 	ev_io_start(mux.loop, &c->c_rio);
 	ev_timer_stop(mux.loop, &c->c_timer);
@@ -751,8 +751,8 @@ conn_input(struct conn *c, int64_t now)
 		n = conn_read(c, c->c_in + c->c_inlen, CONN_INCAP - c->c_inlen);
 		if (n > 0) {
 			c->c_inlen += (size_t)n;
-			c->c_last_read = now;
-			if (conn_frames(c, now) == -1)
+			c->c_reads++;
+					if (conn_frames(c, now) == -1)
 				return;
 			continue;
 		}
@@ -940,6 +940,7 @@ pq_send(struct pq *pq, struct conn *c, int64_t now)
 	TAILQ_INSERT_TAIL(&c->c_pqs, pq, pq_link);
 	pq->pq_conn = c;
 	pq->pq_sent = now;
+	pq->pq_reads = c->c_reads;
 	pq->pq_sends++;
 	if (c->c_inflight++ == 0)
 		ev_timer_stop(mux.loop, &c->c_timer);
@@ -1168,6 +1169,7 @@ deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	struct pq	*pq;
 	struct conn	*c;
 	int64_t		 now = now_ms();
+	int		 silent;
 
 	(void)loop;
 	(void)w;
@@ -1175,9 +1177,10 @@ deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	while ((pq = TAILQ_FIRST(&mux.deadlines)) != NULL &&
 	    pq->pq_deadline <= now) {
 		c = pq->pq_conn;
+		silent = c != NULL && c->c_reads == pq->pq_reads;
 		pq_fail(pq, EDE_NO_REACHABLE_AUTHORITY,
 		    "upstream did not answer in time");
-		if (c != NULL && c->c_last_read < pq->pq_sent) {
+		if (silent) {
 			log_info("%s c%d: silent past a query deadline, "
 			    "replacing it", c->c_up->up_label, c->c_idx);
 			conn_close(c, "silent");

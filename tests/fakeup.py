@@ -13,13 +13,18 @@ has one thread that owns its socket (reads, and writes replies whose time
 has come), so no socket is used from two threads.
 
 Answers in "normal" mode: names starting with "big." get a TXT RRset of
-about 2100 bytes; names starting with "nx." get NXDOMAIN; qtype A gets
-A 192.0.2.1; anything else NOERROR/NODATA.  Replies echo the query's ID.
+about 2100 bytes, names starting with "huge." one of about 20,300 bytes
+(more than any UDP client accepts); names starting with "nx." get
+NXDOMAIN; qtype A gets A 192.0.2.1; anything else NOERROR/NODATA.  Replies
+echo the query's ID.
 
 Modes (set(mode=...)); "budget" (set(budget=K)) makes a special mode apply
 K times and then revert to "normal" (None: for ever):
   normal       answer as above (after delay_ms)
   silent       read queries, never answer
+  blackhole_first_conn
+               read queries on the first connection accepted (cid 1),
+               never answer them; every other connection is "normal"
   reorder      hold replies on a connection until n are pending, then send
                them in reverse order (one budget unit per batch)
   close_after  on a connection's n-th query, close it, answering none of
@@ -32,6 +37,9 @@ K times and then revert to "normal" (None: for ever):
   dup          send the correct reply twice
   stall        accept TCP but never do the TLS handshake (one unit per
                connection; holds the socket open until stop/close_all)
+  reset        accept TCP and at once close it with a RST (one unit per
+               connection): dials fail, yet each is counted in conns and
+               its time in conn_times
   refuse       not a mode: use refuse()/unrefuse() to stop/start listening.
 Wrong answers always carry 198.51.100.66 (BAD_ADDR) so tests can spot them.
 """
@@ -55,12 +63,19 @@ import dns.rrset
 GOOD_ADDR = "192.0.2.1"
 BAD_ADDR = "198.51.100.66"
 MODES = {"normal", "silent", "reorder", "close_after", "close_mid",
-         "wrong_id", "wrong_qname", "qr0", "garbage", "dup", "stall"}
+         "wrong_id", "wrong_qname", "qr0", "garbage", "dup", "stall",
+         "blackhole_first_conn", "reset"}
 
 
 def big_txt_strings():
     """The TXT strings of a big.* answer: 10 x 200 bytes, about 2100 on the wire."""
     return ["%02d" % i + chr(ord("a") + i) * 198 for i in range(10)]
+
+
+def huge_txt_strings():
+    """The TXT strings of a huge.* answer: 80 RRs of one 240-byte string,
+    about 20,300 bytes on the wire."""
+    return ["%03d" % i + chr(ord("a") + i % 26) * 237 for i in range(80)]
 
 
 def make_answer(q, bad=False):
@@ -76,6 +91,9 @@ def make_answer(q, bad=False):
     elif first == b"big":
         r.answer.append(dns.rrset.from_text_list(
             qn, 60, "IN", "TXT", ['"%s"' % s for s in big_txt_strings()]))
+    elif first == b"huge":
+        r.answer.append(dns.rrset.from_text_list(
+            qn, 60, "IN", "TXT", ['"%s"' % s for s in huge_txt_strings()]))
     elif first == b"nx":
         r.set_rcode(dns.rcode.NXDOMAIN)
     elif qt == dns.rdatatype.A:
@@ -136,6 +154,10 @@ class _Conn:
             n = fu.n
         if q is None:
             return
+        if mode == "blackhole_first_conn":
+            if self.cid == 1:
+                return
+            mode = "normal"
         if mode == "silent":
             return
         if mode == "close_after":
@@ -144,7 +166,8 @@ class _Conn:
                     fu._spend()
                 self.dead = True     # drop everything, answer nothing
             return
-        good = frame(make_answer(q).to_wire())
+        # Over TCP the query's EDNS payload size does not bound the reply.
+        good = frame(make_answer(q).to_wire(max_size=65535))
         if mode == "normal":
             self.schedule(delay, good, qid)
         elif mode == "dup":
@@ -164,16 +187,16 @@ class _Conn:
         elif mode == "wrong_id":
             r = make_answer(q, bad=True)
             r.id = (q.id + 1) & 0xffff
-            self.schedule(delay, frame(r.to_wire()), qid)
+            self.schedule(delay, frame(r.to_wire(max_size=65535)), qid)
         elif mode == "wrong_qname":
             r = make_answer(dns.message.make_query("wrong.invalid.", "A"),
                             bad=True)
             r.id = q.id
-            self.schedule(delay, frame(r.to_wire()), qid)
+            self.schedule(delay, frame(r.to_wire(max_size=65535)), qid)
         elif mode == "qr0":
             r = make_answer(q, bad=True)
             r.flags &= ~dns.flags.QR
-            self.schedule(delay, frame(r.to_wire()), qid)
+            self.schedule(delay, frame(r.to_wire(max_size=65535)), qid)
         elif mode == "garbage":
             self.schedule(delay, b"\x00\x07garbage", qid)
 
@@ -325,6 +348,8 @@ class FakeUpstream:
     def reset_counters(self):
         with self.lock:
             self.conns = 0            # TCP connections accepted
+            self.conn_times = []      # time.monotonic() of each accept
+            self.resets = 0           # connections reset in "reset" mode
             self.handshakes = 0       # TLS handshakes completed
             self.handshake_failures = 0
             self.resumed = 0          # handshakes with session_reused
@@ -415,11 +440,23 @@ class FakeUpstream:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.lock:
                 self.conns += 1
+                self.conn_times.append(time.monotonic())
+                cid = next(cids)
+                reset = self.mode == "reset"
                 stall = self.mode == "stall"
-                if stall:
+                if stall or reset:
                     self._spend()
-                c = _Conn(self, s, next(cids), stall)
-                self.live.add(c)
+                if reset:
+                    self.resets += 1
+                    self.closed += 1
+                else:
+                    c = _Conn(self, s, cid, stall)
+                    self.live.add(c)
+            if reset:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             struct.pack("ii", 1, 0))
+                s.close()
+                continue
             c.thread.start()
         if self._lsock is not None:
             self._lsock.close()
@@ -478,6 +515,7 @@ class FakeUpstream:
         with self.lock:
             return {"conns": self.conns, "handshakes": self.handshakes,
                     "handshake_failures": self.handshake_failures,
+                    "resets": self.resets,
                     "resumed": self.resumed, "closed": self.closed,
                     "queries": len(self.queries), "replies": self.replies,
                     "id_collisions": self.id_collisions,

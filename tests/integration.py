@@ -18,8 +18,12 @@ kept under the printed work directory.
 
 import argparse
 import concurrent.futures
+import contextlib
+import fcntl
 import os
 import re
+import resource
+import select
 import shutil
 import signal
 import socket
@@ -326,8 +330,15 @@ class Dnsfwd:
         self.checked = False
 
     def start(self, args, udp=True, tcp=True, host="127.0.0.1",
-              wait_ready=True):
+              wait_ready=True, env=None):
+        """env: variables to set for dnsfwd, a value of None removes one."""
         self.host = host
+        penv = dict(os.environ)
+        for k, v in (env or {}).items():
+            if v is None:
+                penv.pop(k, None)
+            else:
+                penv[k] = v
         last = ""
         for _attempt in range(3):
             self.port = udp_tcp_free_port(host)
@@ -342,7 +353,8 @@ class Dnsfwd:
             start_at = len(self.text())
             with open(self.log, "ab") as lf, open(self.out, "ab") as of:
                 self.proc = track(subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=of, stderr=lf))
+                    argv, stdin=subprocess.DEVNULL, stdout=of, stderr=lf,
+                    env=penv))
             if not wait_ready:
                 return self
             deadline = time.monotonic() + 10
@@ -421,11 +433,19 @@ class Dnsfwd:
                     s, txt[max(0, i - 200):i + 600].replace("\n", " | ")))
 
 
-def run_dnsfwd(t, args, timeout=5.0):
-    """Runs dnsfwd to completion (usage errors etc.): (rc, stdout, stderr)."""
+def run_dnsfwd(t, args, timeout=5.0, env=None):
+    """Runs dnsfwd to completion (usage errors etc.): (rc, stdout, stderr).
+    env as for Dnsfwd.start."""
     argv = [DNSFWD] + list(args)
+    penv = dict(os.environ)
+    for k, v in (env or {}).items():
+        if v is None:
+            penv.pop(k, None)
+        else:
+            penv[k] = v
     p = track(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=penv))
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -522,6 +542,13 @@ SCENARIOS = []
 
 def scenario(fn):
     SCENARIOS.append(fn)
+    return fn
+
+
+def slow(fn):
+    """Marks a scenario that mostly waits (seconds): the runner starts it
+    first, so it overlaps the others; results still print in order."""
+    fn.slow = True
     return fn
 
 
@@ -1363,6 +1390,460 @@ def sigint_stops(t):
     d.stop_and_check(signal.SIGINT)
 
 
+# ---------------------------------------------------------------- logging
+
+LEVEL_PRI = {"error": 3, "warn": 4, "info": 6, "debug": 7}
+
+
+def _line_level(ln, journal):
+    """The level a log line's prefix names, or None when the line lacks a
+    prefix of the expected style (or carries both styles)."""
+    if journal:
+        m = re.match(r"<(\d)>", ln)
+        if not m or re.match(r"<\d>(error|warn|info|debug): ", ln):
+            return None
+        return {v: k for k, v in LEVEL_PRI.items()}.get(int(m.group(1)))
+    m = re.match(r"(error|warn|info|debug): ", ln)
+    return m.group(1) if m else None
+
+
+@scenario
+def journal_priority_prefixes(t):
+    """With JOURNAL_STREAM set every stderr line starts with its syslog priority (<4> warn, <6> info, <7> debug, <3> error); without it with 'warn: ', 'info: ', ..."""
+    for journal in (True, False):
+        env = {"JOURNAL_STREAM": "8:12345" if journal else None}
+        style = "with JOURNAL_STREAM" if journal else "without JOURNAL_STREAM"
+        dead = t.fakeup()
+        dead.refuse()
+        good = t.fakeup()
+        d = t.dnsfwd(*tls_up(dead), *tls_up(good, ca=False), "--timeout",
+                     "1000", env=env)
+        for i in range(3):
+            expect_a(ask_udp(d.port, "jr%d.example." % i))
+        d.stats()
+        d.stop_and_check()
+        lines = d.text().splitlines()
+        bad = [ln for ln in lines if _line_level(ln, journal) is None]
+        check(lines and not bad, "%s: %d of %d stderr lines lack the "
+              "prefix, e.g. %r" % (style, len(bad), len(lines), bad[:3]))
+        # Which message has which level: info, debug and warning lines.
+        want = [(" ready: ", "info"), ("listening on", "info"),
+                ("stats:", "info"), ("stopped", "info"),
+                ("connecting", "debug"),
+                ("127.0.0.1:%d: " % dead.port, "warn")]
+        for sub, level in want:
+            got = [ln for ln in lines if sub in ln]
+            check(got, "%s: no log line with %r: %s" % (style, sub,
+                                                        d.tail()))
+            wrong = [ln for ln in got if _line_level(ln, journal) != level]
+            check(not wrong, "%s: %r lines should be %s (%s): %r" % (
+                style, sub, level, "<%d>" % LEVEL_PRI[level] if journal
+                else level + ": ", wrong[:2]))
+        # An error at startup (exit 1) is prefixed too.
+        rc, out, err = run_dnsfwd(t, [
+            "--bind-udp", "127.0.0.1:%d" % udp_tcp_free_port("127.0.0.1"),
+            "--connect-tls", "127.0.0.1:853#dns.test",
+            "--ca-file", os.path.join(t.dir, "nope.pem")], env=env)
+        elines = err.splitlines()
+        check(rc == 1 and elines and all(
+            _line_level(ln, journal) == "error" for ln in elines),
+            "%s: unreadable CA file: exit %s, stderr %r, want every line "
+            "at level error" % (style, rc, err[:300]))
+
+
+# ---------------------------------------------------------------- client TCP
+
+def _raise_nofile(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        new = n if hard == resource.RLIM_INFINITY else min(n, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def _tcp_ask_on(s, q, timeout):
+    """Sends q on the open TCP socket s; our reply (dns.message) or None."""
+    s.sendall(fakeup.frame(q.to_wire()))
+    for data in tcp_read_frames(s, 1, timeout):
+        m = _is_ours(q, data)
+        if m is not None:
+            return m
+    return None
+
+
+def _a_of(m):
+    return [r.address for rr in m.answer for r in rr
+            if rr.rdtype == dns.rdatatype.A]
+
+
+@scenario
+def tcp_client_limit(t):
+    """dnsfwd serves at most 256 TCP clients at once; the 257th waits unanswered in the backlog until one of them leaves."""
+    _raise_nofile(4096)
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    socks = []
+    try:
+        deadline = time.monotonic() + 8     # well inside the 10 s idle limit
+        for i in range(256):
+            s = tcp_connect(d.port)
+            socks.append(s)
+            left = deadline - time.monotonic()
+            m = _tcp_ask_on(s, make_query("lim%d.example." % i),
+                            max(0.1, min(2.0, left)))
+            check(m is not None and _a_of(m) == [GOOD_ADDR],
+                  "TCP client %d of 256 got %s" % (
+                      i + 1, "no answer" if m is None else _a_of(m)))
+        q = make_query("lim-extra.example.")
+        extra = tcp_connect(d.port)         # the kernel's backlog takes it
+        socks.append(extra)
+        extra.sendall(fakeup.frame(q.to_wire()))
+        r, _, _ = select.select([extra], [], [], 0.5)
+        if r:
+            try:
+                data = extra.recv(65535)
+            except OSError as e:
+                data = repr(e)
+            raise Fail("257th TCP client got %s within 0.5 s with 256 open" %
+                       ("%d bytes" % len(data) if data and
+                        isinstance(data, bytes) else data or "EOF"))
+        check(fu.nqueries("lim-extra") == 0,
+              "the 257th client's query reached the upstream")
+        socks[0].close()
+        f = tcp_read_frames(extra, 1, 3)
+        m = _is_ours(q, f[0]) if f else None
+        check(m is not None and _a_of(m) == [GOOD_ADDR],
+              "257th TCP client not served within 3 s after one of the 256 "
+              "closed (%d frames): %s" % (len(f), d.tail(3)))
+    finally:
+        for s in socks:
+            s.close()
+
+
+@scenario
+@slow
+def tcp_client_idle(t):
+    """A TCP client silent for 10 s is closed (EOF 9-12 s after its query); one sending a query every 3 s stays open past 12 s."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    idle = tcp_connect(d.port)
+    busy = tcp_connect(d.port)
+    try:
+        t0 = time.monotonic()
+        m = _tcp_ask_on(idle, make_query("idle.example."), 2)
+        last = t0                          # the idle client's last write
+        check(m is not None and _a_of(m) == [GOOD_ADDR],
+              "idle client: no answer to its one query")
+        sent, eof_at = 0, None
+        for _ in range(200):
+            now = time.monotonic()
+            if sent < 5 and now >= t0 + 3 * sent:
+                m = _tcp_ask_on(busy, make_query("busy%d.example." % sent),
+                                2)
+                check(m is not None and _a_of(m) == [GOOD_ADDR],
+                      "busy client: no answer at %.1f s" % (now - t0))
+                sent += 1
+                continue
+            if eof_at is not None or now >= last + 12.5:
+                if sent == 5 and now >= t0 + 12.5:
+                    break
+            nxt = t0 + 3 * sent if sent < 5 else t0 + 12.5
+            if eof_at is None:
+                nxt = min(nxt, last + 12.5)
+                r, _, _ = select.select([idle], [], [], max(0, nxt - now))
+                if r:
+                    try:
+                        data = idle.recv(65535)
+                    except OSError:
+                        data = b""
+                    check(not data, "idle client got %d unexpected bytes"
+                          % len(data))
+                    eof_at = time.monotonic()
+            else:
+                time.sleep(max(0, nxt - now))
+        check(eof_at is not None, "idle TCP client still open %.1f s after "
+              "its last query" % (time.monotonic() - last))
+        check(9.0 <= eof_at - last <= 12.0, "idle TCP client closed %.2f s "
+              "after its last query, want 10" % (eof_at - last))
+        check(sent == 5, "busy client sent %d of 5 queries" % sent)
+        m = _tcp_ask_on(busy, make_query("busy-last.example."), 2)
+        check(m is not None and _a_of(m) == [GOOD_ADDR],
+              "busy client (a query every 3 s) not answered %.1f s after it "
+              "connected" % (time.monotonic() - t0))
+    finally:
+        idle.close()
+        busy.close()
+
+
+# ---------------------------------------------------------------- upstreams
+
+@scenario
+def warnings_rate_limited(t):
+    """With the only upstream refusing, 200 queries over 2 s all get SERVFAIL and at most 3 warnings are logged about it."""
+    fu = t.fakeup()
+    fu.refuse()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "1000")
+    label = "127.0.0.1:%d" % fu.port
+    t0 = time.monotonic()
+    bad = []
+    for i in range(200):
+        r = ask_udp(d.port, "rl%d.example." % i, timeout=2)
+        if r.rcode() != dns.rcode.SERVFAIL:
+            bad.append(r.describe())
+        pause = t0 + (i + 1) * 0.0105 - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    check(not bad, "%d of 200 not SERVFAIL: %s" % (len(bad), bad[:3]))
+    fails = [ln for ln in d.grep("closed:") if label in ln]
+    check(len(fails) >= 4, "only %d failed dials of %s in %.1f s: too few to "
+          "show the rate limit: %s" % (len(fails), label,
+                                       time.monotonic() - t0, d.tail(4)))
+    warns = [ln for ln in d.lines()
+             if _line_level(ln, False) == "warn" and label in ln]
+    check(1 <= len(warns) <= 3, "%d warnings about %s for %d failed dials "
+          "in %.1f s (want 1 to 3): %s" % (len(warns), label, len(fails),
+                                           time.monotonic() - t0, warns[:5]))
+
+
+@scenario
+def rtt_prefers_faster(t):
+    """Of two upstreams, the one without a 150 ms delay gets at least 25 of 30 sequential queries after 20 warm-up ones."""
+    laggy = t.fakeup()
+    laggy.set(delay_ms=150)
+    fast = t.fakeup()
+    d = t.dnsfwd(*tls_up(laggy), *tls_up(fast, ca=False), "--timeout", "2000")
+    for i in range(20):
+        expect_a(ask_udp(d.port, "warm%d.example." % i), GOOD_ADDR, "warm-up")
+    for i in range(30):
+        expect_a(ask_udp(d.port, "rtt%d.example." % i))
+    n_fast, n_slow = fast.nqueries("rtt"), laggy.nqueries("rtt")
+    check(n_fast + n_slow == 30, "upstreams saw %d + %d of 30 queries" %
+          (n_fast, n_slow))
+    check(n_fast >= 25, "the fast upstream got %d of 30, the 150 ms one %d "
+          "(warm-up: %d fast, %d slow)" % (
+              n_fast, n_slow, fast.nqueries("warm"), laggy.nqueries("warm")))
+
+
+@scenario
+def silent_connection_replaced(t):
+    """A connection that reads queries but never answers is replaced at the deadline: SERVFAIL at 0.5 s, 'silent' logged, the next query answered on a new connection."""
+    fu = t.fakeup()
+    fu.set(mode="blackhole_first_conn")
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "500")
+    r = ask_udp(d.port, "hole.example.", timeout=3)
+    expect_servfail(r, "query on the silent connection")
+    check(0.45 <= r.elapsed <= 1.0, "SERVFAIL after %.2f s, want about the "
+          "0.5 s deadline" % r.elapsed)
+    check(fu.nqueries("hole") == 1, "the upstream saw %d copies of the "
+          "query" % fu.nqueries("hole"))
+    check(d.grep("silent"), "log does not say the connection was silent: "
+          "%s" % d.tail(4))
+    r = ask_udp(d.port, "after-hole.example.", timeout=3)
+    expect_a(r, GOOD_ADDR, "query after the silent connection")
+    st = fu.stats()
+    check(st["conns"] == 2, "fakeup saw %d connections, want 2: %s" % (
+        st["conns"], st))
+    on = [q["conn"] for q in fu.queries if q["qname"] == "after-hole.example."]
+    check(on == [2], "next query went over connection(s) %s, want [2]" % on)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and fu.stats()["closed"] < 1:
+        time.sleep(0.02)
+    check(fu.stats()["closed"] >= 1, "the silent connection was not "
+          "closed: %s" % fu.stats())
+
+
+def _ede(m):
+    """[(code, text)] of the EDE options of m."""
+    out = []
+    if m is None or m.edns < 0:
+        return out
+    for opt in m.options:
+        if opt.otype != 15:
+            continue
+        code, text = getattr(opt, "code", None), getattr(opt, "text", None)
+        if code is None:
+            code = struct.unpack("!H", opt.data[:2])[0]
+            text = opt.data[2:].decode("utf-8", "replace")
+        out.append((int(code), text))
+    return out
+
+
+def _expect_ede(r, code, what):
+    expect_servfail(r, what)
+    e = _ede(r.msg)
+    check(len(e) == 1 and e[0][0] == code and e[0][1] and e[0][1].strip(),
+          "%s: EDE %s, want one option, code %d, with EXTRA-TEXT" % (
+              what, e, code))
+
+
+def _expect_no_opt(r, what):
+    expect_servfail(r, what)
+    arcount = struct.unpack("!H", r.raw[0][10:12])[0]
+    check(r.msg.edns < 0 and arcount == 0,
+          "%s: SERVFAIL without EDNS in the query has ARCOUNT %d" % (
+              what, arcount))
+
+
+@scenario
+def servfail_ede_text(t):
+    """SERVFAIL carries EDE 23 with text when the upstream refuses, EDE 22 when it is too slow, and no OPT when the query had none."""
+    down = t.fakeup()
+    down.refuse()
+    d = t.dnsfwd(*tls_up(down), "--timeout", "500")
+    _expect_ede(ask_udp(d.port, make_query("ede-down.example.", edns=1232)),
+                23, "refusing upstream")
+    _expect_ede(ask_tcp(d.port, make_query("ede-down-tcp.example.",
+                                           edns=1232)),
+                23, "refusing upstream, TCP")
+    _expect_no_opt(ask_udp(d.port, make_query("ede-down-plain.example.")),
+                   "refusing upstream")
+    slow_up = t.fakeup()
+    slow_up.set(delay_ms=1500)
+    d2 = t.dnsfwd(*tls_up(slow_up), "--timeout", "500")
+    _expect_ede(ask_udp(d2.port, make_query("ede-slow.example.", edns=1232),
+                        timeout=3), 22, "upstream slower than --timeout")
+    _expect_no_opt(ask_udp(d2.port, make_query("ede-slow-plain.example."),
+                           timeout=3), "upstream slower than --timeout")
+    check(slow_up.nqueries("ede-slow") >= 2,
+          "the slow upstream saw %d queries" % slow_up.nqueries("ede-slow"))
+
+
+@contextlib.contextmanager
+def fixed_ports_lock():
+    """Held by scenarios that use fixed ports (853, 53), so that suites
+    run at once (tests/runall.py runs two) take turns; bounded wait."""
+    path = os.path.join(tempfile.gettempdir(), "dnsfwd-it-fixed-ports.lock")
+    with open(path, "a") as f:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise Fail("%s held for 20 s by another run" % path)
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@scenario
+def default_port_853(t):
+    """--connect-tls 127.0.0.2#dns.test, without a port, dials port 853."""
+    with fixed_ports_lock():
+        _default_port_853(t)
+
+
+def _default_port_853(t):
+    try:
+        fu = t.fakeup(host="127.0.0.2", port=853)
+    except OSError as e:
+        raise Skip("cannot listen on 127.0.0.2:853: %s" % e)
+    d = t.dnsfwd("--connect-tls", "127.0.0.2#dns.test", "--ca-file",
+                 pki("ca.pem"), "--timeout", "2000")
+    expect_a(ask_udp(d.port, "p853.example."), GOOD_ADDR, "upstream on 853")
+    check(fu.nqueries("p853") == 1, "fakeup on 127.0.0.2:853 saw %d queries"
+          % fu.nqueries("p853"))
+    d.stop_and_check()
+    fu.stop()
+
+
+@scenario
+def default_port_53(t):
+    """--bind-udp 127.0.0.3 and --bind-tcp 127.0.0.3, without a port, listen on port 53."""
+    with fixed_ports_lock():
+        _default_port_53(t)
+
+
+def _default_port_53(t):
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            s.bind(("127.0.0.3", 53))
+        except OSError as e:
+            raise Skip("cannot bind 127.0.0.3:53: %s" % e)
+        finally:
+            s.close()
+    fu = t.fakeup()
+    d = t.dnsfwd("--bind-udp", "127.0.0.3", "--bind-tcp", "127.0.0.3",
+                 *tls_up(fu), "--timeout", "2000", udp=False, tcp=False)
+    expect_a(ask_udp(53, "p53.example.", host="127.0.0.3"), GOOD_ADDR,
+             "UDP 127.0.0.3:53")
+    expect_a(ask_tcp(53, "p53-tcp.example.", host="127.0.0.3"), GOOD_ADDR,
+             "TCP 127.0.0.3:53")
+    for kind in ("udp", "tcp"):
+        check(d.grep("listening on %s 127.0.0.3:53" % kind),
+              "log lacks 'listening on %s 127.0.0.3:53': %s" % (kind,
+                                                               d.tail(4)))
+    d.stop_and_check()
+
+
+@scenario
+def large_reply_over_tcp(t):
+    """A 20,000-byte TXT answer reaches TCP clients intact; UDP with EDNS 4096 gets TC=1 and no records."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    want = sorted(fakeup.huge_txt_strings())
+
+    def txts(m):
+        return sorted(s.decode() for rr in m.answer for rd in rr
+                      for s in rd.strings)
+    for edns in (None, 1232):
+        what = "TCP%s" % ("" if edns is None else " with EDNS %d" % edns)
+        r = ask_tcp(d.port, make_query("huge.example.", "TXT", edns=edns))
+        check(r.msg is not None, "%s: %s" % (what, r.describe()))
+        got = txts(r.msg)
+        check(r.msg.rcode() == dns.rcode.NOERROR and got == want and
+              not (r.msg.flags & dns.flags.TC),
+              "%s: %s TC=%d, %d of %d strings intact, %d bytes" % (
+                  what, dns.rcode.to_text(r.msg.rcode()),
+                  bool(r.msg.flags & dns.flags.TC),
+                  len(set(got) & set(want)), len(want), len(r.raw[0])))
+        check(len(r.raw[0]) >= 20000, "%s: %d bytes" % (what, len(r.raw[0])))
+    r = ask_udp(d.port, make_query("huge.example.", "TXT", edns=4096))
+    check(r.msg is not None, "UDP EDNS 4096: %s" % r.describe())
+    check(r.msg.flags & dns.flags.TC and len(r.raw[0]) <= 4096,
+          "UDP EDNS 4096: TC=%d, %d bytes" % (
+              bool(r.msg.flags & dns.flags.TC), len(r.raw[0])))
+    check(not r.msg.answer and not r.msg.authority and not r.msg.additional,
+          "UDP EDNS 4096: TC reply has %d/%d/%d records" % (
+              len(r.msg.answer), len(r.msg.authority),
+              len(r.msg.additional)))
+    expect_a(ask_tcp(d.port, "after-huge.example."), GOOD_ADDR,
+             "TCP after the huge answer")
+
+
+@scenario
+def upstream_backoff_probe(t):
+    """With the only upstream failing every dial, 3 s of queries make at most 6 dials, spaced by the 250/500/1000/2000 ms backoff (up to 25% less)."""
+    fu = t.fakeup()
+    fu.set(mode="reset")
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "1000")
+    t0 = time.monotonic()
+    bad, n = [], 0
+    while time.monotonic() - t0 < 3.0 and n < 1000:
+        r = ask_udp(d.port, "bo%d.example." % n, timeout=2)
+        if r.rcode() != dns.rcode.SERVFAIL:
+            bad.append(r.describe())
+        n += 1
+        time.sleep(0.01)
+    time.sleep(0.05)
+    with fu.lock:
+        times = [x - t0 for x in fu.conn_times]
+    check(not bad, "%d of %d not SERVFAIL: %s" % (len(bad), n, bad[:3]))
+    desc = "dials at %s s for %d queries" % (
+        ", ".join("%.2f" % x for x in times), n)
+    check(len(times) <= 6, "%d %s" % (len(times), desc))
+    check(len(times) >= 3, "no probing after the backoff: %s" % desc)
+    for i in range(min(4, len(times) - 1)):
+        b = 0.25 * 2 ** i
+        gap = times[i + 1] - times[i]
+        check(0.75 * b - 0.03 <= gap <= b + 0.25,
+              "dial %d came %.3f s after the one before, want %.3f-%.3f s "
+              "(%s)" % (i + 2, gap, 0.75 * b, b, desc))
+
+
 # ---------------------------------------------------------------- runner
 
 def run_one(fn, workdir):
@@ -1418,7 +1899,9 @@ def main():
     t0 = time.monotonic()
     try:
         with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as ex:
-            futs = [ex.submit(run_one, fn, workdir) for fn in todo]
+            first = sorted(todo, key=lambda fn: not getattr(fn, "slow", 0))
+            started = {fn: ex.submit(run_one, fn, workdir) for fn in first}
+            futs = [started[fn] for fn in todo]
             for fn, fut in zip(todo, futs):
                 try:
                     status, reason, dt, t = fut.result(timeout=300)

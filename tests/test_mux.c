@@ -293,7 +293,6 @@ test_deadline(void)
 	send_query(42, "slow", 1);
 	send_query(43, "slow2", 2);
 	CHECK(c->c_inflight == 2);
-	c->c_last_read = now_ms() - 10;
 	TAILQ_FOREACH(pq, &mux.deadlines, pq_dlink) {
 		pq->pq_deadline = now_ms() - 1;
 		pq->pq_sent = now_ms();
@@ -308,6 +307,25 @@ test_deadline(void)
 	CHECK(c->c_state != CONN_READY);	/* condemned */
 	CHECK(mux_inflight() == 0);
 	CHECK(stats.st_servfails == 2);
+	teardown();
+}
+
+/* A connection that spoke since the query went out is kept. */
+static void
+test_deadline_not_silent(void)
+{
+	struct conn	*c;
+	struct pq	*pq;
+
+	setup(1, 1, 8);
+	c = &mux.ups[0].up_conns[0];
+	send_query(44, "late", 1);
+	c->c_reads++;
+	TAILQ_FOREACH(pq, &mux.deadlines, pq_dlink)
+		pq->pq_deadline = now_ms() - 1;
+	deadline_cb(loop, NULL, 0);
+	CHECK(ngot == 1 && (got[0].msg[3] & 0x0f) == 2);
+	CHECK(c->c_state == CONN_READY);
 	teardown();
 }
 
@@ -516,6 +534,7 @@ main(void)
 	test_pipelining_and_spread();
 	test_overload();
 	test_deadline();
+	test_deadline_not_silent();
 	test_requeue_on_close();
 	test_query_of_death();
 	test_backoff();
