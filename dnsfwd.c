@@ -819,7 +819,7 @@ client_flush(struct tcp_client *c)
 	ev_io_stop(loop, &c->tc_wio);
 	if (c->tc_closing)
 		client_close(c, "too many unread answers");
-	else if (!ev_is_active(&c->tc_rio) && !draining)
+	else if (c->tc_inlen > 0 && !draining)
 		client_frames(c);	/* queries held back by the limit */
 }
 
