@@ -56,6 +56,10 @@ tests/test_mux: tests/test_mux.c $(SRCS) $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_mux.c dns.c \
 	    log.c tls.c cache.c $(LIBS)
 
+tests/test_cache: tests/test_cache.c cache.c dns.c log.c tls.c $(HDRS)
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_cache.c dns.c \
+	    log.c tls.c $(LIBS)
+
 deps:
 	@missing=$$(for p in $(DEBS); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
@@ -70,7 +74,7 @@ deps:
 		exit 1; \
 	fi
 
-UNIT =		tests/test_dns tests/test_mux
+UNIT =		tests/test_dns tests/test_mux tests/test_cache
 VARIANTS =	dnsfwd dnsfwd-asan dnsfwd-mbedtls3
 
 check: deps

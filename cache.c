@@ -256,7 +256,8 @@ alloc_entry(int64_t now)
  * How long an answer may be kept (0: not at all), and where its OPT
  * record starts (len when it has none) in *opt.  Positive answers live
  * as long as their shortest answer or authority TTL; negative ones (RFC
- * 2308) as min(SOA TTL, SOA MINIMUM) and need the SOA.
+ * 2308: NXDOMAIN, NODATA, a CNAME chain ending in either) as min(SOA
+ * TTL, SOA MINIMUM) and need the SOA.
  */
 static uint32_t
 answer_ttl(const uint8_t *m, size_t len, size_t qend, size_t *opt)
@@ -297,7 +298,8 @@ answer_ttl(const uint8_t *m, size_t len, size_t qend, size_t *opt)
 	}
 	if (off != len || ttl == 0 || ttl > TTL_MAX)
 		return 0;
-	if (rcode == RCODE_NOERROR && an > 0)
+	/* A SOA in authority marks a negative answer, CNAME chains too. */
+	if (rcode == RCODE_NOERROR && an > 0 && soa > TTL_MAX)
 		return clamp_ttl(ttl, cf->cf_min_ttl, cf->cf_max_ttl);
 	if (soa > TTL_MAX || soa == 0)
 		return 0;
