@@ -23,8 +23,8 @@ HDRS =		dnsfwd.h
 M3 =		build/mbedtls3
 M3LIB =		$(M3)/usr/lib/$(shell $(CC) -print-multiarch)
 
-DEBS =		build-essential libev-dev libmbedtls-dev ca-certificates \
-		unbound python3-dnspython knot-dnsutils openssl mandoc
+DEBS =		build-essential libev-dev libmbedtls-dev ca-certificates
+TEST_DEBS =	unbound python3-dnspython knot-dnsutils openssl mandoc
 
 RUN_ARGS =	--bind-udp 127.0.0.1:5353 --bind-tcp 127.0.0.1:5353 \
 		--connect-tls 9.9.9.9\#dns.quad9.net \
@@ -60,8 +60,9 @@ tests/test_cache: tests/test_cache.c cache.c dns.c log.c tls.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_cache.c dns.c \
 	    log.c tls.c $(LIBS)
 
-deps:
-	@missing=$$(for p in $(DEBS); do \
+# Installs the Debian packages named in PKGS that are missing.
+deps-install:
+	@missing=$$(for p in $(PKGS); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	    grep -q 'install ok installed' || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -74,6 +75,12 @@ deps:
 		exit 1; \
 	fi
 
+deps:
+	@$(MAKE) -s deps-install PKGS="$(DEBS) $(TEST_DEBS)"
+
+deps-run:
+	@$(MAKE) -s deps-install PKGS="$(DEBS)"
+
 UNIT =		tests/test_dns tests/test_mux tests/test_cache
 VARIANTS =	dnsfwd dnsfwd-asan dnsfwd-mbedtls3
 
@@ -82,7 +89,8 @@ check: deps
 	mandoc -Tlint -W warning dnsfwd.8
 	$(PY) tests/runall.py $(UNIT) -- $(VARIANTS)
 
-run: deps dnsfwd
+run: deps-run
+	$(MAKE) dnsfwd
 	./dnsfwd $(RUN_ARGS)
 
 lint:
@@ -96,4 +104,4 @@ install: dnsfwd
 clean:
 	rm -f $(VARIANTS) $(UNIT)
 
-.PHONY: all check deps run lint install clean
+.PHONY: all check deps deps-run deps-install run lint install clean

@@ -14,9 +14,20 @@ has come), so no socket is used from two threads.
 
 Answers in "normal" mode: names starting with "big." get a TXT RRset of
 about 2100 bytes, names starting with "huge." one of about 20,300 bytes
-(more than any UDP client accepts); names starting with "nx." get
-NXDOMAIN; qtype A gets A 192.0.2.1; anything else NOERROR/NODATA.  Replies
-echo the query's ID.
+(more than any UDP client accepts), names starting with "mid." one of
+about 880 bytes (over 512, under 1232); names starting with "nx." get
+NXDOMAIN (without SOA); qtype A gets A 192.0.2.1; anything else
+NOERROR/NODATA.  Every record has TTL 60.  Replies echo the query's ID,
+and the DO bit when the query had it (RFC 3225).
+
+Per-name answers (fu.rule(name, ...), name matched case-insensitively)
+override the above for that name: ttl=N for the answer records, rcode=
+"NXDOMAIN" / "NODATA" / "SERVFAIL" / "REFUSED", soa=(TTL, MINIMUM) for an
+SOA in the authority section of a negative answer, tc=True to set TC.
+With fu.set(mark_bits=True), A answers say which of the query's DO and
+CD bits were set: 192.0.2.1 neither, .2 DO, .3 CD, .4 both (marked_addr).
+Queries are recorded with their "do" and "cd" bits; fu.count(name, do=,
+cd=) counts those for one exact name.
 
 Modes (set(mode=...)); "budget" (set(budget=K)) makes a special mode apply
 K times and then revert to "normal" (None: for ever):
@@ -78,26 +89,70 @@ def huge_txt_strings():
     return ["%03d" % i + chr(ord("a") + i % 26) * 237 for i in range(80)]
 
 
-def make_answer(q, bad=False):
-    """The dns.message reply fakeup gives to query q (bad: BAD_ADDR)."""
+def mid_txt_strings():
+    """The TXT strings of a mid.* answer: 4 x 200 bytes, about 880 on the
+    wire: more than 512, less than 1232."""
+    return ["%02d" % i + chr(ord("p") + i) * 198 for i in range(4)]
+
+
+def marked_addr(do, cd):
+    """The A address of an answer with mark_bits on, for DO and CD bits."""
+    return "192.0.2.%d" % (1 + (1 if do else 0) + (2 if cd else 0))
+
+
+def _soa(qn, soa_ttl, minimum):
+    zone = qn.parent() if len(qn.labels) > 2 else qn
+    return dns.rrset.from_text(
+        zone, soa_ttl, "IN", "SOA",
+        "ns.invalid. hostmaster.invalid. 1 3600 600 86400 %d" % minimum)
+
+
+def make_answer(q, bad=False, rule=None, mark=False):
+    """The dns.message reply fakeup gives to query q (bad: BAD_ADDR; rule:
+    the per-name answer; mark: A address by DO and CD bits)."""
     r = dns.message.make_response(q)
+    r.flags |= q.flags & dns.flags.CD
+    if q.edns >= 0 and q.ednsflags & dns.flags.DO:
+        r.use_edns(0, dns.flags.DO, r.payload)
     if not q.question:
         return r
     qn = q.question[0].name
     first = qn.labels[0].lower() if len(qn.labels) > 1 else b""
     qt = q.question[0].rdtype
+    addr = GOOD_ADDR
+    if mark:
+        addr = marked_addr(q.edns >= 0 and q.ednsflags & dns.flags.DO,
+                           q.flags & dns.flags.CD)
     if bad:
         r.answer.append(dns.rrset.from_text(qn, 60, "IN", "A", BAD_ADDR))
+    elif rule is not None:
+        rcode = rule.get("rcode")
+        ttl = rule.get("ttl", 60)
+        if rcode in (None, "NOERROR"):
+            if qt == dns.rdatatype.A:
+                r.answer.append(dns.rrset.from_text(qn, ttl, "IN", "A", addr))
+            elif qt == dns.rdatatype.TXT:
+                r.answer.append(dns.rrset.from_text(qn, ttl, "IN", "TXT",
+                                                    '"fakeup"'))
+        elif rcode != "NODATA":
+            r.set_rcode(dns.rcode.from_text(rcode))
+        if rule.get("soa") is not None and rcode in ("NXDOMAIN", "NODATA"):
+            r.authority.append(_soa(qn, *rule["soa"]))
+        if rule.get("tc"):
+            r.flags |= dns.flags.TC
     elif first == b"big":
         r.answer.append(dns.rrset.from_text_list(
             qn, 60, "IN", "TXT", ['"%s"' % s for s in big_txt_strings()]))
     elif first == b"huge":
         r.answer.append(dns.rrset.from_text_list(
             qn, 60, "IN", "TXT", ['"%s"' % s for s in huge_txt_strings()]))
+    elif first == b"mid":
+        r.answer.append(dns.rrset.from_text_list(
+            qn, 60, "IN", "TXT", ['"%s"' % s for s in mid_txt_strings()]))
     elif first == b"nx":
         r.set_rcode(dns.rcode.NXDOMAIN)
     elif qt == dns.rdatatype.A:
-        r.answer.append(dns.rrset.from_text(qn, 60, "IN", "A", GOOD_ADDR))
+        r.answer.append(dns.rrset.from_text(qn, 60, "IN", "A", addr))
     return r
 
 
@@ -141,6 +196,8 @@ class _Conn:
                 rec["qname"] = q.question[0].name.to_text().lower()
                 rec["qtype"] = q.question[0].rdtype
             rec["edns"] = q.edns
+            rec["do"] = bool(q.edns >= 0 and q.ednsflags & dns.flags.DO)
+            rec["cd"] = bool(q.flags & dns.flags.CD)
         except Exception as e:  # record what we could not parse
             rec["error"] = repr(e)
         with fu.lock:
@@ -152,6 +209,8 @@ class _Conn:
             mode = fu._take_mode(per_query=True, nq=self.nq)
             delay = fu.delay_ms / 1000.0
             n = fu.n
+            rule = fu.rules.get(rec["qname"])
+            mark = fu.mark_bits
         if q is None:
             return
         if mode == "blackhole_first_conn":
@@ -167,7 +226,8 @@ class _Conn:
                 self.dead = True     # drop everything, answer nothing
             return
         # Over TCP the query's EDNS payload size does not bound the reply.
-        good = frame(make_answer(q).to_wire(max_size=65535))
+        good = frame(make_answer(q, rule=rule, mark=mark)
+                     .to_wire(max_size=65535))
         if mode == "normal":
             self.schedule(delay, good, qid)
         elif mode == "dup":
@@ -338,6 +398,8 @@ class FakeUpstream:
             self.ctx = ctx
         self.lock = threading.Lock()
         self.mode, self.n, self.delay_ms, self.budget = "normal", 1, 0, None
+        self.rules = {}                 # lower-case qname -> rule dict
+        self.mark_bits = False
         self.reset_counters()
         self.live = set()
         self.stopping = False
@@ -363,8 +425,11 @@ class FakeUpstream:
             self.errors = []
 
     # -- behaviour --
-    def set(self, mode=None, n=None, delay_ms=None, budget="keep"):
+    def set(self, mode=None, n=None, delay_ms=None, budget="keep",
+            mark_bits=None):
         with self.lock:
+            if mark_bits is not None:
+                self.mark_bits = mark_bits
             if mode is not None:
                 assert mode in MODES, mode
                 self.mode = mode
@@ -374,6 +439,17 @@ class FakeUpstream:
                 self.delay_ms = delay_ms
             if budget != "keep":
                 self.budget = budget
+
+    def rule(self, name, ttl=None, rcode=None, soa=None, tc=False):
+        """Answers for name (absolute or not, any case) from now on: TTL
+        ttl (default 60), rcode NXDOMAIN/NODATA/SERVFAIL/REFUSED, soa
+        (TTL, MINIMUM) in the authority of a negative answer, TC set."""
+        name = name.lower() if name.endswith(".") else name.lower() + "."
+        r = {"rcode": rcode, "soa": soa, "tc": tc}
+        if ttl is not None:
+            r["ttl"] = ttl
+        with self.lock:
+            self.rules[name] = r
 
     def _take_mode(self, per_query, nq=0):
         """Current mode for a query (lock held); spends budget per query
@@ -510,6 +586,15 @@ class FakeUpstream:
                 return len(self.queries)
             return sum(1 for q in self.queries
                        if (q["qname"] or "").startswith(qname_prefix))
+
+    def count(self, name, do=None, cd=None):
+        """Queries seen for exactly name (any case), optionally only those
+        with the DO (or CD) bit as given."""
+        name = name.lower() if name.endswith(".") else name.lower() + "."
+        with self.lock:
+            return sum(1 for q in self.queries if q["qname"] == name and
+                       (do is None or q.get("do") == bool(do)) and
+                       (cd is None or q.get("cd") == bool(cd)))
 
     def stats(self):
         with self.lock:

@@ -105,14 +105,23 @@ class Reply:
                                       self.addrs(), self.elapsed)
 
 
-def make_query(name, rdtype="A", edns=None, qid=None):
-    """A query; edns=None: no OPT, else the advertised payload size."""
+def make_query(name, rdtype="A", edns=None, qid=None, do=False, cd=False,
+               rd=True):
+    """A query; edns=None: no OPT (unless do: then 1232), else the
+    advertised payload size; do, cd, rd: those bits."""
+    if do and edns is None:
+        edns = 1232
     if edns is None:
         q = dns.message.make_query(name, rdtype, use_edns=False)
     else:
-        q = dns.message.make_query(name, rdtype, use_edns=0, payload=edns)
+        q = dns.message.make_query(name, rdtype, use_edns=0, payload=edns,
+                                   want_dnssec=do)
     if qid is not None:
         q.id = qid
+    if cd:
+        q.flags |= dns.flags.CD
+    if not rd:
+        q.flags &= ~dns.flags.RD
     return q
 
 
@@ -1842,6 +1851,617 @@ def upstream_backoff_probe(t):
         check(0.75 * b - 0.03 <= gap <= b + 0.25,
               "dial %d came %.3f s after the one before, want %.3f-%.3f s "
               "(%s)" % (i + 2, gap, 0.75 * b, b, desc))
+
+
+@scenario
+def failover_slow_dial(t):
+    """With --timeout 2000 and the first upstream stalling its TLS handshake, the first query is answered by the second upstream within 1.5 s: a dial slow past half the timeout yields."""
+    stall = t.fakeup()
+    stall.set(mode="stall")
+    good = t.fakeup()
+    d = t.dnsfwd(*tls_up(stall), *tls_up(good, ca=False), "--timeout", "2000")
+    r = ask_udp(d.port, "slowdial.example.", timeout=3)
+    expect_a(r, GOOD_ADDR, "first query, first upstream stalling")
+    check(r.elapsed < 1.5, "answered after %.2f s, want under 1.5 s (the "
+          "stalled dial should yield at 1 s, half the timeout)" % r.elapsed)
+    check(stall.stats()["conns"] >= 1, "dnsfwd never dialled the first "
+          "(stalling) upstream, so no slow dial was tested: %s" % d.tail(4))
+    check(good.count("slowdial.example.") == 1 and stall.nqueries() == 0,
+          "the healthy upstream saw %d queries, the stalled one %d" % (
+              good.count("slowdial.example."), stall.nqueries()))
+
+
+# ---------------------------------------------------------------- cache
+
+CACHE_KEYS = {"cache_hits", "cache_misses", "cache_entries",
+              "cache_evictions", "stale", "prefetches"}
+
+
+def _ttls(m):
+    """TTLs of every answer and authority record of m (OPT aside)."""
+    return [rr.ttl for sec in (m.answer, m.authority) for rr in sec]
+
+
+def _qsection(wire):
+    """The bytes of the one question of a DNS message."""
+    i = 12
+    while wire[i]:
+        i += 1 + wire[i]
+    return bytes(wire[12:i + 5])
+
+
+def _arcount(wire):
+    return struct.unpack("!H", wire[10:12])[0]
+
+
+def _until(t0, at):
+    """Sleeps until `at` seconds after t0."""
+    pause = t0 + at - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
+
+
+def _delta(before, after, key):
+    return after.get(key, 0) - before.get(key, 0)
+
+
+def _txts(m):
+    return sorted(s.decode() for rr in m.answer for rd in rr
+                  for s in getattr(rd, "strings", ()))
+
+
+def _ask_at(t, d, fu, q, want_count, what, timeout=3.0):
+    """Asks q over UDP; fakeup must then have seen want_count queries for
+    its name (after 50 ms for a query that went upstream to arrive)."""
+    if isinstance(q, str):
+        q = make_query(q)
+    r = ask_udp(d.port, q, timeout=timeout)
+    check(r.msg is not None, "%s: %s" % (what, r.describe()))
+    name = q.question[0].name.to_text()
+    time.sleep(0.05)
+    n = fu.count(name)
+    check(n == want_count, "%s: the upstream has seen %d queries for %s, "
+          "want %d" % (what, n, name, want_count))
+    return r
+
+
+def _blast_udp(port, queries, timeout=3.0):
+    """Sends each query from its own UDP socket, all at once, then waits
+    for one datagram on each: [(wire or None, elapsed s)] in order."""
+    socks, got = [], {}
+    try:
+        for _ in queries:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.connect(("127.0.0.1", port))
+            socks.append(s)
+        wires = [q.to_wire() for q in queries]
+        t0 = time.monotonic()
+        for s, w in zip(socks, wires):
+            s.send(w)
+        deadline = t0 + timeout
+        while len(got) < len(socks):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            want = [s for s in socks if s not in got]
+            r, _, _ = select.select(want, [], [], left)
+            for s in r:
+                try:
+                    data = s.recv(65535)
+                except OSError:
+                    data = None
+                got[s] = (data, time.monotonic() - t0)
+        return [got.get(s, (None, None)) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _case_variant(name, i):
+    """name with 0x20 mixed case, pattern number i (0: as given)."""
+    return "".join(c.upper() if c.isalpha() and (i >> (k % 6)) & 1 else c
+                   for k, c in enumerate(name))
+
+
+@scenario
+def cache_repeat_no_upstream(t):
+    """A repeated query (UDP, then TCP) is answered from the cache: no new upstream query; cache_hits and answers rise by 2, cache_misses not."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    name = "rep.example."
+    _ask_at(t, d, fu, name, 1, "first query")
+    before = d.stats()
+    check(CACHE_KEYS <= set(before), "stats line lacks %s: %s" % (
+        CACHE_KEYS - set(before), before))
+    r = _ask_at(t, d, fu, name, 1, "repeat over UDP")
+    expect_a(r, GOOD_ADDR, "repeat over UDP")
+    r = ask_tcp(d.port, name)
+    expect_a(r, GOOD_ADDR, "repeat over TCP")
+    time.sleep(0.05)
+    check(fu.count(name) == 1, "repeat over TCP: the upstream has seen %d "
+          "queries for %s, want 1" % (fu.count(name), name))
+    after = d.stats()
+    for key, want in (("cache_hits", 2), ("answers", 2), ("queries", 2),
+                      ("cache_misses", 0)):
+        check(_delta(before, after, key) == want, "%s rose by %d for two "
+              "cache hits, want %d: before %s after %s" % (
+                  key, _delta(before, after, key), want, before, after))
+    check(after["cache_entries"] >= 1, "cache_entries %d after a stored "
+          "answer" % after["cache_entries"])
+
+
+@scenario
+def cache_ttl_decreases(t):
+    """A cached TTL-10 answer asked again 2.1 s later comes from the cache with its TTL 1 to 3 lower (2 expected)."""
+    fu = t.fakeup()
+    name = "ttl10.example."
+    fu.rule(name, ttl=10)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    r = _ask_at(t, d, fu, name, 1, "first query")
+    t0 = time.monotonic()
+    expect_a(r, GOOD_ADDR, "first query")
+    check(_ttls(r.msg) == [10], "first answer TTLs %s, want [10]" %
+          _ttls(r.msg))
+    _until(t0, 2.1)
+    r = _ask_at(t, d, fu, name, 1, "query 2.1 s later")
+    expect_a(r, GOOD_ADDR, "query 2.1 s later")
+    got = _ttls(r.msg)
+    check(got and all(7 <= x <= 9 for x in got), "TTLs %s 2.1 s after a "
+          "TTL-10 answer, want 8 (7 to 9)" % got)
+
+
+@scenario
+def cache_expiry_refetch(t):
+    """A TTL-2 answer is a hit at 0.3 s; once 2 s have passed the next query goes upstream and gets TTL 2 afresh."""
+    fu = t.fakeup()
+    name = "ttl2.example."
+    fu.rule(name, ttl=2)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    r = _ask_at(t, d, fu, name, 1, "first query")
+    t0 = time.monotonic()
+    expect_a(r, GOOD_ADDR, "first query")
+    _until(t0, 0.3)
+    r = _ask_at(t, d, fu, name, 1, "query at 0.3 s")
+    expect_a(r, GOOD_ADDR, "query at 0.3 s")
+    _until(t0, 2.2)
+    r = _ask_at(t, d, fu, name, 2, "query 2.2 s after a TTL-2 answer")
+    expect_a(r, GOOD_ADDR, "query after expiry")
+    check(_ttls(r.msg) == [2], "refetched answer TTLs %s, want [2]" %
+          _ttls(r.msg))
+
+
+@scenario
+def cache_nxdomain_soa_minimum(t):
+    """NXDOMAIN with SOA TTL 300 and MINIMUM 2 is cached (SOA kept, TTL <= 2) and asked upstream again after 2 s; NXDOMAIN without SOA is not cached."""
+    fu = t.fakeup()
+    name = "nxsoa.example."
+    fu.rule(name, rcode="NXDOMAIN", soa=(300, 2))
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    r = _ask_at(t, d, fu, name, 1, "first query")
+    t0 = time.monotonic()
+    check(r.rcode() == dns.rcode.NXDOMAIN, "first: %s" % r.describe())
+    r = _ask_at(t, d, fu, name, 1, "repeat")
+    check(r.rcode() == dns.rcode.NXDOMAIN, "repeat: %s" % r.describe())
+    soas = [rr for rr in r.msg.authority if rr.rdtype == dns.rdatatype.SOA]
+    check(len(soas) == 1 and soas[0].ttl <= 2, "cached NXDOMAIN authority "
+          "%s, want the SOA with TTL <= 2 (min of TTL 300, MINIMUM 2)" %
+          [rr.to_text() for rr in r.msg.authority])
+    for i in range(2):
+        r = _ask_at(t, d, fu, "nx.example.", i + 1,
+                    "NXDOMAIN without SOA, query %d" % (i + 1))
+        check(r.rcode() == dns.rcode.NXDOMAIN, "nx.example.: %s" %
+              r.describe())
+    _until(t0, 2.2)
+    r = _ask_at(t, d, fu, name, 2, "query 2.2 s after NXDOMAIN/MINIMUM 2")
+    check(r.rcode() == dns.rcode.NXDOMAIN, "after expiry: %s" % r.describe())
+
+
+@scenario
+def cache_nodata_neg_max_ttl(t):
+    """NODATA with SOA TTL 1, MINIMUM 300 is cached for 1 s; NODATA without SOA is not cached; --neg-max-ttl 2 cuts an NXDOMAIN with SOA 300/300 to 2 s."""
+    fu = t.fakeup()
+    fu.rule("nodata.example.", rcode="NODATA", soa=(1, 300))
+    fu.rule("nodata-nosoa.example.", rcode="NODATA")
+    fu.rule("nxcap.example.", rcode="NXDOMAIN", soa=(300, 300))
+    d = t.dnsfwd(*tls_up(fu), "--neg-max-ttl", "2", "--timeout", "2000")
+    t0 = {}
+    for name, rcode in (("nodata.example.", dns.rcode.NOERROR),
+                        ("nxcap.example.", dns.rcode.NXDOMAIN),
+                        ("nodata-nosoa.example.", dns.rcode.NOERROR)):
+        r = _ask_at(t, d, fu, name, 1, "first query")
+        t0[name] = time.monotonic()
+        check(r.rcode() == rcode and not r.msg.answer,
+              "%s: %s, want %s without records" % (
+                  name, r.describe(), dns.rcode.to_text(rcode)))
+    _ask_at(t, d, fu, "nodata.example.", 1, "NODATA with SOA, repeat")
+    _ask_at(t, d, fu, "nxcap.example.", 1, "NXDOMAIN with SOA, repeat")
+    _ask_at(t, d, fu, "nodata-nosoa.example.", 2, "NODATA without SOA, "
+            "repeat")
+    _until(t0["nodata.example."], 1.2)
+    _ask_at(t, d, fu, "nodata.example.", 2, "NODATA with SOA TTL 1, 1.2 s "
+            "later")
+    r = _ask_at(t, d, fu, "nxcap.example.", 1, "NXDOMAIN, --neg-max-ttl 2, "
+                "at 1.2 s")
+    check(r.msg.authority and all(x <= 2 for x in _ttls(r.msg)),
+          "NXDOMAIN from the cache with --neg-max-ttl 2 shows TTLs %s" %
+          _ttls(r.msg))
+    _until(t0["nxcap.example."], 2.2)
+    _ask_at(t, d, fu, "nxcap.example.", 2, "NXDOMAIN with SOA 300/300, "
+            "--neg-max-ttl 2, 2.2 s later")
+
+
+def _do_cd_apart(t, bit):
+    fu = t.fakeup()
+    fu.set(mark_bits=True)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+
+    def q(name, on):
+        if bit == "do":
+            return make_query(name, edns=1232, do=on)
+        return make_query(name, edns=1232, cd=on)
+
+    def addr(on):
+        return fakeup.marked_addr(on and bit == "do", on and bit == "cd")
+    for name, order in (("%s-first0.example." % bit, (False, True)),
+                        ("%s-first1.example." % bit, (True, False))):
+        for rnd in ("first", "repeat"):
+            for on in order:
+                what = "%s %s=%d query for %s" % (rnd, bit.upper(), on, name)
+                r = ask_udp(d.port, q(name, on))
+                expect_a(r, addr(on), what)
+        time.sleep(0.05)
+        for on in (False, True):
+            n = fu.count(name, **{bit: on})
+            check(n == 1, "the upstream saw %d %s=%d queries for %s, want 1 "
+                  "(two each were asked)" % (n, bit.upper(), on, name))
+    return fu, d
+
+
+@scenario
+def cache_do_bits_apart(t):
+    """DO=1 and DO=0 queries for one name are cached apart: one upstream query each, repeats are hits, neither gets the other's answer; a query without EDNS shares the DO=0 entry."""
+    fu, d = _do_cd_apart(t, "do")
+    r = _ask_at(t, d, fu, make_query("do-first0.example."), 2,
+                "query without EDNS after DO=0 and DO=1")
+    expect_a(r, fakeup.marked_addr(False, False), "query without EDNS")
+
+
+@scenario
+def cache_cd_bit_apart(t):
+    """CD=1 and CD=0 queries for one name are cached apart: one upstream query each, repeats are hits, neither gets the other's answer."""
+    _do_cd_apart(t, "cd")
+
+
+@scenario
+def cache_mixed_case(t):
+    """A hit for WwW.ExAmPlE.cOm after www.example.com carries the client's exact question bytes, ID and RD bit (UDP and TCP)."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    r = _ask_at(t, d, fu, make_query("www.example.com.", qid=0x1111), 1,
+                "first query")
+    expect_a(r, GOOD_ADDR, "first query")
+    for qid, name, rd, tcp in ((0x2222, "WwW.ExAmPlE.cOm.", True, False),
+                               (0x3333, "wWw.eXaMpLe.CoM.", False, False),
+                               (0x4444, "WWW.EXAMPLE.com.", True, True)):
+        q = make_query(name, qid=qid, rd=rd)
+        what = "%s %s RD=%d" % ("TCP" if tcp else "UDP", name, rd)
+        r = (ask_tcp if tcp else ask_udp)(d.port, q)
+        expect_a(r, GOOD_ADDR, what)
+        check(len(r.raw) == 1, "%s: %d replies" % (what, len(r.raw)))
+        raw = r.raw[0]
+        check(struct.unpack("!H", raw[:2])[0] == qid, "%s: reply ID %#x, "
+              "want %#x" % (what, struct.unpack("!H", raw[:2])[0], qid))
+        check(_qsection(raw) == _qsection(q.to_wire()), "%s: question bytes "
+              "%r, want the client's %r" % (what, _qsection(raw),
+                                             _qsection(q.to_wire())))
+        check(bool(raw[2] & 0x01) == rd, "%s: reply RD=%d" % (
+            what, raw[2] & 1))
+    time.sleep(0.05)
+    check(fu.count("www.example.com.") == 1, "the upstream saw %d queries "
+          "for www.example.com in any case, want 1 (mixed case missed the "
+          "cache)" % fu.count("www.example.com."))
+
+
+@scenario
+def cache_servfail_not_cached(t):
+    """An upstream SERVFAIL is not cached: the next identical query goes upstream again (and gets the answer once there is one)."""
+    fu = t.fakeup()
+    name = "sf.example."
+    fu.rule(name, rcode="SERVFAIL")
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    for i in range(2):
+        r = _ask_at(t, d, fu, name, i + 1, "SERVFAIL query %d" % (i + 1))
+        expect_servfail(r, "query %d" % (i + 1))
+    fu.rule(name, ttl=60)
+    r = _ask_at(t, d, fu, name, 3, "query once the upstream answers")
+    expect_a(r, GOOD_ADDR, "query once the upstream answers")
+
+
+@scenario
+def cache_uncacheable(t):
+    """REFUSED, TC=1 and TTL-0 upstream answers are not cached: each repeat goes upstream."""
+    fu = t.fakeup()
+    fu.rule("refused.example.", rcode="REFUSED")
+    fu.rule("tc.example.", tc=True)
+    fu.rule("ttl0.example.", ttl=0)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    for name in ("refused.example.", "tc.example.", "ttl0.example."):
+        for i in range(2):
+            _ask_at(t, d, fu, name, i + 1, "%s query %d" % (name, i + 1))
+    st = d.stats()
+    check(st.get("cache_hits") == 0, "cache hits for uncacheable answers: "
+          "%s" % st)
+
+
+@scenario
+def cache_lru_eviction(t):
+    """With --cache-size 2 a third name evicts the least recently used entry (counted in cache_evictions), not the one just used."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--cache-size", "2", "--timeout", "2000")
+    _ask_at(t, d, fu, "lru-a.example.", 1, "a")
+    _ask_at(t, d, fu, "lru-b.example.", 1, "b")
+    _ask_at(t, d, fu, "lru-a.example.", 1, "a again (hit)")
+    before = d.stats()
+    _ask_at(t, d, fu, "lru-c.example.", 1, "c (evicts b)")
+    after = d.stats()
+    check(_delta(before, after, "cache_evictions") == 1 and
+          after.get("cache_entries") == 2, "storing a third name in a "
+          "2-entry cache: before %s after %s" % (before, after))
+    _ask_at(t, d, fu, "lru-a.example.", 1, "a, recently used, kept")
+    _ask_at(t, d, fu, "lru-b.example.", 2, "b, least recently used, evicted")
+
+
+@scenario
+def cache_coalesce_50(t):
+    """50 identical queries at once (own sockets and IDs, mixed 0x20 case) while the upstream takes 300 ms make one upstream query; all 50 get the answer with their own ID and question bytes."""
+    fu = t.fakeup()
+    fu.set(delay_ms=300)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "3000")
+    name = "coalesce.example."
+    qs = [make_query(_case_variant(name, i), qid=0x5000 + i)
+          for i in range(50)]
+    res = _blast_udp(d.port, qs)
+    bad = []
+    for q, (raw, el) in zip(qs, res):
+        if raw is None:
+            bad.append("%#x: no reply" % q.id)
+            continue
+        m = dns.message.from_wire(raw)
+        if (m.id != q.id or _qsection(raw) != _qsection(q.to_wire()) or
+                m.rcode() != dns.rcode.NOERROR or _a_of(m) != [GOOD_ADDR]):
+            bad.append("%#x %s: got id %#x %r %s %s" % (
+                q.id, q.question[0].name, m.id, _qsection(raw)[:-4],
+                dns.rcode.to_text(m.rcode()), _a_of(m)))
+    check(not bad, "%d of 50 wrong: %s" % (len(bad), bad[:4]))
+    time.sleep(0.1)
+    check(fu.count(name) == 1, "the upstream saw %d queries for 50 "
+          "identical ones in flight together, want 1 (cases sent: %s)" % (
+              fu.count(name), sorted({q["qname"] for q in fu.queries})))
+
+
+@scenario
+def cache_size_zero(t):
+    """With --cache-size 0, 5 repeats make 5 upstream queries and 10 identical queries at once make 10."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--cache-size", "0", "--timeout", "3000")
+    for i in range(5):
+        r = _ask_at(t, d, fu, "nocache.example.", i + 1, "repeat %d" % i)
+        expect_a(r, GOOD_ADDR, "repeat %d" % i)
+    fu.set(delay_ms=300)
+    qs = [make_query("nocache-par.example.", qid=0x6000 + i)
+          for i in range(10)]
+    res = _blast_udp(d.port, qs)
+    missing = [hex(q.id) for q, (raw, _) in zip(qs, res) if raw is None]
+    check(not missing, "no reply for %s" % missing)
+    time.sleep(0.1)
+    check(fu.count("nocache-par.example.") == 10, "the upstream saw %d "
+          "queries for 10 identical ones at once with --cache-size 0, want "
+          "10" % fu.count("nocache-par.example."))
+    st = d.stats()
+    check(st.get("cache_hits") == 0 and st.get("cache_entries") == 0,
+          "--cache-size 0: %s" % st)
+
+
+@scenario
+def cache_serve_stale(t):
+    """--serve-stale 60: with the upstream refusing after a TTL-1 answer expired, the old answer comes within 2 s with TTL 30 and stale rises; with --serve-stale 1, 2.3 s after storing, SERVFAIL."""
+    name = "stale.example."
+    fu, fu1 = t.fakeup(), t.fakeup()
+    for f in (fu, fu1):
+        f.rule(name, ttl=1)
+    d = t.dnsfwd(*tls_up(fu), "--serve-stale", "60", "--timeout", "2000")
+    d1 = t.dnsfwd(*tls_up(fu1), "--serve-stale", "1", "--timeout", "2000")
+    expect_a(ask_udp(d.port, name), GOOD_ADDR, "first query")
+    t0 = time.monotonic()
+    expect_a(ask_udp(d1.port, name), GOOD_ADDR, "first query, "
+             "--serve-stale 1")
+    t1 = time.monotonic()
+    fu.refuse()
+    fu1.refuse()
+    before = d.stats()
+    _until(t0, 1.2)
+    r = ask_udp(d.port, make_query(name, edns=1232), timeout=4)
+    expect_a(r, GOOD_ADDR, "expired, upstream refusing, --serve-stale 60")
+    check(r.elapsed < 2.0, "stale answer after %.2f s, want under 2 s" %
+          r.elapsed)
+    check(_ttls(r.msg) and all(x == 30 for x in _ttls(r.msg)),
+          "stale answer TTLs %s, want 30" % _ttls(r.msg))
+    after = d.stats()
+    check(_delta(before, after, "stale") == 1, "stale rose by %d for one "
+          "stale answer: %s" % (_delta(before, after, "stale"), after))
+    _until(t1, 2.3)
+    r = ask_udp(d1.port, name, timeout=4)
+    expect_servfail(r, "2.3 s after a TTL-1 answer, --serve-stale 1")
+
+
+@scenario
+@slow
+def cache_serve_stale_slow_refresh(t):
+    """--serve-stale 60, --timeout 4000: when the refresh of an expired TTL-1 answer takes 3 s, the stale answer (TTL 30) comes at about 1.8 s and the late reply still refreshes the cache."""
+    fu = t.fakeup()
+    name = "slowstale.example."
+    fu.rule(name, ttl=1)
+    d = t.dnsfwd(*tls_up(fu), "--serve-stale", "60", "--timeout", "4000")
+    r = _ask_at(t, d, fu, name, 1, "first query")
+    t0 = time.monotonic()
+    expect_a(r, GOOD_ADDR, "first query")
+    _until(t0, 1.2)
+    fu.set(delay_ms=3000)
+    replies = fu.stats()["replies"]
+    before = d.stats()
+    r = ask_udp(d.port, name, timeout=4)
+    expect_a(r, GOOD_ADDR, "expired, refresh taking 3 s")
+    check(1.6 <= r.elapsed <= 2.5, "stale answer after %.2f s, want about "
+          "1.8 s" % r.elapsed)
+    check(_ttls(r.msg) and all(x == 30 for x in _ttls(r.msg)),
+          "stale answer TTLs %s, want 30" % _ttls(r.msg))
+    check(fu.count(name) == 2, "the upstream saw %d queries, want 2 (the "
+          "refresh)" % fu.count(name))
+    check(_delta(before, d.stats(), "stale") == 1, "stale did not rise by 1")
+    deadline = time.monotonic() + 2.5
+    while fu.stats()["replies"] <= replies and time.monotonic() < deadline:
+        time.sleep(0.02)
+    check(fu.stats()["replies"] > replies, "the upstream never answered the "
+          "refresh")
+    fu.set(delay_ms=0)
+    time.sleep(0.1)
+    r = _ask_at(t, d, fu, name, 2, "query after the late refresh arrived")
+    expect_a(r, GOOD_ADDR, "query after the late refresh arrived")
+    check(_ttls(r.msg) and all(x <= 1 for x in _ttls(r.msg)),
+          "answer after the refresh has TTLs %s, want the fresh TTL 1" %
+          _ttls(r.msg))
+
+
+@scenario
+@slow
+def cache_prefetch(t):
+    """--prefetch: a hit at 1 s sends nothing upstream; a hit at 9.2 s (last 10% of TTL 10) sends exactly one refresh; at 10.5 s the answer still comes from the cache."""
+    fu = t.fakeup()
+    name = "prefetch.example."
+    fu.rule(name, ttl=10)
+    d = t.dnsfwd(*tls_up(fu), "--prefetch", "--timeout", "2000")
+    r = _ask_at(t, d, fu, name, 1, "first query")
+    t0 = time.monotonic()
+    expect_a(r, GOOD_ADDR, "first query")
+    before = d.stats()
+    _until(t0, 1.0)
+    _ask_at(t, d, fu, name, 1, "hit at 1 s (first 90% of the TTL)")
+    _until(t0, 9.2)
+    r = ask_udp(d.port, name)
+    expect_a(r, GOOD_ADDR, "hit at 9.2 s")
+    check(all(x <= 1 for x in _ttls(r.msg)), "answer at 9.2 s has TTLs %s: "
+          "not from the cache" % _ttls(r.msg))
+    deadline = time.monotonic() + 1.0
+    while fu.count(name) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    check(fu.count(name) == 2, "%d upstream queries after a hit in the last "
+          "10%% of the TTL, want 2 (one refresh)" % fu.count(name))
+    _until(t0, 10.5)
+    r = _ask_at(t, d, fu, name, 2, "query at 10.5 s, after the refresh")
+    expect_a(r, GOOD_ADDR, "query at 10.5 s")
+    check(all(8 <= x <= 10 for x in _ttls(r.msg)), "answer at 10.5 s has "
+          "TTLs %s, want the refreshed entry's 9" % _ttls(r.msg))
+    after = d.stats()
+    check(_delta(before, after, "prefetches") == 1, "prefetches rose by %d, "
+          "want 1: %s" % (_delta(before, after, "prefetches"), after))
+
+
+@scenario
+def cache_tc_on_hit(t):
+    """An 880-byte cached answer gets TC=1 over UDP without EDNS and with EDNS 600, the whole of it over TCP and UDP EDNS 1232, all from the cache."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    name = "mid.example."
+    want = sorted(fakeup.mid_txt_strings())
+    r = _ask_at(t, d, fu, make_query(name, "TXT", edns=1232), 1,
+                "first query, UDP EDNS 1232")
+    check(_txts(r.msg) == want and not (r.msg.flags & dns.flags.TC),
+          "first query: %d strings, TC=%d" % (
+              len(_txts(r.msg)), bool(r.msg.flags & dns.flags.TC)))
+    before = d.stats()
+    for edns, limit in ((None, 512), (600, 600)):
+        what = "UDP %s hit" % ("without EDNS" if edns is None else
+                               "EDNS %d" % edns)
+        r = _ask_at(t, d, fu, make_query(name, "TXT", edns=edns), 1, what)
+        check(r.msg.flags & dns.flags.TC and len(r.raw[0]) <= limit,
+              "%s: TC=%d, %d bytes (limit %d)" % (
+                  what, bool(r.msg.flags & dns.flags.TC), len(r.raw[0]),
+                  limit))
+        check(not r.msg.answer, "%s: TC reply carries %d answer RRsets" % (
+            what, len(r.msg.answer)))
+    for how in ("TCP", "UDP EDNS 1232"):
+        if how == "TCP":
+            r = ask_tcp(d.port, make_query(name, "TXT"))
+        else:
+            r = ask_udp(d.port, make_query(name, "TXT", edns=1232))
+        check(r.msg is not None and _txts(r.msg) == want and
+              not (r.msg.flags & dns.flags.TC), "%s hit: %s, %d of %d "
+              "strings" % (how, r.describe(),
+                           len(_txts(r.msg)) if r.msg else 0, len(want)))
+    time.sleep(0.05)
+    check(fu.count(name) == 1, "the upstream saw %d queries, want 1" %
+          fu.count(name))
+    after = d.stats()
+    check(_delta(before, after, "cache_hits") == 4, "cache_hits rose by %d "
+          "for 4 hits" % _delta(before, after, "cache_hits"))
+
+
+@scenario
+def cache_opt_only_if_asked(t):
+    """A hit has no OPT for a client without EDNS and one OPT, with the client's DO bit, for a client with EDNS."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    name = "opt.example."
+    steps = [  # (edns, do, upstream queries after, what)
+        (None, False, 1, "first query, no EDNS"),
+        (1232, False, 1, "hit, EDNS DO=0"),
+        (None, False, 1, "hit, no EDNS"),
+        (1232, True, 2, "first DO=1 query"),
+        (1232, True, 2, "hit, EDNS DO=1"),
+        (None, False, 2, "hit, no EDNS, again"),
+    ]
+    for edns, do, n, what in steps:
+        r = _ask_at(t, d, fu, make_query(name, edns=edns, do=do), n, what)
+        expect_a(r, GOOD_ADDR, what)
+        raw = r.raw[0]
+        if edns is None:
+            check(_arcount(raw) == 0 and r.msg.edns < 0, "%s: ARCOUNT %d, "
+                  "want no OPT" % (what, _arcount(raw)))
+        else:
+            check(r.msg.edns == 0 and _arcount(raw) == 1, "%s: EDNS %d, "
+                  "ARCOUNT %d, want one OPT" % (what, r.msg.edns,
+                                                _arcount(raw)))
+            got = bool(r.msg.ednsflags & dns.flags.DO)
+            check(got == do, "%s: OPT DO=%d, want %d" % (what, got, do))
+
+
+@scenario
+def cache_ttl_clamps(t):
+    """--min-ttl 5 keeps a TTL-1 answer past 2 s (TTL 5 aged); --max-ttl 2 shows a cached TTL-300 answer with TTL <= 2 and refetches it after 2 s."""
+    fu = t.fakeup()
+    fu.rule("minttl.example.", ttl=1)
+    fu.rule("maxttl.example.", ttl=300)
+    dmin = t.dnsfwd(*tls_up(fu), "--min-ttl", "5", "--timeout", "2000")
+    dmax = t.dnsfwd(*tls_up(fu), "--max-ttl", "2", "--timeout", "2000")
+    r = _ask_at(t, dmin, fu, "minttl.example.", 1, "first, --min-ttl 5")
+    tmin = time.monotonic()
+    t.note("--min-ttl 5, miss: TTLs %s" % _ttls(r.msg))
+    r = _ask_at(t, dmax, fu, "maxttl.example.", 1, "first, --max-ttl 2")
+    tmax = time.monotonic()
+    t.note("--max-ttl 2, miss: TTLs %s" % _ttls(r.msg))
+    r = _ask_at(t, dmax, fu, "maxttl.example.", 1, "hit, --max-ttl 2")
+    expect_a(r, GOOD_ADDR, "hit, --max-ttl 2")
+    check(all(x <= 2 for x in _ttls(r.msg)), "--max-ttl 2: cached TTL-300 "
+          "answer shows TTLs %s" % _ttls(r.msg))
+    _until(tmin, 2.1)
+    r = _ask_at(t, dmin, fu, "minttl.example.", 1, "--min-ttl 5, TTL-1 "
+                "answer 2.1 s later")
+    expect_a(r, GOOD_ADDR, "--min-ttl 5 hit")
+    check(all(2 <= x <= 3 for x in _ttls(r.msg)), "--min-ttl 5: TTLs %s "
+          "2.1 s after storing, want 3 (5 aged by 2)" % _ttls(r.msg))
+    _until(tmax, 2.2)
+    _ask_at(t, dmax, fu, "maxttl.example.", 2, "--max-ttl 2, 2.2 s later")
 
 
 # ---------------------------------------------------------------- runner
