@@ -18,12 +18,13 @@ about 2100 bytes, names starting with "huge." one of about 20,300 bytes
 about 880 bytes (over 512, under 1232); names starting with "nx." get
 NXDOMAIN (without SOA); qtype A gets A 192.0.2.1; anything else
 NOERROR/NODATA.  Every record has TTL 60.  Replies echo the query's ID,
-and the DO bit when the query had it (RFC 3225).
+its CD bit, and the DO bit when the query had it (RFC 3225).
 
 Per-name answers (fu.rule(name, ...), name matched case-insensitively)
-override the above for that name: ttl=N for the answer records, rcode=
-"NXDOMAIN" / "NODATA" / "SERVFAIL" / "REFUSED", soa=(TTL, MINIMUM) for an
-SOA in the authority section of a negative answer, tc=True to set TC.
+override the above for that name: ttl=N for the answer records (A, or
+TXT "fakeup"), rcode= any RCODE name ("NXDOMAIN", "SERVFAIL", "REFUSED",
+"FORMERR", ...) or "NODATA", soa=(TTL, MINIMUM) for an SOA in the
+authority section of an NXDOMAIN or NODATA answer, tc=True to set TC.
 With fu.set(mark_bits=True), A answers say which of the query's DO and
 CD bits were set: 192.0.2.1 neither, .2 DO, .3 CD, .4 both (marked_addr).
 Queries are recorded with their "do" and "cd" bits; fu.count(name, do=,
@@ -442,8 +443,8 @@ class FakeUpstream:
 
     def rule(self, name, ttl=None, rcode=None, soa=None, tc=False):
         """Answers for name (absolute or not, any case) from now on: TTL
-        ttl (default 60), rcode NXDOMAIN/NODATA/SERVFAIL/REFUSED, soa
-        (TTL, MINIMUM) in the authority of a negative answer, TC set."""
+        ttl (default 60), rcode an RCODE name or "NODATA", soa (TTL,
+        MINIMUM) in the authority of an NXDOMAIN/NODATA answer, tc: TC."""
         name = name.lower() if name.endswith(".") else name.lower() + "."
         r = {"rcode": rcode, "soa": soa, "tc": tc}
         if ttl is not None:

@@ -1910,7 +1910,7 @@ def _txts(m):
                   for s in getattr(rd, "strings", ()))
 
 
-def _ask_at(t, d, fu, q, want_count, what, timeout=3.0):
+def _ask_at(d, fu, q, want_count, what, timeout=3.0):
     """Asks q over UDP; fakeup must then have seen want_count queries for
     its name (after 50 ms for a query that went upstream to arrive)."""
     if isinstance(q, str):
@@ -1969,11 +1969,11 @@ def cache_repeat_no_upstream(t):
     fu = t.fakeup()
     d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
     name = "rep.example."
-    _ask_at(t, d, fu, name, 1, "first query")
+    _ask_at(d, fu, name, 1, "first query")
     before = d.stats()
     check(CACHE_KEYS <= set(before), "stats line lacks %s: %s" % (
         CACHE_KEYS - set(before), before))
-    r = _ask_at(t, d, fu, name, 1, "repeat over UDP")
+    r = _ask_at(d, fu, name, 1, "repeat over UDP")
     expect_a(r, GOOD_ADDR, "repeat over UDP")
     r = ask_tcp(d.port, name)
     expect_a(r, GOOD_ADDR, "repeat over TCP")
@@ -1997,13 +1997,13 @@ def cache_ttl_decreases(t):
     name = "ttl10.example."
     fu.rule(name, ttl=10)
     d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
-    r = _ask_at(t, d, fu, name, 1, "first query")
+    r = _ask_at(d, fu, name, 1, "first query")
     t0 = time.monotonic()
     expect_a(r, GOOD_ADDR, "first query")
     check(_ttls(r.msg) == [10], "first answer TTLs %s, want [10]" %
           _ttls(r.msg))
     _until(t0, 2.1)
-    r = _ask_at(t, d, fu, name, 1, "query 2.1 s later")
+    r = _ask_at(d, fu, name, 1, "query 2.1 s later")
     expect_a(r, GOOD_ADDR, "query 2.1 s later")
     got = _ttls(r.msg)
     check(got and all(7 <= x <= 9 for x in got), "TTLs %s 2.1 s after a "
@@ -2012,21 +2012,21 @@ def cache_ttl_decreases(t):
 
 @scenario
 def cache_expiry_refetch(t):
-    """A TTL-2 answer is a hit at 0.3 s; once 2 s have passed the next query goes upstream and gets TTL 2 afresh."""
+    """A TTL-1 answer is a hit at 0.3 s; once 1 s has passed the next query goes upstream and gets TTL 1 afresh."""
     fu = t.fakeup()
-    name = "ttl2.example."
-    fu.rule(name, ttl=2)
+    name = "ttl1.example."
+    fu.rule(name, ttl=1)
     d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
-    r = _ask_at(t, d, fu, name, 1, "first query")
+    r = _ask_at(d, fu, name, 1, "first query")
     t0 = time.monotonic()
     expect_a(r, GOOD_ADDR, "first query")
     _until(t0, 0.3)
-    r = _ask_at(t, d, fu, name, 1, "query at 0.3 s")
+    r = _ask_at(d, fu, name, 1, "query at 0.3 s")
     expect_a(r, GOOD_ADDR, "query at 0.3 s")
-    _until(t0, 2.2)
-    r = _ask_at(t, d, fu, name, 2, "query 2.2 s after a TTL-2 answer")
+    _until(t0, 1.2)
+    r = _ask_at(d, fu, name, 2, "query 1.2 s after a TTL-1 answer")
     expect_a(r, GOOD_ADDR, "query after expiry")
-    check(_ttls(r.msg) == [2], "refetched answer TTLs %s, want [2]" %
+    check(_ttls(r.msg) == [1], "refetched answer TTLs %s, want [1]" %
           _ttls(r.msg))
 
 
@@ -2037,57 +2037,55 @@ def cache_nxdomain_soa_minimum(t):
     name = "nxsoa.example."
     fu.rule(name, rcode="NXDOMAIN", soa=(300, 2))
     d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
-    r = _ask_at(t, d, fu, name, 1, "first query")
+    r = _ask_at(d, fu, name, 1, "first query")
     t0 = time.monotonic()
     check(r.rcode() == dns.rcode.NXDOMAIN, "first: %s" % r.describe())
-    r = _ask_at(t, d, fu, name, 1, "repeat")
+    r = _ask_at(d, fu, name, 1, "repeat")
     check(r.rcode() == dns.rcode.NXDOMAIN, "repeat: %s" % r.describe())
     soas = [rr for rr in r.msg.authority if rr.rdtype == dns.rdatatype.SOA]
     check(len(soas) == 1 and soas[0].ttl <= 2, "cached NXDOMAIN authority "
           "%s, want the SOA with TTL <= 2 (min of TTL 300, MINIMUM 2)" %
           [rr.to_text() for rr in r.msg.authority])
     for i in range(2):
-        r = _ask_at(t, d, fu, "nx.example.", i + 1,
+        r = _ask_at(d, fu, "nx.example.", i + 1,
                     "NXDOMAIN without SOA, query %d" % (i + 1))
         check(r.rcode() == dns.rcode.NXDOMAIN, "nx.example.: %s" %
               r.describe())
     _until(t0, 2.2)
-    r = _ask_at(t, d, fu, name, 2, "query 2.2 s after NXDOMAIN/MINIMUM 2")
+    r = _ask_at(d, fu, name, 2, "query 2.2 s after NXDOMAIN/MINIMUM 2")
     check(r.rcode() == dns.rcode.NXDOMAIN, "after expiry: %s" % r.describe())
 
 
 @scenario
 def cache_nodata_neg_max_ttl(t):
-    """NODATA with SOA TTL 1, MINIMUM 300 is cached for 1 s; NODATA without SOA is not cached; --neg-max-ttl 2 cuts an NXDOMAIN with SOA 300/300 to 2 s."""
+    """NODATA with SOA TTL 1, MINIMUM 300 is cached for 1 s; NODATA without SOA is not cached; --neg-max-ttl 1 cuts an NXDOMAIN with SOA 300/300 to 1 s."""
     fu = t.fakeup()
     fu.rule("nodata.example.", rcode="NODATA", soa=(1, 300))
     fu.rule("nodata-nosoa.example.", rcode="NODATA")
     fu.rule("nxcap.example.", rcode="NXDOMAIN", soa=(300, 300))
-    d = t.dnsfwd(*tls_up(fu), "--neg-max-ttl", "2", "--timeout", "2000")
+    d = t.dnsfwd(*tls_up(fu), "--neg-max-ttl", "1", "--timeout", "2000")
     t0 = {}
     for name, rcode in (("nodata.example.", dns.rcode.NOERROR),
                         ("nxcap.example.", dns.rcode.NXDOMAIN),
                         ("nodata-nosoa.example.", dns.rcode.NOERROR)):
-        r = _ask_at(t, d, fu, name, 1, "first query")
+        r = _ask_at(d, fu, name, 1, "first query")
         t0[name] = time.monotonic()
         check(r.rcode() == rcode and not r.msg.answer,
               "%s: %s, want %s without records" % (
                   name, r.describe(), dns.rcode.to_text(rcode)))
-    _ask_at(t, d, fu, "nodata.example.", 1, "NODATA with SOA, repeat")
-    _ask_at(t, d, fu, "nxcap.example.", 1, "NXDOMAIN with SOA, repeat")
-    _ask_at(t, d, fu, "nodata-nosoa.example.", 2, "NODATA without SOA, "
+    _ask_at(d, fu, "nodata.example.", 1, "NODATA with SOA, repeat")
+    r = _ask_at(d, fu, "nxcap.example.", 1, "NXDOMAIN with SOA, repeat")
+    check(r.msg.authority and all(x <= 1 for x in _ttls(r.msg)),
+          "NXDOMAIN from the cache with --neg-max-ttl 1 shows TTLs %s" %
+          _ttls(r.msg))
+    _ask_at(d, fu, "nodata-nosoa.example.", 2, "NODATA without SOA, "
             "repeat")
     _until(t0["nodata.example."], 1.2)
-    _ask_at(t, d, fu, "nodata.example.", 2, "NODATA with SOA TTL 1, 1.2 s "
+    _ask_at(d, fu, "nodata.example.", 2, "NODATA with SOA TTL 1, 1.2 s "
             "later")
-    r = _ask_at(t, d, fu, "nxcap.example.", 1, "NXDOMAIN, --neg-max-ttl 2, "
-                "at 1.2 s")
-    check(r.msg.authority and all(x <= 2 for x in _ttls(r.msg)),
-          "NXDOMAIN from the cache with --neg-max-ttl 2 shows TTLs %s" %
-          _ttls(r.msg))
-    _until(t0["nxcap.example."], 2.2)
-    _ask_at(t, d, fu, "nxcap.example.", 2, "NXDOMAIN with SOA 300/300, "
-            "--neg-max-ttl 2, 2.2 s later")
+    _until(t0["nxcap.example."], 1.2)
+    _ask_at(d, fu, "nxcap.example.", 2, "NXDOMAIN with SOA 300/300, "
+            "--neg-max-ttl 1, 1.2 s later")
 
 
 def _do_cd_apart(t, bit):
@@ -2121,7 +2119,7 @@ def _do_cd_apart(t, bit):
 def cache_do_bits_apart(t):
     """DO=1 and DO=0 queries for one name are cached apart: one upstream query each, repeats are hits, neither gets the other's answer; a query without EDNS shares the DO=0 entry."""
     fu, d = _do_cd_apart(t, "do")
-    r = _ask_at(t, d, fu, make_query("do-first0.example."), 2,
+    r = _ask_at(d, fu, make_query("do-first0.example."), 2,
                 "query without EDNS after DO=0 and DO=1")
     expect_a(r, fakeup.marked_addr(False, False), "query without EDNS")
 
@@ -2137,7 +2135,7 @@ def cache_mixed_case(t):
     """A hit for WwW.ExAmPlE.cOm after www.example.com carries the client's exact question bytes, ID and RD bit (UDP and TCP)."""
     fu = t.fakeup()
     d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
-    r = _ask_at(t, d, fu, make_query("www.example.com.", qid=0x1111), 1,
+    r = _ask_at(d, fu, make_query("www.example.com.", qid=0x1111), 1,
                 "first query")
     expect_a(r, GOOD_ADDR, "first query")
     for qid, name, rd, tcp in ((0x2222, "WwW.ExAmPlE.cOm.", True, False),
@@ -2170,24 +2168,33 @@ def cache_servfail_not_cached(t):
     fu.rule(name, rcode="SERVFAIL")
     d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
     for i in range(2):
-        r = _ask_at(t, d, fu, name, i + 1, "SERVFAIL query %d" % (i + 1))
+        r = _ask_at(d, fu, name, i + 1, "SERVFAIL query %d" % (i + 1))
         expect_servfail(r, "query %d" % (i + 1))
     fu.rule(name, ttl=60)
-    r = _ask_at(t, d, fu, name, 3, "query once the upstream answers")
+    r = _ask_at(d, fu, name, 3, "query once the upstream answers")
     expect_a(r, GOOD_ADDR, "query once the upstream answers")
 
 
 @scenario
 def cache_uncacheable(t):
-    """REFUSED, TC=1 and TTL-0 upstream answers are not cached: each repeat goes upstream."""
+    """REFUSED, FORMERR, TC=1, TTL-0 and over-1232-byte upstream answers are not cached: each repeat goes upstream."""
     fu = t.fakeup()
     fu.rule("refused.example.", rcode="REFUSED")
+    fu.rule("formerr.example.", rcode="FORMERR")
     fu.rule("tc.example.", tc=True)
     fu.rule("ttl0.example.", ttl=0)
     d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
-    for name in ("refused.example.", "tc.example.", "ttl0.example."):
+    for name in ("refused.example.", "formerr.example.", "tc.example.",
+                 "ttl0.example."):
         for i in range(2):
-            _ask_at(t, d, fu, name, i + 1, "%s query %d" % (name, i + 1))
+            _ask_at(d, fu, name, i + 1, "%s query %d" % (name, i + 1))
+    for i in range(2):              # about 2100 bytes: TCP
+        r = ask_tcp(d.port, make_query("big.example.", "TXT"))
+        check(len(_txts(r.msg) if r.msg else []) == 10,
+              "big.example. over TCP: %s" % r.describe())
+        time.sleep(0.05)
+        check(fu.count("big.example.") == i + 1, "big.example. query %d: "
+              "the upstream has seen %d" % (i + 1, fu.count("big.example.")))
     st = d.stats()
     check(st.get("cache_hits") == 0, "cache hits for uncacheable answers: "
           "%s" % st)
@@ -2198,17 +2205,17 @@ def cache_lru_eviction(t):
     """With --cache-size 2 a third name evicts the least recently used entry (counted in cache_evictions), not the one just used."""
     fu = t.fakeup()
     d = t.dnsfwd(*tls_up(fu), "--cache-size", "2", "--timeout", "2000")
-    _ask_at(t, d, fu, "lru-a.example.", 1, "a")
-    _ask_at(t, d, fu, "lru-b.example.", 1, "b")
-    _ask_at(t, d, fu, "lru-a.example.", 1, "a again (hit)")
+    _ask_at(d, fu, "lru-a.example.", 1, "a")
+    _ask_at(d, fu, "lru-b.example.", 1, "b")
+    _ask_at(d, fu, "lru-a.example.", 1, "a again (hit)")
     before = d.stats()
-    _ask_at(t, d, fu, "lru-c.example.", 1, "c (evicts b)")
+    _ask_at(d, fu, "lru-c.example.", 1, "c (evicts b)")
     after = d.stats()
     check(_delta(before, after, "cache_evictions") == 1 and
           after.get("cache_entries") == 2, "storing a third name in a "
           "2-entry cache: before %s after %s" % (before, after))
-    _ask_at(t, d, fu, "lru-a.example.", 1, "a, recently used, kept")
-    _ask_at(t, d, fu, "lru-b.example.", 2, "b, least recently used, evicted")
+    _ask_at(d, fu, "lru-a.example.", 1, "a, recently used, kept")
+    _ask_at(d, fu, "lru-b.example.", 2, "b, least recently used, evicted")
 
 
 @scenario
@@ -2245,7 +2252,7 @@ def cache_size_zero(t):
     fu = t.fakeup()
     d = t.dnsfwd(*tls_up(fu), "--cache-size", "0", "--timeout", "3000")
     for i in range(5):
-        r = _ask_at(t, d, fu, "nocache.example.", i + 1, "repeat %d" % i)
+        r = _ask_at(d, fu, "nocache.example.", i + 1, "repeat %d" % i)
         expect_a(r, GOOD_ADDR, "repeat %d" % i)
     fu.set(delay_ms=300)
     qs = [make_query("nocache-par.example.", qid=0x6000 + i)
@@ -2302,7 +2309,7 @@ def cache_serve_stale_slow_refresh(t):
     name = "slowstale.example."
     fu.rule(name, ttl=1)
     d = t.dnsfwd(*tls_up(fu), "--serve-stale", "60", "--timeout", "4000")
-    r = _ask_at(t, d, fu, name, 1, "first query")
+    r = _ask_at(d, fu, name, 1, "first query")
     t0 = time.monotonic()
     expect_a(r, GOOD_ADDR, "first query")
     _until(t0, 1.2)
@@ -2325,7 +2332,7 @@ def cache_serve_stale_slow_refresh(t):
           "refresh")
     fu.set(delay_ms=0)
     time.sleep(0.1)
-    r = _ask_at(t, d, fu, name, 2, "query after the late refresh arrived")
+    r = _ask_at(d, fu, name, 2, "query after the late refresh arrived")
     expect_a(r, GOOD_ADDR, "query after the late refresh arrived")
     check(_ttls(r.msg) and all(x <= 1 for x in _ttls(r.msg)),
           "answer after the refresh has TTLs %s, want the fresh TTL 1" %
@@ -2340,12 +2347,12 @@ def cache_prefetch(t):
     name = "prefetch.example."
     fu.rule(name, ttl=10)
     d = t.dnsfwd(*tls_up(fu), "--prefetch", "--timeout", "2000")
-    r = _ask_at(t, d, fu, name, 1, "first query")
+    r = _ask_at(d, fu, name, 1, "first query")
     t0 = time.monotonic()
     expect_a(r, GOOD_ADDR, "first query")
     before = d.stats()
     _until(t0, 1.0)
-    _ask_at(t, d, fu, name, 1, "hit at 1 s (first 90% of the TTL)")
+    _ask_at(d, fu, name, 1, "hit at 1 s (first 90% of the TTL)")
     _until(t0, 9.2)
     r = ask_udp(d.port, name)
     expect_a(r, GOOD_ADDR, "hit at 9.2 s")
@@ -2358,7 +2365,7 @@ def cache_prefetch(t):
     check(fu.count(name) == 2, "%d upstream queries after a hit in the last "
           "10%% of the TTL, want 2 (one refresh)" % fu.count(name))
     _until(t0, 10.5)
-    r = _ask_at(t, d, fu, name, 2, "query at 10.5 s, after the refresh")
+    r = _ask_at(d, fu, name, 2, "query at 10.5 s, after the refresh")
     expect_a(r, GOOD_ADDR, "query at 10.5 s")
     check(all(8 <= x <= 10 for x in _ttls(r.msg)), "answer at 10.5 s has "
           "TTLs %s, want the refreshed entry's 9" % _ttls(r.msg))
@@ -2374,7 +2381,7 @@ def cache_tc_on_hit(t):
     d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
     name = "mid.example."
     want = sorted(fakeup.mid_txt_strings())
-    r = _ask_at(t, d, fu, make_query(name, "TXT", edns=1232), 1,
+    r = _ask_at(d, fu, make_query(name, "TXT", edns=1232), 1,
                 "first query, UDP EDNS 1232")
     check(_txts(r.msg) == want and not (r.msg.flags & dns.flags.TC),
           "first query: %d strings, TC=%d" % (
@@ -2383,7 +2390,7 @@ def cache_tc_on_hit(t):
     for edns, limit in ((None, 512), (600, 600)):
         what = "UDP %s hit" % ("without EDNS" if edns is None else
                                "EDNS %d" % edns)
-        r = _ask_at(t, d, fu, make_query(name, "TXT", edns=edns), 1, what)
+        r = _ask_at(d, fu, make_query(name, "TXT", edns=edns), 1, what)
         check(r.msg.flags & dns.flags.TC and len(r.raw[0]) <= limit,
               "%s: TC=%d, %d bytes (limit %d)" % (
                   what, bool(r.msg.flags & dns.flags.TC), len(r.raw[0]),
@@ -2422,7 +2429,7 @@ def cache_opt_only_if_asked(t):
         (None, False, 2, "hit, no EDNS, again"),
     ]
     for edns, do, n, what in steps:
-        r = _ask_at(t, d, fu, make_query(name, edns=edns, do=do), n, what)
+        r = _ask_at(d, fu, make_query(name, edns=edns, do=do), n, what)
         expect_a(r, GOOD_ADDR, what)
         raw = r.raw[0]
         if edns is None:
@@ -2444,24 +2451,24 @@ def cache_ttl_clamps(t):
     fu.rule("maxttl.example.", ttl=300)
     dmin = t.dnsfwd(*tls_up(fu), "--min-ttl", "5", "--timeout", "2000")
     dmax = t.dnsfwd(*tls_up(fu), "--max-ttl", "2", "--timeout", "2000")
-    r = _ask_at(t, dmin, fu, "minttl.example.", 1, "first, --min-ttl 5")
+    r = _ask_at(dmin, fu, "minttl.example.", 1, "first, --min-ttl 5")
     tmin = time.monotonic()
     t.note("--min-ttl 5, miss: TTLs %s" % _ttls(r.msg))
-    r = _ask_at(t, dmax, fu, "maxttl.example.", 1, "first, --max-ttl 2")
+    r = _ask_at(dmax, fu, "maxttl.example.", 1, "first, --max-ttl 2")
     tmax = time.monotonic()
     t.note("--max-ttl 2, miss: TTLs %s" % _ttls(r.msg))
-    r = _ask_at(t, dmax, fu, "maxttl.example.", 1, "hit, --max-ttl 2")
+    r = _ask_at(dmax, fu, "maxttl.example.", 1, "hit, --max-ttl 2")
     expect_a(r, GOOD_ADDR, "hit, --max-ttl 2")
     check(all(x <= 2 for x in _ttls(r.msg)), "--max-ttl 2: cached TTL-300 "
           "answer shows TTLs %s" % _ttls(r.msg))
     _until(tmin, 2.1)
-    r = _ask_at(t, dmin, fu, "minttl.example.", 1, "--min-ttl 5, TTL-1 "
+    r = _ask_at(dmin, fu, "minttl.example.", 1, "--min-ttl 5, TTL-1 "
                 "answer 2.1 s later")
     expect_a(r, GOOD_ADDR, "--min-ttl 5 hit")
     check(all(2 <= x <= 3 for x in _ttls(r.msg)), "--min-ttl 5: TTLs %s "
           "2.1 s after storing, want 3 (5 aged by 2)" % _ttls(r.msg))
     _until(tmax, 2.2)
-    _ask_at(t, dmax, fu, "maxttl.example.", 2, "--max-ttl 2, 2.2 s later")
+    _ask_at(dmax, fu, "maxttl.example.", 2, "--max-ttl 2, 2.2 s later")
 
 
 # ---------------------------------------------------------------- runner
