@@ -138,7 +138,7 @@ cache_query(const struct client_ref *cr, const uint8_t *q, size_t len,
 	mux_query(cr, q, len, qi, flags);
 }
 
-void
+const struct centry *
 cache_store(const uint8_t *q, const struct dns_qinfo *qi,
     const uint8_t *msg, size_t len)
 {
@@ -149,7 +149,7 @@ cache_store(const uint8_t *q, const struct dns_qinfo *qi,
 
 	if (cache.n == 0 || (ttl = answer_ttl(msg, len, qi->qi_qend, &opt)) == 0
 	    || opt > CACHE_MSGMAX)
-		return;
+		return NULL;
 	now = now_ms();
 	h = key_hash(q, qi);
 	if ((e = lookup(q, qi, h)) != NULL)
@@ -160,7 +160,7 @@ cache_store(const uint8_t *q, const struct dns_qinfo *qi,
 		dns_put16(e->ce_msg + 10, dns_get16(msg + 10) - 1);
 	if (ttls_rewrite(e->ce_msg, opt, qi->qi_qend, ttl, 0, 1) == -1) {
 		TAILQ_INSERT_HEAD(&cache.free, e, ce_lru);
-		return;
+		return NULL;
 	}
 	e->ce_len = (uint16_t)opt;
 	e->ce_qend = (uint16_t)qi->qi_qend;
@@ -173,6 +173,18 @@ cache_store(const uint8_t *q, const struct dns_qinfo *qi,
 	cache.buckets[h & cache.mask] = ENT_INDEX(e);
 	TAILQ_INSERT_HEAD(&cache.lru, e, ce_lru);
 	cache.live++;
+	return e;
+}
+
+/*
+ * Answering a miss from its fresh entry, rather than passing the upstream
+ * bytes on, gives the client the same clamped TTLs and OPT a hit would.
+ */
+void
+cache_answer(const struct centry *e, const struct client_ref *cr,
+    const uint8_t *q, const struct dns_qinfo *qi)
+{
+	answer(e, cr, q, qi, e->ce_stored, 0);
 }
 
 int

@@ -159,9 +159,16 @@ int	cache_entries(void);
 /* Answers from the cache or sends upstream; called for every query. */
 void	cache_query(const struct client_ref *, const uint8_t *, size_t,
 	    const struct dns_qinfo *);
-/* Offers an upstream answer to the query q for keeping. */
-void	cache_store(const uint8_t *, const struct dns_qinfo *,
+/*
+ * Offers an upstream answer to the query q for keeping; returns the
+ * entry made, valid until the next cache_store, or NULL.
+ */
+struct centry;
+const struct centry *cache_store(const uint8_t *, const struct dns_qinfo *,
 	    const uint8_t *, size_t);
+/* Answers a client from an entry, as a hit would. */
+void	cache_answer(const struct centry *, const struct client_ref *,
+	    const uint8_t *, const struct dns_qinfo *);
 /* Answers from a stale entry; 0 when there is none to serve. */
 int	cache_stale(const struct client_ref *, const uint8_t *,
 	    const struct dns_qinfo *);

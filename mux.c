@@ -39,6 +39,8 @@
 /* Sends of one query before a connection loss is blamed on the query. */
 #define PQ_MAX_SENDS	3
 #define F_RD		0x01
+#define RCODE_SERVFAIL	2
+#define RCODE_REFUSED	5
 
 /* A query on its way upstream; lives from mux_query to its answer. */
 struct pq {
@@ -162,7 +164,8 @@ static void	 pq_init(struct pq *, const struct client_ref *,
 static void	 pq_send(struct pq *, struct conn *, int64_t);
 static void	 pq_detach(struct pq *);
 static void	 pq_fail(struct pq *, uint16_t, const char *);
-static void	 pq_deliver(struct pq *, uint8_t *, size_t);
+static void	 pq_deliver(struct pq *, const struct centry *, uint8_t *,
+		    size_t);
 static struct pq *key_find(const uint8_t *, const struct dns_qinfo *,
 		    uint32_t);
 static void	 key_remove(struct pq *);
@@ -800,6 +803,7 @@ static int
 conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 {
 	struct upstream	*up = c->c_up;
+	const struct centry *e;
 	struct pq	*pq, *f;
 	int64_t		 rtt;
 
@@ -821,12 +825,12 @@ conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 	}
 	rtt = now - pq->pq_sent;
 	up->up_rtt8 += rtt - up->up_rtt8 / 8;
-	cache_store(pq->pq_query, &pq->pq_qi, msg, len);
+	e = cache_store(pq->pq_query, &pq->pq_qi, msg, len);
 	pq_detach(pq);
-	pq_deliver(pq, msg, len);
+	pq_deliver(pq, e, msg, len);
 	while ((f = TAILQ_FIRST(&pq->pq_followers)) != NULL) {
 		pq_detach(f);
-		pq_deliver(f, msg, len);
+		pq_deliver(f, e, msg, len);
 		pq_free(f);
 	}
 	pq_free(pq);
@@ -986,11 +990,26 @@ pq_detach(struct pq *pq)
 		key_remove(pq);
 }
 
-/* Hands the answer to this pq's client with its own ID, case and RD. */
+/*
+ * Hands an answer to this pq's client: from the cache entry e made of
+ * it, if any, else the upstream bytes with the client's own ID, case and
+ * RD.  A SERVFAIL or REFUSED from upstream yields to a stale answer
+ * where one may stand in (RFC 8767).
+ */
 static void
-pq_deliver(struct pq *pq, uint8_t *msg, size_t len)
+pq_deliver(struct pq *pq, const struct centry *e, uint8_t *msg, size_t len)
 {
+	int	 rcode = msg[3] & 0x0f;
+
 	if (pq->pq_client.cr_kind == CLIENT_NONE)
+		return;
+	if (e != NULL) {
+		cache_answer(e, &pq->pq_client, pq->pq_query, &pq->pq_qi);
+		return;
+	}
+	if ((pq->pq_flags & MUXQ_STALE) && (rcode == RCODE_SERVFAIL ||
+	    rcode == RCODE_REFUSED) &&
+	    cache_stale(&pq->pq_client, pq->pq_query, &pq->pq_qi))
 		return;
 	memcpy(msg, pq->pq_query, 2);
 	memcpy(msg + DNS_HDRLEN, pq->pq_query + DNS_HDRLEN,

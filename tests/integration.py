@@ -565,7 +565,7 @@ def slow(fn):
 def unbound_udp_tcp(t):
     """dnspython and kdig get answers from real unbound over DoT, via UDP and TCP."""
     ub = t.unbound()
-    d = t.dnsfwd(*tls_up(ub), "--timeout", "2000")
+    d = t.dnsfwd(*tls_up(ub), "--timeout", "2000", "--cache-size", "0")
     expect_a(ask_udp(d.port, "www.test."), WWW_ADDR, "udp")
     expect_a(ask_tcp(d.port, "www.test."), WWW_ADDR, "tcp")
     expect_a(ask_udp(d.port, make_query("a.test.", edns=1232)),
@@ -2302,6 +2302,25 @@ def cache_serve_stale(t):
 
 
 @scenario
+def cache_serve_stale_on_servfail(t):
+    """--serve-stale 60: when the refresh of an expired TTL-1 answer gets SERVFAIL from upstream, the client gets the stale answer (TTL 30) at once."""
+    name = "stalesf.example."
+    fu = t.fakeup()
+    fu.rule(name, ttl=1)
+    d = t.dnsfwd(*tls_up(fu), "--serve-stale", "60", "--timeout", "2000")
+    expect_a(_ask_at(d, fu, name, 1, "first query"), GOOD_ADDR, "first")
+    t0 = time.monotonic()
+    fu.rule(name, rcode="SERVFAIL")
+    _until(t0, 1.2)
+    r = _ask_at(d, fu, name, 2, "expired, upstream answering SERVFAIL")
+    expect_a(r, GOOD_ADDR, "expired, upstream SERVFAIL, --serve-stale 60")
+    check(r.elapsed < 1.0, "stale answer after %.2f s, want it at once" %
+          r.elapsed)
+    check(_ttls(r.msg) and all(x == 30 for x in _ttls(r.msg)),
+          "stale answer TTLs %s, want 30" % _ttls(r.msg))
+
+
+@scenario
 @slow
 def cache_serve_stale_slow_refresh(t):
     """--serve-stale 60, --timeout 4000: when the refresh of an expired TTL-1 answer takes 3 s, the stale answer (TTL 30) comes at about 1.8 s and the late reply still refreshes the cache."""
@@ -2445,7 +2464,7 @@ def cache_opt_only_if_asked(t):
 
 @scenario
 def cache_ttl_clamps(t):
-    """--min-ttl 5 keeps a TTL-1 answer past 2 s (TTL 5 aged); --max-ttl 2 shows a cached TTL-300 answer with TTL <= 2 and refetches it after 2 s."""
+    """--min-ttl 5 keeps a TTL-1 answer past 2 s (TTL 5 aged); --max-ttl 2 shows a TTL-300 answer, first and cached, with TTL <= 2 and refetches it after 2 s."""
     fu = t.fakeup()
     fu.rule("minttl.example.", ttl=1)
     fu.rule("maxttl.example.", ttl=300)
@@ -2453,10 +2472,14 @@ def cache_ttl_clamps(t):
     dmax = t.dnsfwd(*tls_up(fu), "--max-ttl", "2", "--timeout", "2000")
     r = _ask_at(dmin, fu, "minttl.example.", 1, "first, --min-ttl 5")
     tmin = time.monotonic()
-    t.note("--min-ttl 5, miss: TTLs %s" % _ttls(r.msg))
+    check(_ttls(r.msg) and all(x == 5 for x in _ttls(r.msg)),
+          "--min-ttl 5: the first answer of a TTL-1 name shows TTLs %s, "
+          "want 5 as its hits will" % _ttls(r.msg))
     r = _ask_at(dmax, fu, "maxttl.example.", 1, "first, --max-ttl 2")
     tmax = time.monotonic()
-    t.note("--max-ttl 2, miss: TTLs %s" % _ttls(r.msg))
+    check(_ttls(r.msg) and all(x <= 2 for x in _ttls(r.msg)),
+          "--max-ttl 2: the first answer of a TTL-300 name shows TTLs %s"
+          % _ttls(r.msg))
     r = _ask_at(dmax, fu, "maxttl.example.", 1, "hit, --max-ttl 2")
     expect_a(r, GOOD_ADDR, "hit, --max-ttl 2")
     check(all(x <= 2 for x in _ttls(r.msg)), "--max-ttl 2: cached TTL-300 "
