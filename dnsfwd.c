@@ -89,6 +89,10 @@ static void	udp_read_cb(struct ev_loop *, ev_io *, int);
 static void	udp_queue(struct udp_listener *, const union sockaddr_any *,
 		    socklen_t, const uint8_t *, size_t);
 static void	udp_flush(struct udp_listener *);
+static void	udp_deliver(const struct client_ref *, const uint8_t *, size_t,
+		    const struct dns_qinfo *);
+static void	tcp_deliver(const struct client_ref *, const uint8_t *, size_t);
+static int	tcp_append(struct tcp_client *, const uint8_t *, size_t);
 static void	tcp_accept_cb(struct ev_loop *, ev_io *, int);
 static void	accept_enable(int);
 static void	accept_pause_cb(struct ev_loop *, ev_timer *, int);
@@ -514,7 +518,7 @@ udp_read_cb(struct ev_loop *l, ev_io *w, int revents)
 	n = recvmmsg(ul->ul_fd, msgs, UDP_BATCH, MSG_DONTWAIT, NULL);
 	if (n == -1) {
 		if (errno != EAGAIN && errno != EINTR)
-			log_warn("udp recvmmsg");
+			log_debug("udp recvmmsg: %s", strerror(errno));
 		return;
 	}
 	cr.cr_kind = CLIENT_UDP;
@@ -581,24 +585,35 @@ void
 client_deliver(const struct client_ref *cr, uint8_t *msg, size_t len,
     const struct dns_qinfo *qi)
 {
-	struct tcp_client	*c;
-	uint8_t			 tc[QUERY_MAX + 64];
-	size_t			 limit;
+	if (cr->cr_kind == CLIENT_UDP)
+		udp_deliver(cr, msg, len, qi);
+	else if (cr->cr_kind == CLIENT_TCP)
+		tcp_deliver(cr, msg, len);
+}
 
-	if (cr->cr_kind == CLIENT_UDP) {
-		limit = qi->qi_has_opt ? qi->qi_udpsize : 512;
-		if (len > limit) {
-			len = dns_truncate(tc, sizeof(tc), msg, len,
-			    qi->qi_has_opt);
-			if (len == 0)
-				return;
-			msg = tc;
-		}
-		udp_queue(&udp[cr->cr_listener], &cr->cr_addr, cr->cr_addrlen,
-		    msg, len);
-		return;
+/* Within the client's size limit, or as TC=1 so it retries over TCP. */
+static void
+udp_deliver(const struct client_ref *cr, const uint8_t *msg, size_t len,
+    const struct dns_qinfo *qi)
+{
+	uint8_t		 tc[QUERY_MAX + 64];
+	size_t		 limit = qi->qi_has_opt ? qi->qi_udpsize : 512;
+
+	if (len > limit) {
+		len = dns_truncate(tc, sizeof(tc), msg, len, qi->qi_has_opt);
+		if (len == 0)
+			return;
+		msg = tc;
 	}
-	c = clients[cr->cr_slot];
+	udp_queue(&udp[cr->cr_listener], &cr->cr_addr, cr->cr_addrlen, msg,
+	    len);
+}
+
+static void
+tcp_deliver(const struct client_ref *cr, const uint8_t *msg, size_t len)
+{
+	struct tcp_client	*c = clients[cr->cr_slot];
+
 	if (c == NULL || c->tc_gen != cr->cr_gen)
 		return;		/* that client has gone */
 	if (c->tc_pending-- == TCP_CLIENT_PIPELINE && !c->tc_closing &&
@@ -606,38 +621,42 @@ client_deliver(const struct client_ref *cr, uint8_t *msg, size_t len,
 		ev_io_start(loop, &c->tc_rio);
 	if (c->tc_closing)
 		return;
-	if (c->tc_outlen + 2 + len > TCP_CLIENT_OUTMAX) {
+	if (tcp_append(c, msg, len) == -1) {
 		log_debug("tcp client %u: not reading its answers, closing",
-		    cr->cr_slot);
+		    c->tc_slot);
 		c->tc_closing = 1;
-	} else {
-		if (c->tc_outoff > 0 &&
-		    c->tc_outoff + c->tc_outlen + 2 + len > c->tc_outcap) {
-			memmove(c->tc_out, c->tc_out + c->tc_outoff,
-			    c->tc_outlen);
-			c->tc_outoff = 0;
-		}
-		if (c->tc_outlen + 2 + len > c->tc_outcap) {
-			size_t	 ncap = c->tc_outlen + 2 + len + 4096;
-			uint8_t	*p = realloc(c->tc_out, ncap);
-
-			if (p == NULL) {
-				c->tc_closing = 1;
-				goto dirty;
-			}
-			c->tc_out = p;
-			c->tc_outcap = ncap;
-		}
-		dns_put16(c->tc_out + c->tc_outoff + c->tc_outlen,
-		    (uint16_t)len);
-		memcpy(c->tc_out + c->tc_outoff + c->tc_outlen + 2, msg, len);
-		c->tc_outlen += 2 + len;
 	}
-dirty:
 	if (!c->tc_dirty) {
 		c->tc_dirty = 1;
 		TAILQ_INSERT_TAIL(&client_dirty, c, tc_dirtylink);
 	}
+}
+
+/* Frames msg into the output, growing it up to TCP_CLIENT_OUTMAX. */
+static int
+tcp_append(struct tcp_client *c, const uint8_t *msg, size_t len)
+{
+	size_t	 need = c->tc_outlen + 2 + len, ncap;
+	uint8_t	*p;
+
+	if (need > TCP_CLIENT_OUTMAX)
+		return -1;
+	if (c->tc_outoff > 0 && c->tc_outoff + need > c->tc_outcap) {
+		memmove(c->tc_out, c->tc_out + c->tc_outoff, c->tc_outlen);
+		c->tc_outoff = 0;
+	}
+	if (need > c->tc_outcap) {
+		ncap = c->tc_outcap * 2 > need ? c->tc_outcap * 2 : need + 512;
+		if ((p = realloc(c->tc_out, ncap)) == NULL)
+			return -1;
+		c->tc_out = p;
+		c->tc_outcap = ncap;
+	}
+	p = c->tc_out + c->tc_outoff + c->tc_outlen;
+	dns_put16(p, (uint16_t)len);
+	memcpy(p + 2, msg, len);
+	c->tc_outlen = need;
+	return 0;
 }
 
 static void

@@ -1078,6 +1078,21 @@ def tcp_client_pipelined(t):
 
 
 @scenario
+def tcp_client_past_pipeline_limit(t):
+    """80 queries in one TCP write, past the 64-query pipeline limit, are all answered: the held-back ones go once answers free room."""
+    fu = t.fakeup()
+    fu.set(delay_ms=200)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "3000")
+    qs = [make_query("p%d.example." % i, qid=2000 + i) for i in range(80)]
+    with tcp_connect(d.port) as s:
+        s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
+        frames = tcp_read_frames(s, 80, 4)
+    ids = sorted(dns.message.from_wire(f).id for f in frames)
+    check(ids == sorted(q.id for q in qs), "got %d of 80 replies (fakeup "
+          "saw %d)" % (len(frames), fu.nqueries()))
+
+
+@scenario
 def tcp_client_fragmented(t):
     """A query split over many small TCP writes (and one straddling two) is answered."""
     fu = t.fakeup()
