@@ -52,11 +52,11 @@ dnsfwd-mbedtls3: $(SRCS) $(HDRS) $(M3)/.done
 tests/test_dns: tests/test_dns.c dns.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_dns.c dns.c
 
-tests/test_mux: tests/test_mux.c $(SRCS) $(HDRS)
+tests/test_mux: tests/test_mux.c tests/check.h $(SRCS) $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_mux.c dns.c \
 	    log.c tls.c cache.c $(LIBS)
 
-tests/test_cache: tests/test_cache.c cache.c dns.c log.c tls.c $(HDRS)
+tests/test_cache: tests/test_cache.c tests/check.h cache.c dns.c log.c tls.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_cache.c dns.c \
 	    log.c tls.c $(LIBS)
 

@@ -15,17 +15,7 @@
 
 struct stats	 stats;
 
-static int	 passed, failed;
-
-#define CHECK(cond) do {						\
-	if (cond)							\
-		passed++;						\
-	else {								\
-		failed++;						\
-		fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__,	\
-		    #cond);						\
-	}								\
-} while (0)
+#include "check.h"
 
 #define T_A		1
 #define T_NS		2
@@ -1013,18 +1003,18 @@ check_not_cached(const struct query *q, const struct mb *r, int line)
 
 	store(q, r);
 	if (lifetime(q) != -1 || cache_entries() != before) {
-		failed++;
+		check_failed++;
 		fprintf(stderr, "FAIL %s:%d: answer was cached\n", __FILE__,
 		    line);
 	} else
-		passed++;
+		check_passed++;
 	ask(q);
 	if (ngot != 0 || nmux != 1) {
-		failed++;
+		check_failed++;
 		fprintf(stderr, "FAIL %s:%d: query was answered from the "
 		    "cache\n", __FILE__, line);
 	} else
-		passed++;
+		check_passed++;
 }
 #define NOT_CACHED(q, r)	check_not_cached((q), (r), __LINE__)
 
@@ -1162,7 +1152,7 @@ hit_case(int store_flags, int client_flags, int resp_rd, int upper_store,
 	struct rrv	 rr[16];
 	size_t		 cn, opt = 0, qend;
 	uint32_t	 t[5];
-	int		 n, k, nf = failed;
+	int		 n, k, nf = check_failed;
 
 	setup(16, 0, 0, 0);
 	qa(&sq, 0x1111, "www.example.com", store_flags);
@@ -1236,7 +1226,7 @@ hit_case(int store_flags, int client_flags, int resp_rd, int upper_store,
 		mb_opt(&x, EDNS_PAYLOAD, (client_flags & Q_DO) != 0, NULL, 0);
 	CHECK(got[0].len == x.len && memcmp(got[0].msg, x.m, x.len) == 0);
 out:
-	if (failed != nf)
+	if (check_failed != nf)
 		fprintf(stderr, "  (in hit_case called from line %d)\n", line);
 	cache_free();
 }
@@ -1397,7 +1387,7 @@ prefetch_case(int prefetch, int secs, int expect, int line)
 {
 	struct query	 q, qc;
 	struct mb	 r;
-	int		 nf = failed;
+	int		 nf = check_failed;
 
 	setup(16, 0, 0, prefetch);
 	qa(&q, 1, "pf.example", Q_RD | Q_OPT);
@@ -1418,7 +1408,7 @@ prefetch_case(int prefetch, int secs, int expect, int line)
 		    memcmp(muxc[0].q, qc.m, qc.len) == 0);
 	} else
 		CHECK(nmux == 0);
-	if (failed != nf)
+	if (check_failed != nf)
 		fprintf(stderr, "  (in prefetch_case called from line %d)\n",
 		    line);
 	cache_free();
@@ -1907,6 +1897,5 @@ main(void)
 	test_replace();
 	test_robust();
 	tls_shutdown();
-	printf("test_cache: %d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return check_done("test_cache");
 }

@@ -10,17 +10,7 @@
 
 struct stats	 stats;
 
-static int	 passed, failed;
-
-#define CHECK(cond) do {						\
-	if (cond)							\
-		passed++;						\
-	else {								\
-		failed++;						\
-		fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__,	\
-		    #cond);						\
-	}								\
-} while (0)
+#include "check.h"
 
 /* What client_deliver was given, newest last. */
 static struct delivery {
@@ -544,6 +534,5 @@ main(void)
 	test_hash();
 	tls_shutdown();
 	ev_loop_destroy(loop);
-	printf("test_mux: %d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return check_done("test_mux");
 }
