@@ -1041,6 +1041,49 @@ def tls12_resumption(t):
 
 
 @scenario
+def tls_version_negotiated(t):
+    """A build on mbedTLS 3 negotiates TLS 1.3 with an upstream that offers it; one on mbedTLS 2 negotiates TLS 1.2."""
+    out = subprocess.run([DNSFWD, "--version"], capture_output=True,
+                         text=True, timeout=5).stdout
+    m = re.search(r"TLS (\d+)\.", out)
+    check(m is not None, "--version names no mbedTLS version: %r" % out)
+    want = "TLSv1.3" if int(m.group(1)) >= 3 else "TLSv1.2"
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    expect_a(ask_udp(d.port, "ver.example."))
+    check(set(fu.versions) == {want}, "built with %s, negotiated %s, want "
+          "%s" % (out.strip(), sorted(set(fu.versions)), want))
+
+
+def _fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+@scenario
+def no_descriptor_leak(t):
+    """After TCP clients come and go, upstreams close, fail and send garbage, and idle connections close, dnsfwd holds as many descriptors as at start."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "500", "--idle-timeout", "1")
+    base = _fds(d.proc.pid)
+    for i in range(20):
+        expect_a(ask_tcp(d.port, "fd%d.example." % i))
+    fu.close_all(graceful=False)
+    expect_a(ask_udp(d.port, "after-close.example."))
+    fu.set(mode="garbage", budget=1)
+    ask_udp(d.port, "garbage.example.", timeout=2)
+    fu.refuse()
+    ask_udp(d.port, "refused.example.", timeout=2)
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline and _fds(d.proc.pid) != base:
+        time.sleep(0.1)
+    check(_fds(d.proc.pid) == base, "dnsfwd holds %d descriptors, %d at "
+          "start: %s" % (_fds(d.proc.pid), base,
+                         sorted(os.readlink("/proc/%d/fd/%s" % (d.proc.pid, f))
+                                for f in os.listdir("/proc/%d/fd" %
+                                                    d.proc.pid))))
+
+
+@scenario
 def connect_tcp_plain(t):
     """--connect-tcp to a plain DNS-over-TCP upstream answers UDP and TCP clients."""
     fu = t.fakeup(tls=False)
