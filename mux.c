@@ -117,6 +117,7 @@ static struct {
 	struct pq	*pool;
 	int		 npool;
 	int		 nfree;
+	int		 fresh;		/* pool entries never used start here */
 	int		 nwait;
 	uint32_t	 hmask;
 	struct pqlist	 free;
@@ -173,6 +174,7 @@ static void	 timer_arm(ev_timer *, int64_t);
 static void	 stale_cb(struct ev_loop *, ev_timer *, int);
 static void	 fail_client(const struct client_ref *, const uint8_t *,
 		    const struct dns_qinfo *, int, uint16_t, const char *);
+static struct pq *pq_alloc(void);
 static void	 pq_free(struct pq *);
 static struct pq *hash_find(struct conn *, uint16_t);
 static void	 hash_remove(struct conn *, struct pq *);
@@ -251,8 +253,6 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 		fatal(EXIT_SETUP, "%s", __func__);
 	memset(mux.keys, 0xff, (mux.kmask + 1) * sizeof(int32_t));
 	tls_random(&mux.kseed, sizeof(mux.kseed));
-	for (i = 0; i < mux.npool; i++)
-		TAILQ_INSERT_TAIL(&mux.free, &mux.pool[i], pq_link);
 	mux.nfree = mux.npool;
 	for (i = 0; i < mux.nup; i++)
 		upstream_init(&mux.ups[i], &cf->cf_up[i], i);
@@ -319,7 +319,7 @@ mux_query(const struct client_ref *cr, const uint8_t *q, size_t len,
 		if (leader != NULL && (flags & MUXQ_BACKGROUND))
 			return;
 	}
-	if ((pq = TAILQ_FIRST(&mux.free)) == NULL) {
+	if ((pq = pq_alloc()) == NULL) {
 		if (flags & MUXQ_BACKGROUND)
 			return;
 		stats.st_overload++;
@@ -329,8 +329,6 @@ mux_query(const struct client_ref *cr, const uint8_t *q, size_t len,
 		    "too many queries in flight");
 		return;
 	}
-	TAILQ_REMOVE(&mux.free, pq, pq_link);
-	mux.nfree--;
 	pq_init(pq, cr, q, len, qi, flags, now);
 	if (leader != NULL) {
 		pq->pq_leader = leader;
@@ -1043,6 +1041,25 @@ key_remove(struct pq *pq)
 		ip = &mux.pool[*ip].pq_knext;
 	*ip = pq->pq_knext;
 	pq->pq_keyed = 0;
+}
+
+/*
+ * Free entries are reused first; untouched ones are taken in order, so
+ * an idle daemon's pool costs no memory.
+ */
+static struct pq *
+pq_alloc(void)
+{
+	struct pq	*pq;
+
+	if ((pq = TAILQ_FIRST(&mux.free)) != NULL)
+		TAILQ_REMOVE(&mux.free, pq, pq_link);
+	else if (mux.fresh < mux.npool)
+		pq = &mux.pool[mux.fresh++];
+	else
+		return NULL;
+	mux.nfree--;
+	return pq;
 }
 
 static void
