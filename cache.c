@@ -17,12 +17,6 @@
 
 #include "dnsfwd.h"
 
-#define F_TC		0x02
-#define F_RD		0x01
-#define F_CD		0x10
-#define RCODE_NOERROR	0
-#define RCODE_NXDOMAIN	3
-#define DNS_TYPE_SOA	6
 #define TTL_MAX		0x7fffffffu	/* RFC 2181 8: larger means 0 */
 
 /* One cached answer; lives from cache_store until evicted or expired. */

@@ -10,16 +10,8 @@
 
 #include "dnsfwd.h"
 
-/* Header flag bits, in bytes 2 and 3. */
-#define F_QR		0x80
-#define F_OPCODE	0x78
-#define F_TC		0x02
-#define F_RD		0x01
-#define F_CD		0x10
-#define F_RA		0x80
 #define F_DO		0x80	/* first byte of the OPT TTL's flags half */
 
-#define RCODE_SERVFAIL	2
 #define DNS_MAXNAME	255
 #define DNS_MAXLABEL	63
 #define DNS_QTAIL	4	/* QTYPE and QCLASS after the name */

@@ -47,8 +47,21 @@
 #define EDE_NO_REACHABLE_AUTHORITY 22
 #define EDE_NETWORK_ERROR	23
 
+#define DNS_TYPE_SOA	6
 #define DNS_TYPE_OPT	41
 #define DNS_OPT_EDE	15
+
+/* Header flag bits: QR, OPCODE, TC and RD in byte 2, RA and CD in byte 3. */
+#define F_QR		0x80
+#define F_OPCODE	0x78
+#define F_TC		0x02
+#define F_RD		0x01
+#define F_RA		0x80
+#define F_CD		0x10
+#define RCODE_NOERROR	0
+#define RCODE_SERVFAIL	2
+#define RCODE_NXDOMAIN	3
+#define RCODE_REFUSED	5
 
 /* What dns_parse_query learnt about a well-formed query. */
 struct dns_qinfo {

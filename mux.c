@@ -38,9 +38,6 @@
 #define EDE_OTHER	0
 /* Sends of one query before a connection loss is blamed on the query. */
 #define PQ_MAX_SENDS	3
-#define F_RD		0x01
-#define RCODE_SERVFAIL	2
-#define RCODE_REFUSED	5
 
 /* A query on its way upstream; lives from mux_query to its answer. */
 struct pq {
