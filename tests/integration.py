@@ -1224,6 +1224,17 @@ def usage_errors(t):
         (lu, "--connect"),
         (lu + ["--pin-sha256", pin] + USAGE_UP, "--pin-sha256"),
         (lu + ["--connect-tls", "127.0.0.1:853"], "--connect-tls"),
+        (lu + ["--connect-tcp", "127.0.0.1#dns.test"], "--connect-tcp"),
+        (lu + ["--connect-tls", "127.0.0.1#bad name"], "--connect-tls"),
+        (lu + USAGE_UP + ["--cache-size", "-1"], "--cache-size"),
+        (lu + USAGE_UP + ["--min-ttl", "x"], "--min-ttl"),
+        (lu + USAGE_UP + ["--max-ttl", "0"], "--max-ttl"),
+        (lu + USAGE_UP + ["--neg-max-ttl", ""], "--neg-max-ttl"),
+        (lu + USAGE_UP + ["--serve-stale", "1.5"], "--serve-stale"),
+        (lu + USAGE_UP + ["--min-ttl", "600", "--max-ttl", "60"],
+         "--min-ttl"),
+        (lu + USAGE_UP + ["--prefetch=yes"], "--prefetch"),
+        (lu + USAGE_UP + ["stray"], "stray"),
     ]
     bad = []
     for args, flag in cases:
