@@ -310,6 +310,11 @@ parse_args(int argc, char **argv)
 		case ':':
 			usage_error("%s: missing value", argv[optind - 1]);
 		default:
+			/* getopt_long leaves the option in optopt when a
+			 * known one was given a value it does not take. */
+			if (optopt >= OPT_BIND_UDP)
+				usage_error("%s: takes no value",
+				    argv[optind - 1]);
 			usage_error("unknown option '%s'", argv[optind - 1]);
 		}
 	}
