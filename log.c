@@ -5,6 +5,7 @@
  * DNS, so they cannot deadlock the daemon.
  */
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <arpa/inet.h>
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dnsfwd.h"
 
@@ -32,11 +34,28 @@ static const struct {
 	[LOG_LVL_DEBUG] = { "debug", 7 },
 };
 
+/*
+ * systemd names the journal stream as "device:inode"; it only counts
+ * while stderr is still that stream, not a file it was redirected to.
+ */
+static int
+stderr_is_journal(void)
+{
+	const char		*js = getenv("JOURNAL_STREAM");
+	unsigned long long	 dev, ino;
+	struct stat		 st;
+
+	if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2 ||
+	    fstat(STDERR_FILENO, &st) == -1)
+		return 0;
+	return st.st_dev == (dev_t)dev && st.st_ino == (ino_t)ino;
+}
+
 void
 log_init(enum log_level lvl)
 {
 	log_verbosity = lvl;
-	log_journal = getenv("JOURNAL_STREAM") != NULL;
+	log_journal = stderr_is_journal();
 	setvbuf(stderr, NULL, _IOLBF, 0);
 }
 

@@ -20,6 +20,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import fcntl
+import itertools
 import os
 import re
 import resource
@@ -51,6 +52,7 @@ import unbound as unbound_mod  # noqa: E402
 
 SANITIZER = ("AddressSanitizer", "LeakSanitizer", "runtime error")
 DNSFWD = None          # path, set in main()
+RUNS = itertools.count()
 PKI = None             # directory made by mkcerts.sh
 ALL_PROCS = set()      # every Popen we started, killed by PID at exit
 ALL_PROCS_LOCK = threading.Lock()
@@ -340,14 +342,11 @@ class Dnsfwd:
 
     def start(self, args, udp=True, tcp=True, host="127.0.0.1",
               wait_ready=True, env=None):
-        """env: variables to set for dnsfwd, a value of None removes one."""
+        """env: variables to set for dnsfwd, as for child_env."""
         self.host = host
-        penv = dict(os.environ)
-        for k, v in (env or {}).items():
-            if v is None:
-                penv.pop(k, None)
-            else:
-                penv[k] = v
+        with open(self.log, "ab"):
+            pass
+        penv = child_env(env, self.log)
         last = ""
         for _attempt in range(3):
             self.port = udp_tcp_free_port(host)
@@ -442,27 +441,41 @@ class Dnsfwd:
                     s, txt[max(0, i - 200):i + 600].replace("\n", " | ")))
 
 
-def run_dnsfwd(t, args, timeout=5.0, env=None):
-    """Runs dnsfwd to completion (usage errors etc.): (rc, stdout, stderr).
-    env as for Dnsfwd.start."""
-    argv = [DNSFWD] + list(args)
+def child_env(env, stderr_path):
+    """os.environ changed by env: a value of None removes a variable, and
+    "@stderr" stands for the device:inode of the file stderr goes to, as
+    systemd sets JOURNAL_STREAM."""
     penv = dict(os.environ)
     for k, v in (env or {}).items():
         if v is None:
             penv.pop(k, None)
+        elif v == "@stderr":
+            st = os.stat(stderr_path)
+            penv[k] = "%d:%d" % (st.st_dev, st.st_ino)
         else:
             penv[k] = v
-    p = track(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=penv))
+    return penv
+
+
+def run_dnsfwd(t, args, timeout=5.0, env=None):
+    """Runs dnsfwd to completion (usage errors etc.): (rc, stdout, stderr).
+    env as for child_env."""
+    argv = [DNSFWD] + list(args)
+    errpath = os.path.join(t.dir, "run%d.err" % next(RUNS))
+    with open(errpath, "wb") as ef:
+        p = track(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=ef,
+                                   env=child_env(env, errpath)))
     try:
-        out, err = p.communicate(timeout=timeout)
+        out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_pid(p)
-        out, err = p.communicate()
+        out, _ = p.communicate()
         raise Fail("dnsfwd %s did not exit within %.0fs" % (args, timeout))
     finally:
         untrack(p)
+    with open(errpath, "rb") as ef:
+        err = ef.read()
     out, err = out.decode(errors="replace"), err.decode(errors="replace")
     for s in SANITIZER:
         check(s not in err, "%s running %s: %s" % (s, args, err[:800]))
@@ -1487,10 +1500,11 @@ def _line_level(ln, journal):
 
 @scenario
 def journal_priority_prefixes(t):
-    """With JOURNAL_STREAM set every stderr line starts with its syslog priority (<4> warn, <6> info, <7> debug, <3> error); without it with 'warn: ', 'info: ', ..."""
-    for journal in (True, False):
-        env = {"JOURNAL_STREAM": "8:12345" if journal else None}
-        style = "with JOURNAL_STREAM" if journal else "without JOURNAL_STREAM"
+    """With stderr the journal stream JOURNAL_STREAM names, every line starts with its syslog priority (<4> warn, <6> info, <7> debug, <3> error); without it, or when it names another stream, with 'warn: ', 'info: ', ..."""
+    for journal, js in ((True, "@stderr"), (False, None),
+                        (False, "8:12345")):
+        env = {"JOURNAL_STREAM": js}
+        style = "with JOURNAL_STREAM=%s" % js
         dead = t.fakeup()
         dead.refuse()
         good = t.fakeup()
