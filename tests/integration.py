@@ -1149,6 +1149,31 @@ def tcp_client_past_pipeline_limit(t):
 
 
 @scenario
+def tcp_client_not_reading(t):
+    """A TCP client that asks for megabytes of answers and reads none is disconnected once 256 KiB wait for it, and dnsfwd keeps serving."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "3000", "--cache-size", "0")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", d.port))
+    try:
+        qs = [make_query("huge.n%d.example." % i, "TXT") for i in range(60)]
+        s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
+        closed = False
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not closed:
+            time.sleep(0.2)
+            closed = any("not reading its answers" in ln
+                         for ln in d.lines())
+        check(closed, "60 unread 20 KB answers did not get the client "
+              "closed: %s" % d.tail())
+    finally:
+        s.close()
+    expect_a(ask_tcp(d.port, "after-noread.example."), GOOD_ADDR,
+             "after a client that did not read")
+
+
+@scenario
 def tcp_client_fragmented(t):
     """A query split over many small TCP writes (and one straddling two) is answered."""
     fu = t.fakeup()
