@@ -972,6 +972,7 @@ pq_detach(struct pq *pq)
 		TAILQ_REMOVE(&c->c_pqs, pq, pq_link);
 		c->c_inflight--;
 		pq->pq_conn = NULL;
+		conn_idle_check(c);
 	} else {
 		TAILQ_REMOVE(&mux.waitq, pq, pq_link);
 		mux.nwait--;

@@ -316,6 +316,8 @@ test_deadline_not_silent(void)
 	deadline_cb(loop, NULL, 0);
 	CHECK(ngot == 1 && (got[0].msg[3] & 0x0f) == 2);
 	CHECK(c->c_state == CONN_READY);
+	/* Nothing in flight any more: it may now close when idle. */
+	CHECK(ev_is_active(&c->c_timer));
 	teardown();
 }
 
