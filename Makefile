@@ -9,7 +9,8 @@ CFLAGS ?=	-O2 -g
 WARN =		-Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 		-Wmissing-prototypes -Wmissing-declarations -Wpointer-arith \
 		-Wsign-compare -Wformat=2
-HARDEN =	-fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
+HARDEN =	-fstack-protector-strong -fstack-clash-protection -fcf-protection \
+		-D_FORTIFY_SOURCE=2 -fPIE
 ALL_CFLAGS =	-std=gnu11 -D_GNU_SOURCE $(WARN) $(HARDEN) $(CFLAGS)
 LDHARDEN =	-pie -Wl,-z,relro,-z,now
 LIBS =		-lev -lmbedtls -lmbedx509 -lmbedcrypto

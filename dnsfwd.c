@@ -80,6 +80,8 @@ static void	usage(FILE *, int) __attribute__((__noreturn__));
 static void	usage_error(const char *, ...)
 		    __attribute__((__noreturn__, __format__(printf, 1, 2)));
 static void	parse_args(int, char **);
+static void	parse_other(int, char **);
+static void	config_defaults(void);
 static int	parse_addr(const char *, int, union sockaddr_any *);
 static void	parse_upstream(const char *, int);
 static void	parse_pin(const char *);
@@ -221,11 +223,28 @@ parse_bind(const char *arg, const char *flag, union sockaddr_any *to,
 	(*n)++;
 }
 
-static void
-parse_args(int argc, char **argv)
-{
-	int	 ch;
+/* The options that take a number, with the range each accepts. */
+static const struct numopt {
+	int		 no_opt;
+	const char	*no_flag;
+	int		*no_dst;
+	int		 no_min;
+	int		 no_max;
+} numopts[] = {
+	{ OPT_CONNECTIONS, "--connections", &cf.cf_connections, 1, 16 },
+	{ OPT_MAX_INFLIGHT, "--max-inflight", &cf.cf_max_inflight, 1, 4096 },
+	{ OPT_TIMEOUT, "--timeout", &cf.cf_timeout_ms, 10, 60000 },
+	{ OPT_IDLE_TIMEOUT, "--idle-timeout", &cf.cf_idle_timeout_s, 1, 3600 },
+	{ OPT_CACHE_SIZE, "--cache-size", &cf.cf_cache_size, 0, 1000000 },
+	{ OPT_MIN_TTL, "--min-ttl", &cf.cf_min_ttl, 0, TTL_LIMIT },
+	{ OPT_MAX_TTL, "--max-ttl", &cf.cf_max_ttl, 1, TTL_LIMIT },
+	{ OPT_NEG_MAX_TTL, "--neg-max-ttl", &cf.cf_neg_max_ttl, 1, TTL_LIMIT },
+	{ OPT_SERVE_STALE, "--serve-stale", &cf.cf_serve_stale, 0, TTL_LIMIT },
+};
 
+static void
+config_defaults(void)
+{
 	cf.cf_ca_file = DEFAULT_CA_FILE;
 	cf.cf_connections = DEFAULT_CONNECTIONS;
 	cf.cf_max_inflight = DEFAULT_MAX_INFLIGHT;
@@ -235,6 +254,48 @@ parse_args(int argc, char **argv)
 	cf.cf_cache_size = DEFAULT_CACHE_SIZE;
 	cf.cf_max_ttl = DEFAULT_MAX_TTL;
 	cf.cf_neg_max_ttl = DEFAULT_NEG_MAX_TTL;
+}
+
+/* Options with a number, with none, and the errors getopt reports. */
+static void
+parse_other(int ch, char **argv)
+{
+	size_t	 i;
+
+	for (i = 0; i < sizeof(numopts) / sizeof(numopts[0]); i++) {
+		if (numopts[i].no_opt == ch) {
+			*numopts[i].no_dst = parse_num(numopts[i].no_flag,
+			    optarg, numopts[i].no_min, numopts[i].no_max);
+			return;
+		}
+	}
+	switch (ch) {
+	case OPT_PREFETCH:
+		cf.cf_prefetch = 1;
+		return;
+	case OPT_HELP:
+		usage(stdout, 0);
+	case OPT_VERSION:
+		printf("dnsfwd %s (%s, libev %d.%d)\n", DNSFWD_VERSION,
+		    MBEDTLS_VERSION_STRING_FULL, ev_version_major(),
+		    ev_version_minor());
+		exit(0);
+	case ':':
+		usage_error("%s: missing value", argv[optind - 1]);
+	}
+	/* getopt_long leaves a known option in optopt when it was given a
+	 * value it does not take. */
+	if (optopt >= OPT_BIND_UDP)
+		usage_error("%s: takes no value", argv[optind - 1]);
+	usage_error("unknown option '%s'", argv[optind - 1]);
+}
+
+static void
+parse_args(int argc, char **argv)
+{
+	int	 ch;
+
+	config_defaults();
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -245,10 +306,8 @@ parse_args(int argc, char **argv)
 			parse_bind(optarg, "--bind-tcp", cf.cf_tcp, &cf.cf_ntcp);
 			break;
 		case OPT_CONNECT_TLS:
-			parse_upstream(optarg, 1);
-			break;
 		case OPT_CONNECT_TCP:
-			parse_upstream(optarg, 0);
+			parse_upstream(optarg, ch == OPT_CONNECT_TLS);
 			break;
 		case OPT_PIN:
 			parse_pin(optarg);
@@ -256,66 +315,13 @@ parse_args(int argc, char **argv)
 		case OPT_CA_FILE:
 			cf.cf_ca_file = optarg;
 			break;
-		case OPT_CONNECTIONS:
-			cf.cf_connections = parse_num("--connections", optarg,
-			    1, 16);
-			break;
-		case OPT_MAX_INFLIGHT:
-			cf.cf_max_inflight = parse_num("--max-inflight",
-			    optarg, 1, 4096);
-			break;
-		case OPT_TIMEOUT:
-			cf.cf_timeout_ms = parse_num("--timeout", optarg, 10,
-			    60000);
-			break;
-		case OPT_IDLE_TIMEOUT:
-			cf.cf_idle_timeout_s = parse_num("--idle-timeout",
-			    optarg, 1, 3600);
-			break;
-		case OPT_CACHE_SIZE:
-			cf.cf_cache_size = parse_num("--cache-size", optarg, 0,
-			    1000000);
-			break;
-		case OPT_MIN_TTL:
-			cf.cf_min_ttl = parse_num("--min-ttl", optarg, 0,
-			    TTL_LIMIT);
-			break;
-		case OPT_MAX_TTL:
-			cf.cf_max_ttl = parse_num("--max-ttl", optarg, 1,
-			    TTL_LIMIT);
-			break;
-		case OPT_NEG_MAX_TTL:
-			cf.cf_neg_max_ttl = parse_num("--neg-max-ttl", optarg,
-			    1, TTL_LIMIT);
-			break;
-		case OPT_SERVE_STALE:
-			cf.cf_serve_stale = parse_num("--serve-stale", optarg,
-			    0, TTL_LIMIT);
-			break;
-		case OPT_PREFETCH:
-			cf.cf_prefetch = 1;
-			break;
 		case OPT_LOG_LEVEL:
 			if (log_level_parse(optarg, &cf.cf_log_level) == -1)
 				usage_error("--log-level: invalid value '%s'",
 				    optarg);
 			break;
-		case OPT_HELP:
-			usage(stdout, 0);
-		case OPT_VERSION:
-			printf("dnsfwd %s (%s, libev %d.%d)\n", DNSFWD_VERSION,
-			    MBEDTLS_VERSION_STRING_FULL, ev_version_major(),
-			    ev_version_minor());
-			exit(0);
-		case ':':
-			usage_error("%s: missing value", argv[optind - 1]);
 		default:
-			/* getopt_long leaves the option in optopt when a
-			 * known one was given a value it does not take. */
-			if (optopt >= OPT_BIND_UDP)
-				usage_error("%s: takes no value",
-				    argv[optind - 1]);
-			usage_error("unknown option '%s'", argv[optind - 1]);
+			parse_other(ch, argv);
 		}
 	}
 	if (optind < argc)
