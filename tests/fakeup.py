@@ -338,6 +338,9 @@ class _Conn:
                 return False
             if not data:
                 return False
+            # Over TLS one recv returns at most one record's plaintext.
+            with self.fu.lock:
+                self.fu.max_recv = max(self.fu.max_recv, len(data))
             self.inbuf += data
         while len(self.inbuf) >= 2:
             ln = struct.unpack("!H", self.inbuf[:2])[0]
@@ -421,6 +424,7 @@ class FakeUpstream:
             self.queries = []         # dicts: conn, id, qname, qtype, t, ...
             self.id_collisions = 0    # ID reused while pending on one conn
             self.max_pending = 0      # most unanswered queries on one conn
+            self.max_recv = 0         # largest single recv (a TLS record)
             self.versions = []
             self.snis = []
             self.errors = []
@@ -606,6 +610,7 @@ class FakeUpstream:
                     "queries": len(self.queries), "replies": self.replies,
                     "id_collisions": self.id_collisions,
                     "max_pending": self.max_pending,
+                    "max_recv": self.max_recv,
                     "live": len(self.live)}
 
     def __enter__(self):

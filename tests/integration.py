@@ -691,6 +691,25 @@ def pool_two_connections(t):
 
 
 @scenario
+def queries_share_tls_records(t):
+    """Queries that arrive together (40 pipelined in one TCP write) go upstream together in one TLS record, not one record each."""
+    fu = t.fakeup()
+    fu.set(delay_ms=100)
+    d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--timeout", "3000")
+    expect_a(ask_udp(d.port, "warm.example."))
+    qs = [make_query("rec%d.example." % i, qid=i) for i in range(40)]
+    with tcp_connect(d.port) as s:
+        s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
+        frames = tcp_read_frames(s, 40, 4)
+    check(len(frames) == 40, "got %d of 40 answers" % len(frames))
+    longest = max(len(q.to_wire()) for q in qs) + 2
+    st = fu.stats()
+    check(st["max_recv"] >= 20 * longest, "the largest TLS record held %d "
+          "bytes, under twenty %d-byte queries, for 40 pipelined at once" %
+          (st["max_recv"], longest))
+
+
+@scenario
 def reorder_replies(t):
     """Replies that come back in reverse order still reach the right clients."""
     fu = t.fakeup()
