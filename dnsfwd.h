@@ -43,6 +43,10 @@
 /* Minimum seconds between two copies of one rate-limited warning. */
 #define LOG_RATELIMIT_S	5
 
+/* Exit codes, as listed in dnsfwd.8 EXIT STATUS. */
+#define EXIT_SETUP	1	/* bind failed, CA file unreadable, ... */
+#define EXIT_USAGE	2	/* bad command line */
+
 /* Extended DNS Error codes (RFC 8914) we put in our own SERVFAILs. */
 #define EDE_NO_REACHABLE_AUTHORITY 22
 #define EDE_NETWORK_ERROR	23
@@ -152,7 +156,7 @@ struct config {
 /*
  * Hands a finished answer (already carrying the client's ID) to the
  * client that asked; msg may be modified.  Called exactly once for every
- * query given to mux_query.
+ * query given to cache_query, unless the daemon is shutting down.
  */
 void	client_deliver(const struct client_ref *, uint8_t *, size_t,
 	    const struct dns_qinfo *);
@@ -209,7 +213,6 @@ void	tls_random(void *, size_t);
 struct tls_upstream *tls_upstream_new(const char *, const uint8_t (*)[32],
 	    int);
 void	tls_upstream_free(struct tls_upstream *);
-void	tls_upstream_forget(struct tls_upstream *);
 struct tls_conn *tls_conn_new(struct tls_upstream *, int);
 void	tls_conn_free(struct tls_conn *, int);
 int	tls_handshake(struct tls_conn *, char *, size_t);
@@ -220,7 +223,6 @@ int	tls_write(struct tls_conn *, const uint8_t *, size_t);
 /* log.c */
 void	log_init(enum log_level);
 int	log_level_parse(const char *, enum log_level *);
-extern enum log_level log_verbosity;
 void	log_warn(const char *, ...) __attribute__((__format__(printf, 1, 2)));
 void	log_warnx(const char *, ...) __attribute__((__format__(printf, 1, 2)));
 void	log_info(const char *, ...) __attribute__((__format__(printf, 1, 2)));
@@ -235,10 +237,6 @@ __attribute__((__noreturn__)) void fatalx(int, const char *, ...)
 	    __attribute__((__format__(printf, 2, 3)));
 int64_t	now_ms(void);
 const char *addr_str(const struct sockaddr *, char *, size_t);
-
-/* Exit codes, as listed in dnsfwd.8 EXIT STATUS. */
-#define EXIT_SETUP	1	/* bind failed, CA file unreadable, ... */
-#define EXIT_USAGE	2	/* bad command line */
 
 /* dns.c */
 /*

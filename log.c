@@ -18,7 +18,7 @@
 
 #include "dnsfwd.h"
 
-enum log_level	log_verbosity = LOG_LVL_INFO;
+static enum log_level log_verbosity = LOG_LVL_INFO;
 static int	log_journal;
 
 static void	vlog(enum log_level, int, const char *, va_list)

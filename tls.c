@@ -62,6 +62,7 @@ static void	verify_reason(uint32_t, char *, size_t);
 static int	check_pins(struct tls_conn *, char *, size_t);
 static void	save_session(struct tls_conn *);
 static int	map_io(struct tls_conn *, int);
+static void	tls_upstream_forget(struct tls_upstream *);
 
 void
 tls_init(void)
@@ -183,7 +184,7 @@ tls_upstream_free(struct tls_upstream *tu)
 }
 
 /* Forgets the saved session, so the next dial does a full handshake. */
-void
+static void
 tls_upstream_forget(struct tls_upstream *tu)
 {
 	mbedtls_ssl_session_free(&tu->tu_session);
