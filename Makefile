@@ -69,7 +69,8 @@ deps-install:
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
 		echo "installing:" $$missing; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get -o Acquire::Retries=3 update -qq && \
+		    DEBIAN_FRONTEND=noninteractive \
 		    apt-get install -y -qq --no-install-recommends $$missing; \
 	else \
 		echo "missing packages; run: sudo apt-get install" $$missing; \

@@ -161,6 +161,7 @@ APT_OPTS=(
 	-o "Dir::Cache=$T/cache"
 	-o "APT::Default-Release="
 	-o "Acquire::Languages=none"
+	-o "Acquire::Retries=3"
 )
 
 note "apt-get update ($SUITE index, into $T)"
