@@ -72,14 +72,10 @@ cache_init(const struct config *cf)
 	TAILQ_INIT(&cache.free);
 	if (cache.n == 0)
 		return;
-	for (cache.mask = 1; cache.mask < (uint32_t)cache.n;)
-		cache.mask <<= 1;
-	cache.mask--;
-	cache.ents = calloc((size_t)cache.n, sizeof(struct centry));
-	cache.buckets = malloc((cache.mask + 1) * sizeof(int32_t));
-	if (cache.ents == NULL || cache.buckets == NULL)
+	cache.mask = chain_mask((uint32_t)cache.n);
+	cache.buckets = chain_buckets(cache.mask);
+	if ((cache.ents = calloc((size_t)cache.n, sizeof(struct centry))) == NULL)
 		fatal(EXIT_SETUP, "cache of %d entries", cache.n);
-	memset(cache.buckets, 0xff, (cache.mask + 1) * sizeof(int32_t));
 	tls_random(&cache.seed, sizeof(cache.seed));
 }
 
@@ -163,8 +159,8 @@ cache_store(const uint8_t *q, const struct dns_qinfo *qi,
 	e->ce_hash = h;
 	e->ce_stored = now;
 	e->ce_expires = now + ttl * 1000LL;
-	e->ce_hnext = cache.buckets[h & cache.mask];
-	cache.buckets[h & cache.mask] = ENT_INDEX(e);
+	CHAIN_INSERT(cache.buckets, cache.mask, h, cache.ents, ce_hnext,
+	    ENT_INDEX(e));
 	TAILQ_INSERT_HEAD(&cache.lru, e, ce_lru);
 	cache.live++;
 	return e;
@@ -228,11 +224,8 @@ lookup(const uint8_t *q, const struct dns_qinfo *qi, uint32_t h)
 static void
 unlink_entry(struct centry *e)
 {
-	int32_t	*ip = &cache.buckets[e->ce_hash & cache.mask];
-
-	while (*ip != ENT_INDEX(e))
-		ip = &cache.ents[*ip].ce_hnext;
-	*ip = e->ce_hnext;
+	CHAIN_UNLINK(cache.buckets, cache.mask, e->ce_hash, cache.ents,
+	    ce_hnext, ENT_INDEX(e));
 	TAILQ_REMOVE(&cache.lru, e, ce_lru);
 	TAILQ_INSERT_HEAD(&cache.free, e, ce_lru);
 	cache.live--;

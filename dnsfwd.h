@@ -13,6 +13,8 @@
 #include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define DNSFWD_VERSION	"0.1.0"
 
@@ -281,6 +283,52 @@ struct dns_rr {
 int	dns_rr_next(const uint8_t *, size_t, size_t *, struct dns_rr *);
 /* Appends our OPT record (11 bytes, caller's room) and counts it. */
 size_t	dns_opt_append(uint8_t *, size_t, int);
+/*
+ * Hash chains of indices into a fixed array (the pending pool, the cache
+ * table): a bucket holds the first index of its chain, each element the
+ * next, -1 ends a chain.  Indices, not pointers, so an element is linked
+ * without allocating and the tables size themselves from the limits.
+ */
+static inline uint32_t
+chain_mask(uint32_t n)
+{
+	uint32_t m = 1;
+
+	while (m < n)
+		m <<= 1;
+	return m - 1;
+}
+
+static inline void
+chain_clear(int32_t *buckets, uint32_t mask)
+{
+	memset(buckets, 0xff, (mask + 1) * sizeof(int32_t));
+}
+
+static inline int32_t *
+chain_buckets(uint32_t mask)
+{
+	int32_t *b = malloc((mask + 1) * sizeof(int32_t));
+
+	if (b == NULL)
+		fatal(EXIT_SETUP, "%s", __func__);
+	chain_clear(b, mask);
+	return b;
+}
+
+#define CHAIN_INSERT(buckets, mask, h, base, next, idx) do {		\
+	(base)[idx].next = (buckets)[(h) & (mask)];			\
+	(buckets)[(h) & (mask)] = (idx);				\
+} while (0)
+
+#define CHAIN_UNLINK(buckets, mask, h, base, next, idx) do {		\
+	int32_t *ip_ = &(buckets)[(h) & (mask)];			\
+									\
+	while (*ip_ != (idx))						\
+		ip_ = &(base)[*ip_].next;				\
+	*ip_ = (base)[idx].next;					\
+} while (0)
+
 static inline uint16_t
 dns_get16(const uint8_t *p)
 {

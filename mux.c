@@ -166,7 +166,6 @@ static void	 pq_deliver(struct pq *, const struct centry *, uint8_t *,
 		    size_t);
 static struct pq *key_find(const uint8_t *, const struct dns_qinfo *,
 		    uint32_t);
-static void	 key_remove(struct pq *);
 static void	 timer_arm(ev_timer *, int64_t);
 static void	 stale_cb(struct ev_loop *, ev_timer *, int);
 static void	 fail_client(const struct client_ref *, const uint8_t *,
@@ -174,7 +173,6 @@ static void	 fail_client(const struct client_ref *, const uint8_t *,
 static struct pq *pq_alloc(void);
 static void	 pq_free(struct pq *);
 static struct pq *hash_find(struct conn *, uint16_t);
-static void	 hash_remove(struct conn *, struct pq *);
 static uint16_t	 new_id(struct conn *);
 static void	 fail_waiting(uint16_t, const char *);
 static void	 servfail(const struct client_ref *, const uint8_t *,
@@ -213,10 +211,9 @@ upstream_init(struct upstream *up, const struct upstream_cfg *uc, int idx)
 		c->c_outcap = (size_t)cf->cf_max_inflight * (QUERY_MAX + 2);
 		c->c_in = malloc(CONN_INCAP);
 		c->c_out = malloc(c->c_outcap);
-		c->c_hash = malloc((mux.hmask + 1) * sizeof(int32_t));
-		if (c->c_in == NULL || c->c_out == NULL || c->c_hash == NULL)
+		c->c_hash = chain_buckets(mux.hmask);
+		if (c->c_in == NULL || c->c_out == NULL)
 			fatal(EXIT_SETUP, "%s", __func__);
-		memset(c->c_hash, 0xff, (mux.hmask + 1) * sizeof(int32_t));
 		ev_init(&c->c_rio, conn_read_cb);
 		ev_init(&c->c_wio, conn_write_cb);
 		ev_init(&c->c_timer, conn_timer_cb);
@@ -231,9 +228,7 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 	mux.loop = loop;
 	mux.cf = cf;
 	mux.nup = cf->cf_nup;
-	for (mux.hmask = 1; mux.hmask < (uint32_t)cf->cf_max_inflight;)
-		mux.hmask <<= 1;
-	mux.hmask--;
+	mux.hmask = chain_mask((uint32_t)cf->cf_max_inflight);
 	/* In flight on every connection, and as many again waiting. */
 	mux.npool = 2 * cf->cf_nup * cf->cf_connections * cf->cf_max_inflight;
 	if ((mux.pool = calloc((size_t)mux.npool, sizeof(struct pq))) == NULL)
@@ -243,12 +238,8 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 	TAILQ_INIT(&mux.deadlines);
 	TAILQ_INIT(&mux.stale);
 	TAILQ_INIT(&mux.dirty);
-	for (mux.kmask = 1; mux.kmask < (uint32_t)mux.npool;)
-		mux.kmask <<= 1;
-	mux.kmask--;
-	if ((mux.keys = malloc((mux.kmask + 1) * sizeof(int32_t))) == NULL)
-		fatal(EXIT_SETUP, "%s", __func__);
-	memset(mux.keys, 0xff, (mux.kmask + 1) * sizeof(int32_t));
+	mux.kmask = chain_mask((uint32_t)mux.npool);
+	mux.keys = chain_buckets(mux.kmask);
 	tls_random(&mux.kseed, sizeof(mux.kseed));
 	mux.nfree = mux.npool;
 	for (i = 0; i < mux.nup; i++)
@@ -334,8 +325,8 @@ mux_query(const struct client_ref *cr, const uint8_t *q, size_t len,
 	}
 	if (flags & (MUXQ_COALESCE | MUXQ_BACKGROUND)) {
 		pq->pq_khash = h;
-		pq->pq_knext = mux.keys[h & mux.kmask];
-		mux.keys[h & mux.kmask] = PQ_INDEX(pq);
+		CHAIN_INSERT(mux.keys, mux.kmask, h, mux.pool, pq_knext,
+		    PQ_INDEX(pq));
 		pq->pq_keyed = 1;
 	}
 	if (flags & MUXQ_BACKGROUND)
@@ -640,7 +631,7 @@ conn_close(struct conn *c, const char *why)
 		mux.nwait++;
 	}
 	c->c_inflight = 0;
-	memset(c->c_hash, 0xff, (mux.hmask + 1) * sizeof(int32_t));
+	chain_clear(c->c_hash, mux.hmask);
 	for (pq = TAILQ_FIRST(&mux.waitq); pq != NULL && n-- > 0; pq = next) {
 		next = TAILQ_NEXT(pq, pq_link);
 		if (pq->pq_sends >= PQ_MAX_SENDS)
@@ -928,14 +919,12 @@ static void
 pq_send(struct pq *pq, struct conn *c, int64_t now)
 {
 	uint8_t		*p;
-	uint32_t	 b;
 
 	TAILQ_REMOVE(&mux.waitq, pq, pq_link);
 	mux.nwait--;
 	pq->pq_upid = new_id(c);
-	b = pq->pq_upid & mux.hmask;
-	pq->pq_hnext = c->c_hash[b];
-	c->c_hash[b] = PQ_INDEX(pq);
+	CHAIN_INSERT(c->c_hash, mux.hmask, pq->pq_upid, mux.pool, pq_hnext,
+	    PQ_INDEX(pq));
 	TAILQ_INSERT_TAIL(&c->c_pqs, pq, pq_link);
 	pq->pq_conn = c;
 	pq->pq_sent = now;
@@ -968,7 +957,8 @@ pq_detach(struct pq *pq)
 		TAILQ_REMOVE(&pq->pq_leader->pq_followers, pq, pq_link);
 		pq->pq_leader = NULL;
 	} else if (c != NULL) {
-		hash_remove(c, pq);
+		CHAIN_UNLINK(c->c_hash, mux.hmask, pq->pq_upid, mux.pool,
+		    pq_hnext, PQ_INDEX(pq));
 		TAILQ_REMOVE(&c->c_pqs, pq, pq_link);
 		c->c_inflight--;
 		pq->pq_conn = NULL;
@@ -982,8 +972,11 @@ pq_detach(struct pq *pq)
 		TAILQ_REMOVE(&mux.stale, pq, pq_slink);
 		pq->pq_on_stale = 0;
 	}
-	if (pq->pq_keyed)
-		key_remove(pq);
+	if (pq->pq_keyed) {
+		CHAIN_UNLINK(mux.keys, mux.kmask, pq->pq_khash, mux.pool,
+		    pq_knext, PQ_INDEX(pq));
+		pq->pq_keyed = 0;
+	}
 }
 
 /*
@@ -1028,17 +1021,6 @@ key_find(const uint8_t *q, const struct dns_qinfo *qi, uint32_t h)
 			return pq;
 	}
 	return NULL;
-}
-
-static void
-key_remove(struct pq *pq)
-{
-	int32_t	*ip = &mux.keys[pq->pq_khash & mux.kmask];
-
-	while (*ip != PQ_INDEX(pq))
-		ip = &mux.pool[*ip].pq_knext;
-	*ip = pq->pq_knext;
-	pq->pq_keyed = 0;
 }
 
 /*
@@ -1123,16 +1105,6 @@ hash_find(struct conn *c, uint16_t id)
 		if (mux.pool[i].pq_upid == id)
 			return &mux.pool[i];
 	return NULL;
-}
-
-static void
-hash_remove(struct conn *c, struct pq *pq)
-{
-	int32_t	*ip = &c->c_hash[pq->pq_upid & mux.hmask];
-
-	while (*ip != PQ_INDEX(pq))
-		ip = &mux.pool[*ip].pq_hnext;
-	*ip = pq->pq_hnext;
 }
 
 /* A CSPRNG ID not in flight on c; drawn in batches to save work. */

@@ -503,15 +503,43 @@ test_hash(void)
 		i++;
 	}
 	CHECK(i == 16);
-	pq = TAILQ_FIRST(&c->c_pqs);
-	hash_remove(c, pq);
-	CHECK(hash_find(c, pq->pq_upid) == NULL);
-	CHECK(hash_find(c, TAILQ_LAST(&c->c_pqs, pqlist)->pq_upid) ==
-	    TAILQ_LAST(&c->c_pqs, pqlist));
-	/* Put it back so teardown sees a consistent table. */
-	pq->pq_hnext = c->c_hash[pq->pq_upid & mux.hmask];
-	c->c_hash[pq->pq_upid & mux.hmask] = PQ_INDEX(pq);
+	/* Answered in another order than sent, each leaves the table. */
+	while ((pq = TAILQ_LAST(&c->c_pqs, pqlist)) != NULL) {
+		uint16_t id = pq->pq_upid;
+
+		pq_detach(pq);
+		pq_free(pq);
+		CHECK(hash_find(c, id) == NULL);
+		TAILQ_FOREACH(pq, &c->c_pqs, pq_link)
+			CHECK(hash_find(c, pq->pq_upid) == pq);
+	}
 	teardown();
+}
+
+/* Index chains unlink at the head, the middle and the tail. */
+static void
+test_chain(void)
+{
+	struct { int32_t next; } el[5];
+	int32_t	*b = chain_buckets(0);	/* one bucket: every index collides */
+	int32_t	 i, order[] = { 2, 0, 4 };
+	int	 k, n;
+
+	CHECK(chain_mask(1) == 0 && chain_mask(5) == 7 && chain_mask(8) == 7);
+	for (i = 0; i < 5; i++)
+		CHAIN_INSERT(b, 0, 0, el, next, i);
+	/* The chain is 4 3 2 1 0: take a middle, the tail, the head. */
+	for (k = 0; k < 3; k++) {
+		CHAIN_UNLINK(b, 0, 0, el, next, order[k]);
+		n = 0;
+		for (i = b[0]; i >= 0; i = el[i].next) {
+			CHECK(i != order[0] && i != order[k]);
+			n++;
+		}
+		CHECK(n == 4 - k);
+	}
+	CHECK(b[0] == 3 && el[3].next == 1 && el[1].next == -1);
+	free(b);
 }
 
 int
@@ -534,6 +562,7 @@ main(void)
 	test_slow_dial();
 	test_suspend();
 	test_hash();
+	test_chain();
 	tls_shutdown();
 	ev_loop_destroy(loop);
 	return check_done("test_mux");
