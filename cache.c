@@ -57,7 +57,7 @@ static struct centry *alloc_entry(int64_t);
 static uint32_t	 answer_ttl(const uint8_t *, size_t, size_t, size_t *);
 static uint32_t	 clamp_ttl(uint32_t, uint32_t, uint32_t);
 static int	 ttls_rewrite(uint8_t *, size_t, size_t, uint32_t, uint32_t,
-		    int);
+		    uint32_t);
 static void	 answer(const struct centry *, const struct client_ref *,
 		    const uint8_t *, const struct dns_qinfo *, int64_t, int);
 
@@ -148,7 +148,8 @@ cache_store(const uint8_t *q, const struct dns_qinfo *qi,
 	memcpy(e->ce_msg, msg, opt);
 	if (opt < len)		/* OPT is hop by hop: each hit gets its own */
 		dns_put16(e->ce_msg + 10, dns_get16(msg + 10) - 1);
-	if (ttls_rewrite(e->ce_msg, opt, qi->qi_qend, ttl, 0, 1) == -1) {
+	if (ttls_rewrite(e->ce_msg, opt, qi->qi_qend, 0,
+	    (uint32_t)cache.cf->cf_min_ttl, ttl) == -1) {
 		TAILQ_INSERT_HEAD(&cache.free, e, ce_lru);
 		return NULL;
 	}
@@ -284,6 +285,8 @@ answer_ttl(const uint8_t *m, size_t len, size_t qend, size_t *opt)
 				return 0;
 			*opt = rr.rr_start;
 		} else if (i < an + ns) {
+			if (rr.rr_ttl > TTL_MAX)
+				return 0;
 			if (rr.rr_ttl < ttl)
 				ttl = rr.rr_ttl;
 			if (i >= an && rr.rr_type == DNS_TYPE_SOA &&
@@ -295,7 +298,7 @@ answer_ttl(const uint8_t *m, size_t len, size_t qend, size_t *opt)
 			}
 		}
 	}
-	if (off != len || ttl == 0 || ttl > TTL_MAX)
+	if (off != len || ttl == 0)
 		return 0;
 	/* A SOA in authority marks a negative answer, CNAME chains too. */
 	if (rcode == RCODE_NOERROR && an > 0 && soa > TTL_MAX)
@@ -315,13 +318,13 @@ clamp_ttl(uint32_t ttl, uint32_t floor, uint32_t ceiling)
 }
 
 /*
- * Sets every record's TTL.  When storing (store=1): raised to --min-ttl
- * and cut to the entry's own lifetime `ttl`.  When answering: aged by
- * `age` seconds, or set to `ttl` for a stale answer.
+ * Sets every record's TTL to its own, less `age` seconds, kept within
+ * [floor, ceiling].  Storing raises TTLs to --min-ttl and cuts them to
+ * the entry's lifetime; a hit ages them; a stale answer pins them to 30.
  */
 static int
-ttls_rewrite(uint8_t *m, size_t len, size_t qend, uint32_t ttl,
-    uint32_t age, int store)
+ttls_rewrite(uint8_t *m, size_t len, size_t qend, uint32_t age,
+    uint32_t floor, uint32_t ceiling)
 {
 	struct dns_rr	 rr;
 	size_t		 off = qend;
@@ -333,13 +336,9 @@ ttls_rewrite(uint8_t *m, size_t len, size_t qend, uint32_t ttl,
 	for (; n > 0; n--) {
 		if (dns_rr_next(m, len, &off, &rr) == -1)
 			return -1;
-		if (store) {
-			t = clamp_ttl(rr.rr_ttl > TTL_MAX ? 0 : rr.rr_ttl,
-			    (uint32_t)cache.cf->cf_min_ttl, ttl);
-		} else if (age == UINT32_MAX)
-			t = ttl;
-		else
-			t = rr.rr_ttl > age ? rr.rr_ttl - age : 0;
+		t = rr.rr_ttl > TTL_MAX || rr.rr_ttl < age ? 0 :
+		    rr.rr_ttl - age;
+		t = clamp_ttl(t, floor, ceiling);
 		dns_put16(m + rr.rr_ttloff, (uint16_t)(t >> 16));
 		dns_put16(m + rr.rr_ttloff + 2, (uint16_t)t);
 	}
@@ -360,10 +359,10 @@ answer(const struct centry *e, const struct client_ref *cr,
 	memcpy(out + DNS_HDRLEN, q + DNS_HDRLEN, e->ce_qend - DNS_HDRLEN);
 	out[2] = (uint8_t)((out[2] & ~F_RD) | (q[2] & F_RD));
 	if (stale)
-		(void)ttls_rewrite(out, len, e->ce_qend, STALE_TTL,
-		    UINT32_MAX, 0);
+		(void)ttls_rewrite(out, len, e->ce_qend, 0, STALE_TTL,
+		    STALE_TTL);
 	else
-		(void)ttls_rewrite(out, len, e->ce_qend, 0, age, 0);
+		(void)ttls_rewrite(out, len, e->ce_qend, age, 0, TTL_MAX);
 	if (qi->qi_has_opt)
 		len = dns_opt_append(out, len, qi->qi_do);
 	stats.st_answers++;

@@ -1061,6 +1061,11 @@ test_uncacheable(void)
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 0, 1);
 	NOT_CACHED(&q, &r);
 	cfg.cf_min_ttl = 0;
+	/* RFC 2181 8: a TTL with the top bit set is 0, in any record. */
+	resp_init(&r, &q, 0);
+	mb_a(&r, AN, NULL, DNS_HDRLEN, 300, 1);
+	mb_a(&r, AN, NULL, DNS_HDRLEN, 0x80000000u, 2);
+	NOT_CACHED(&q, &r);
 
 	/* OPT not last, or outside the additional section. */
 	resp_init(&r, &q, 0);
