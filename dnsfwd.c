@@ -1,7 +1,7 @@
 /*
  * dnsfwd: main, command line, the UDP and TCP listeners that clients
- * talk to, and signals.  Client queries go to mux.c; answers come back
- * through client_deliver.
+ * talk to, and signals.  Client queries go to cache.c, which answers or
+ * passes them to mux.c; answers come back through client_deliver.
  */
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -63,6 +63,12 @@ struct stats	 stats;
 static struct config	 cf;
 static struct ev_loop	*loop;
 static struct udp_listener udp[LISTEN_MAX];
+static struct {
+	struct mmsghdr	 msgs[UDP_BATCH];
+	struct iovec	 iov[UDP_BATCH];
+	union sockaddr_any from[UDP_BATCH];
+	uint8_t		 bufs[UDP_BATCH][QUERY_MAX + 1];
+} rx;
 static int		 tcp_fd[LISTEN_MAX];
 static ev_io		 tcp_io[LISTEN_MAX];
 static ev_timer		 accept_pause;
@@ -83,11 +89,13 @@ static void	parse_args(int, char **);
 static void	parse_other(int, char **);
 static void	config_defaults(void);
 static int	parse_addr(const char *, int, union sockaddr_any *);
+static socklen_t sa_len(const union sockaddr_any *);
 static void	parse_upstream(const char *, int);
 static void	parse_pin(const char *);
 static int	parse_num(const char *, const char *, int, int);
 static int	listen_on(const union sockaddr_any *, int);
 static void	udp_read_cb(struct ev_loop *, ev_io *, int);
+static void	udp_rx_init(void);
 static void	udp_queue(struct udp_listener *, const union sockaddr_any *,
 		    socklen_t, const uint8_t *, size_t);
 static void	udp_flush(struct udp_listener *);
@@ -98,7 +106,7 @@ static int	tcp_append(struct tcp_client *, const uint8_t *, size_t);
 static void	tcp_accept_cb(struct ev_loop *, ev_io *, int);
 static void	accept_enable(int);
 static void	accept_pause_cb(struct ev_loop *, ev_timer *, int);
-static void	client_open(int, int);
+static void	client_open(int);
 static void	client_close(struct tcp_client *, const char *);
 static void	client_read_cb(struct ev_loop *, ev_io *, int);
 static void	client_frames(struct tcp_client *);
@@ -380,6 +388,13 @@ parse_addr(const char *s, int defport, union sockaddr_any *sa)
 	return inet_pton(AF_INET, host, &sa->sin.sin_addr) == 1 ? 0 : -1;
 }
 
+static socklen_t
+sa_len(const union sockaddr_any *sa)
+{
+	return sa->sa.sa_family == AF_INET6 ? sizeof(sa->sin6) :
+	    sizeof(sa->sin);
+}
+
 static int
 valid_name(const char *name)
 {
@@ -419,8 +434,7 @@ parse_upstream(const char *arg, int tls)
 	}
 	if (parse_addr(addr, tls ? 853 : 53, &uc->uc_addr) == -1)
 		usage_error("%s: invalid address '%s'", flag, arg);
-	uc->uc_addrlen = uc->uc_addr.sa.sa_family == AF_INET6 ?
-	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	uc->uc_addrlen = sa_len(&uc->uc_addr);
 	uc->uc_tls = tls;
 	cf.cf_nup++;
 }
@@ -478,8 +492,6 @@ listen_on(const union sockaddr_any *sa, int type)
 {
 	char	 a[64];
 	int	 fd, one = 1;
-	socklen_t len = sa->sa.sa_family == AF_INET6 ?
-	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 
 	addr_str(&sa->sa, a, sizeof(a));
 	fd = socket(sa->sa.sa_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -491,7 +503,7 @@ listen_on(const union sockaddr_any *sa, int type)
 	if (type == SOCK_STREAM)
 		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
 		    sizeof(one));
-	if (bind(fd, &sa->sa, len) == -1)
+	if (bind(fd, &sa->sa, sa_len(sa)) == -1)
 		fatal(EXIT_SETUP, "cannot bind %s %s",
 		    type == SOCK_STREAM ? "tcp" : "udp", a);
 	if (type == SOCK_STREAM && listen(fd, 128) == -1)
@@ -504,47 +516,52 @@ listen_on(const union sockaddr_any *sa, int type)
 static void
 udp_read_cb(struct ev_loop *l, ev_io *w, int revents)
 {
-	static uint8_t		 bufs[UDP_BATCH][QUERY_MAX + 1];
-	static union sockaddr_any from[UDP_BATCH];
 	struct udp_listener	*ul = (struct udp_listener *)
 				    ((char *)w - offsetof(struct udp_listener, ul_io));
-	struct mmsghdr		 msgs[UDP_BATCH];
-	struct iovec		 iov[UDP_BATCH];
 	struct client_ref	 cr;
 	struct dns_qinfo	 qi;
 	int			 i, n;
 
 	(void)l;
 	(void)revents;
-	memset(msgs, 0, sizeof(msgs));
-	memset(&cr, 0, sizeof(cr));
-	for (i = 0; i < UDP_BATCH; i++) {
-		iov[i].iov_base = bufs[i];
-		iov[i].iov_len = sizeof(bufs[i]);
-		msgs[i].msg_hdr.msg_iov = &iov[i];
-		msgs[i].msg_hdr.msg_iovlen = 1;
-		msgs[i].msg_hdr.msg_name = &from[i];
-		msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
-	}
-	n = recvmmsg(ul->ul_fd, msgs, UDP_BATCH, MSG_DONTWAIT, NULL);
+	n = recvmmsg(ul->ul_fd, rx.msgs, UDP_BATCH, MSG_DONTWAIT, NULL);
 	if (n == -1) {
 		if (errno != EAGAIN && errno != EINTR)
 			log_debug("udp recvmmsg: %s", strerror(errno));
 		return;
 	}
+	memset(&cr, 0, sizeof(cr));
 	cr.cr_kind = CLIENT_UDP;
 	cr.cr_listener = (uint16_t)(ul - udp);
 	for (i = 0; i < n; i++) {
-		size_t len = msgs[i].msg_len;
+		size_t len = rx.msgs[i].msg_len;
 
-		if (len > QUERY_MAX || dns_parse_query(bufs[i], len, &qi)) {
+		cr.cr_addr = rx.from[i];
+		cr.cr_addrlen = rx.msgs[i].msg_hdr.msg_namelen;
+		/* recvmmsg shrank it to the address it wrote. */
+		rx.msgs[i].msg_hdr.msg_namelen = sizeof(rx.from[i]);
+		if (len > QUERY_MAX || dns_parse_query(rx.bufs[i], len, &qi)) {
 			stats.st_drops++;
 			continue;
 		}
 		stats.st_queries++;
-		memcpy(&cr.cr_addr, &from[i], sizeof(cr.cr_addr));
-		cr.cr_addrlen = msgs[i].msg_hdr.msg_namelen;
-		cache_query(&cr, bufs[i], len, &qi);
+		cache_query(&cr, rx.bufs[i], len, &qi);
+	}
+}
+
+/* The receive batch shared by every UDP listener, set up once. */
+static void
+udp_rx_init(void)
+{
+	int	 i;
+
+	for (i = 0; i < UDP_BATCH; i++) {
+		rx.iov[i].iov_base = rx.bufs[i];
+		rx.iov[i].iov_len = sizeof(rx.bufs[i]);
+		rx.msgs[i].msg_hdr.msg_iov = &rx.iov[i];
+		rx.msgs[i].msg_hdr.msg_iovlen = 1;
+		rx.msgs[i].msg_hdr.msg_name = &rx.from[i];
+		rx.msgs[i].msg_hdr.msg_namelen = sizeof(rx.from[i]);
 	}
 }
 
@@ -694,7 +711,7 @@ tcp_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 		}
 		return;
 	}
-	client_open(fd, (int)(w - tcp_io));
+	client_open(fd);
 }
 
 static void
@@ -721,12 +738,11 @@ accept_pause_cb(struct ev_loop *l, ev_timer *w, int revents)
 }
 
 static void
-client_open(int fd, int listener)
+client_open(int fd)
 {
 	struct tcp_client	*c;
 	int			 i, one = 1;
 
-	(void)listener;
 	for (i = 0; i < TCP_CLIENTS_MAX && clients[i] != NULL; i++)
 		;
 	if ((c = calloc(1, sizeof(*c))) == NULL) {
@@ -963,6 +979,7 @@ setup_listeners(void)
 {
 	int	 i;
 
+	udp_rx_init();
 	for (i = 0; i < cf.cf_nudp; i++) {
 		udp[i].ul_fd = listen_on(&cf.cf_udp[i], SOCK_DGRAM);
 		udp[i].ul_buf = malloc(UDP_BATCH * sizeof(*udp[i].ul_buf));

@@ -266,8 +266,12 @@ size_t	dns_truncate(uint8_t *out, size_t cap, const uint8_t *reply,
  */
 size_t	dns_servfail(uint8_t *out, size_t cap, const uint8_t *query,
 	    const struct dns_qinfo *qi, uint16_t ede, const char *text);
-/* Two client queries with equal keys may share one upstream answer. */
+/* Equal questions (ending at the same offset): name case-insensitively. */
 int	dns_question_equal(const uint8_t *, const uint8_t *, size_t);
+/*
+ * Two client queries that dns_query_same calls equal may share one
+ * upstream answer; dns_query_hash, seeded, is their hash.
+ */
 uint32_t dns_query_hash(const uint8_t *, const struct dns_qinfo *, uint32_t);
 int	dns_query_same(const uint8_t *, const struct dns_qinfo *,
 	    const uint8_t *, const struct dns_qinfo *);

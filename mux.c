@@ -497,6 +497,7 @@ conn_dial(struct upstream *up, int64_t now)
 {
 	const struct upstream_cfg *uc = up->up_cfg;
 	struct conn	*c = idle_conn(up);
+	char		 why[80];
 	int		 fd, one = 1;
 
 	if (up->up_fails > 0)	/* one probe per backoff period */
@@ -504,8 +505,8 @@ conn_dial(struct upstream *up, int64_t now)
 	fd = socket(uc->uc_addr.sa.sa_family,
 	    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd == -1) {
-		log_warn("%s: socket", up->up_label);
-		upstream_failed(up, strerror(errno), now);
+		snprintf(why, sizeof(why), "socket: %s", strerror(errno));
+		upstream_failed(up, why, now);
 		return -1;
 	}
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -741,7 +742,7 @@ conn_input(struct conn *c, int64_t now)
 		if (n > 0) {
 			c->c_inlen += (size_t)n;
 			c->c_reads++;
-					if (conn_frames(c, now) == -1)
+			if (conn_frames(c, now) == -1)
 				return;
 			continue;
 		}
@@ -756,7 +757,6 @@ conn_input(struct conn *c, int64_t now)
 		dispatch(now);
 		return;
 	}
-	conn_idle_check(c);
 	dispatch(now);
 }
 
@@ -793,7 +793,7 @@ conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 	struct pq	*pq, *f;
 	int64_t		 rtt;
 
-	if (len < DNS_HDRLEN || (msg[2] & 0x80) == 0) {
+	if (len < DNS_HDRLEN || (msg[2] & F_QR) == 0) {
 		stats.st_bad_replies++;
 		log_ratelimited(&up->up_warned, "%s: not a DNS response, "
 		    "closing the connection", up->up_label);
