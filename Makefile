@@ -26,7 +26,8 @@ SAN =		-fsanitize=address,undefined -fno-omit-frame-pointer \
 		-fno-sanitize-recover=undefined
 PY =		/usr/bin/python3
 
-SRCS =		dnsfwd.c mux.c cache.c tls.c dns.c log.c
+SRCS =		dnsfwd.c options.c listen.c query.c mux.c cache.c tls.c dns.c \
+		log.c util.c
 HDRS =		dnsfwd.h
 # mbedTLS 3.6 from Debian 13, unpacked here by tests/mbedtls3.sh.
 M3 =		build/mbedtls3
@@ -58,16 +59,29 @@ dnsfwd-mbedtls3: $(SRCS) $(HDRS) $(M3)/.done
 	    -L$(M3LIB) -Wl,--disable-new-dtags -Wl,-rpath,$(abspath $(M3LIB)) \
 	    $(LIBS)
 
-tests/test_dns: tests/test_dns.c dns.c $(HDRS)
-	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_dns.c dns.c
+tests/test_dns: tests/test_dns.c dns.c util.c log.c $(HDRS)
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_dns.c dns.c \
+	    util.c log.c
 
-tests/test_mux: tests/test_mux.c tests/check.h $(SRCS) $(HDRS)
+tests/test_mux: tests/test_mux.c tests/check.h mux.c dns.c log.c util.c \
+	    tls.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_mux.c dns.c \
-	    log.c tls.c cache.c $(LIBS)
+	    log.c util.c tls.c $(LIBS)
 
-tests/test_cache: tests/test_cache.c tests/check.h cache.c dns.c log.c tls.c $(HDRS)
+tests/test_cache: tests/test_cache.c tests/check.h cache.c dns.c log.c \
+	    util.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_cache.c dns.c \
-	    log.c tls.c $(LIBS)
+	    log.c util.c
+
+tests/test_query: tests/test_query.c tests/check.h query.c cache.c dns.c \
+	    log.c util.c $(HDRS)
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_query.c cache.c \
+	    dns.c log.c util.c $(LIBS)
+
+tests/test_options: tests/test_options.c tests/check.h options.c log.c \
+	    util.c $(HDRS) dnsfwd.8
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_options.c log.c \
+	    util.c $(LIBS)
 
 # Installs the Debian packages named in PKGS that are missing.
 deps-install:
@@ -91,7 +105,8 @@ deps:
 deps-run:
 	@$(MAKE) -s deps-install PKGS="$(DEBS)"
 
-UNIT =		tests/test_dns tests/test_mux tests/test_cache
+UNIT =		tests/test_dns tests/test_mux tests/test_cache tests/test_query \
+		tests/test_options
 VARIANTS =	dnsfwd dnsfwd-asan dnsfwd-mbedtls3
 
 check: deps

@@ -18,15 +18,22 @@
 #define DNS_RRFIXED	10	/* TYPE, CLASS, TTL, RDLENGTH */
 #define OPT_LEN		11	/* root owner plus the fixed part */
 #define EDE_FIXED	6	/* OPTION-CODE, OPTION-LENGTH, INFO-CODE */
+#define OPTHDR_LEN	4	/* OPTION-CODE, OPTION-LENGTH */
+#define ECS_MIN		4	/* FAMILY, SOURCE and SCOPE PREFIX-LENGTH */
+/* rr_skip's verdict on an OPT of a version other than 0. */
+#define BADVERS_SEEN	(-2)
 
 static int	name_skip(const uint8_t *, size_t, size_t *, int);
 static int	name_equal(const uint8_t *, const uint8_t *, size_t);
 static uint8_t	ascii_lower(uint8_t);
 static int	rr_skip(const uint8_t *, size_t, size_t *, struct dns_qinfo *);
-static int	opt_note(const uint8_t *, size_t, struct dns_qinfo *);
-static size_t	question_end(const uint8_t *, size_t);
+static int	opt_note(const uint8_t *, size_t, size_t, struct dns_qinfo *);
+static int	opt_options(const uint8_t *, size_t, size_t,
+		    struct dns_qinfo *);
 static void	counts_put(uint8_t *, uint16_t, uint16_t);
 static uint8_t	*opt_put(uint8_t *, uint8_t, uint16_t);
+static size_t	opt_append(uint8_t *, size_t, size_t, uint8_t, int,
+		    const char *);
 
 int
 dns_parse_query(const uint8_t *msg, size_t len, struct dns_qinfo *qi)
@@ -34,25 +41,55 @@ dns_parse_query(const uint8_t *msg, size_t len, struct dns_qinfo *qi)
 	struct dns_qinfo q;
 	size_t		 off;
 	unsigned int	 ar;
+	int		 badvers = 0, rv;
 
-	if (len < DNS_HDRLEN || (msg[2] & (F_QR | F_OPCODE)) != 0 ||
-	    dns_get16(msg + 4) != 1 || dns_get16(msg + 6) != 0 ||
-	    dns_get16(msg + 8) != 0)
+	if (len < DNS_HDRLEN || (msg[2] & F_QR) != 0)
 		return -1;
-	if ((off = question_end(msg, len)) == 0)
-		return -1;
+	if ((msg[2] & F_OPCODE) != 0)
+		return RCODE_NOTIMP;
+	if (dns_get16(msg + 4) != 1 || dns_get16(msg + 6) != 0 ||
+	    dns_get16(msg + 8) != 0 || (off = dns_question_end(msg, len)) == 0)
+		return RCODE_FORMERR;
 	memset(&q, 0, sizeof(q));
 	q.qi_qend = off;
 	q.qi_qtype = dns_get16(msg + off - DNS_QTAIL);
 	q.qi_qclass = dns_get16(msg + off - DNS_QTAIL + 2);
-	for (ar = dns_get16(msg + 10); ar > 0; ar--)
-		if (rr_skip(msg, len, &off, &q) == -1)
-			return -1;
+	for (ar = dns_get16(msg + 10); ar > 0; ar--) {
+		if ((rv = rr_skip(msg, len, &off, &q)) == -1)
+			return RCODE_FORMERR;
+		badvers |= rv == BADVERS_SEEN;
+	}
 	/* Bytes no count accounts for are a smuggling vector: refuse them. */
 	if (off != len)
-		return -1;
+		return RCODE_FORMERR;
+	if (badvers)
+		return RCODE_BADVERS;
 	*qi = q;
 	return 0;
+}
+
+size_t
+dns_error(uint8_t *out, size_t cap, const uint8_t *q, size_t len, int rcode)
+{
+	size_t	 qend = 0;
+
+	if (len < DNS_HDRLEN || cap < DNS_HDRLEN + OPT_LEN)
+		return 0;
+	if (dns_get16(q + 4) == 1 && (q[2] & F_OPCODE) == 0)
+		qend = dns_question_end(q, len);
+	if (qend == 0)
+		qend = DNS_HDRLEN;
+	if (qend + OPT_LEN > cap)
+		return 0;
+	memcpy(out, q, qend);
+	out[2] = (uint8_t)(F_QR | (q[2] & (F_OPCODE | F_RD)));
+	out[3] = (uint8_t)(F_RA | (rcode & 0x0f));
+	counts_put(out, qend > DNS_HDRLEN, rcode == RCODE_BADVERS);
+	if (rcode != RCODE_BADVERS)
+		return qend;
+	opt_put(out + qend, 0, 0);
+	out[qend + 5] = (uint8_t)(rcode >> 4);	/* extended RCODE */
+	return qend + OPT_LEN;
 }
 
 int
@@ -68,7 +105,7 @@ dns_reply_matches(const uint8_t *reply, size_t rlen, const uint8_t *query,
 	 * Equal question lengths mean every query offset read below lies
 	 * before qend, whatever the query holds.
 	 */
-	if ((end = question_end(reply, rlen)) == 0 || end != qend)
+	if ((end = dns_question_end(reply, rlen)) == 0 || end != qend)
 		return 0;
 	return dns_question_equal(reply, query, qend);
 }
@@ -83,30 +120,39 @@ dns_question_equal(const uint8_t *a, const uint8_t *b, size_t qend)
 }
 
 /*
- * Hashes what makes two queries interchangeable: the case-folded name,
- * type, class, the DO and CD bits and whether OPT was there.  The seed
- * is secret, so nobody can aim many names at one bucket.
+ * The hash covers the case-folded name, type, class, DO and CD bits and
+ * the ECS option when kept.  The seed is secret, so nobody can aim many
+ * names at one bucket.
  */
-uint32_t
-dns_query_hash(const uint8_t *q, const struct dns_qinfo *qi, uint32_t seed)
+void
+dns_key(struct qkey *k, const uint8_t *q, const struct dns_qinfo *qi,
+    int keep_ecs, uint32_t seed)
 {
 	uint32_t h = seed ^ 2166136261u;
 	size_t	 i;
 
-	for (i = DNS_HDRLEN; i < qi->qi_qend; i++)
+	k->k_msg = q;
+	k->k_qend = qi->qi_qend;
+	k->k_do = qi->qi_do;
+	k->k_cd = (q[3] & F_CD) != 0;
+	k->k_ecs = keep_ecs && qi->qi_ecsoff ? q + qi->qi_ecsoff : NULL;
+	k->k_ecslen = k->k_ecs ? qi->qi_ecslen : 0;
+	for (i = DNS_HDRLEN; i < k->k_qend; i++)
 		h = (h ^ ascii_lower(q[i])) * 16777619u;
-	h = (h ^ (uint32_t)(qi->qi_do | qi->qi_has_opt << 1)) * 16777619u;
-	return (h ^ (q[3] & F_CD)) * 16777619u;
+	h = (h ^ (uint32_t)(k->k_do | k->k_cd << 1)) * 16777619u;
+	for (i = 0; i < k->k_ecslen; i++)
+		h = (h ^ k->k_ecs[i]) * 16777619u;
+	k->k_hash = (h ^ k->k_ecslen) * 16777619u;
 }
 
 int
-dns_query_same(const uint8_t *a, const struct dns_qinfo *qa,
-    const uint8_t *b, const struct dns_qinfo *qb)
+dns_key_same(const struct qkey *a, const struct qkey *b)
 {
-	return qa->qi_qend == qb->qi_qend && qa->qi_do == qb->qi_do &&
-	    qa->qi_has_opt == qb->qi_has_opt &&
-	    (a[3] & F_CD) == (b[3] & F_CD) &&
-	    dns_question_equal(a, b, qa->qi_qend);
+	return a->k_hash == b->k_hash && a->k_qend == b->k_qend &&
+	    a->k_do == b->k_do && a->k_cd == b->k_cd &&
+	    a->k_ecslen == b->k_ecslen &&
+	    (a->k_ecslen == 0 || memcmp(a->k_ecs, b->k_ecs, a->k_ecslen) == 0) &&
+	    dns_question_equal(a->k_msg, b->k_msg, a->k_qend);
 }
 
 /*
@@ -139,7 +185,7 @@ dns_truncate(uint8_t *out, size_t cap, const uint8_t *reply, size_t rlen,
 {
 	size_t	qlen, need;
 
-	if (rlen < DNS_HDRLEN || (qlen = question_end(reply, rlen)) == 0)
+	if (rlen < DNS_HDRLEN || (qlen = dns_question_end(reply, rlen)) == 0)
 		return 0;
 	need = qlen + (add_opt ? OPT_LEN : 0);
 	if (need > cap)
@@ -156,46 +202,106 @@ size_t
 dns_servfail(uint8_t *out, size_t cap, const uint8_t *query,
     const struct dns_qinfo *qi, uint16_t ede, const char *text)
 {
-	size_t	 tlen, need, qend = qi->qi_qend;
-	uint8_t	*p;
+	size_t	 qend = qi->qi_qend;
 
-	if (text == NULL)
-		text = "";
-	tlen = strlen(text);
-	if (qend < DNS_HDRLEN || tlen > UINT16_MAX - EDE_FIXED)
-		return 0;
-	need = qend + (qi->qi_has_opt ? OPT_LEN + EDE_FIXED + tlen : 0);
-	if (need > cap)
+	if (qend < DNS_HDRLEN || qend > cap)
 		return 0;
 	memcpy(out, query, qend);
 	out[2] = F_QR | (query[2] & F_RD);
 	out[3] = F_RA | RCODE_SERVFAIL;
-	counts_put(out, 1, qi->qi_has_opt ? 1 : 0);
+	counts_put(out, 1, 0);
 	if (!qi->qi_has_opt)
-		return need;
-	p = opt_put(out + qend, qi->qi_do ? F_DO : 0,
-	    (uint16_t)(EDE_FIXED + tlen));
-	dns_put16(p, DNS_OPT_EDE);
-	dns_put16(p + 2, (uint16_t)(2 + tlen));
-	dns_put16(p + 4, ede);
-	memcpy(p + 6, text, tlen);
-	return need;
+		return qend;
+	return opt_append(out, qend, cap, qi->qi_do ? F_DO : 0, ede,
+	    text ? text : "");
 }
 
 size_t
-dns_opt_append(uint8_t *msg, size_t len, int do_bit)
+dns_upstream_query(uint8_t *out, size_t cap, const struct qkey *k)
 {
-	opt_put(msg + len, do_bit ? F_DO : 0, 0);
-	dns_put16(msg + 10, (uint16_t)(dns_get16(msg + 10) + 1));
-	return len + OPT_LEN;
+	size_t	 rdlen = k->k_ecslen ? OPTHDR_LEN + k->k_ecslen : 0;
+	uint8_t	*p;
+
+	if (k->k_qend + OPT_LEN + rdlen > cap)
+		return 0;
+	memset(out, 0, DNS_HDRLEN);
+	out[2] = F_RD;
+	out[3] = k->k_cd ? F_CD : 0;
+	counts_put(out, 1, 1);
+	memcpy(out + DNS_HDRLEN, k->k_msg + DNS_HDRLEN,
+	    k->k_qend - DNS_HDRLEN);
+	p = opt_put(out + k->k_qend, k->k_do ? F_DO : 0, (uint16_t)rdlen);
+	if (rdlen > 0) {
+		dns_put16(p, DNS_OPT_ECS);
+		dns_put16(p + 2, k->k_ecslen);
+		memcpy(p + OPTHDR_LEN, k->k_ecs, k->k_ecslen);
+	}
+	return k->k_qend + OPT_LEN + rdlen;
 }
 
-/*
- * Returns the offset just past the question at DNS_HDRLEN, or 0 when it
- * is compressed, malformed or cut short.
- */
+size_t
+dns_strip_opt(uint8_t *msg, size_t len, size_t qend)
+{
+	struct dns_rr	 rr;
+	size_t		 off = qend;
+	unsigned int	 i, n, ar;
+
+	ar = dns_get16(msg + 10);
+	n = (unsigned int)dns_get16(msg + 6) + dns_get16(msg + 8) + ar;
+	for (i = 0; i < n; i++) {
+		if (dns_rr_next(msg, len, &off, &rr) == -1)
+			return 0;
+		if (rr.rr_type != DNS_TYPE_OPT || i < n - ar)
+			continue;
+		/* An extended RCODE means nothing to a client without OPT. */
+		if (msg[rr.rr_ttloff] != 0)
+			return 0;
+		/* What follows may point into it: drop the rest too. */
+		dns_put16(msg + 10, (uint16_t)(ar - (n - i)));
+		return rr.rr_start;
+	}
+	return off;
+}
+
+size_t
+dns_finish(uint8_t *out, size_t len, size_t cap, const uint8_t *q,
+    const struct dns_qinfo *qi, int ede, const char *text)
+{
+	if (len < qi->qi_qend)
+		return 0;
+	memcpy(out, q, 2);
+	memcpy(out + DNS_HDRLEN, q + DNS_HDRLEN, qi->qi_qend - DNS_HDRLEN);
+	out[2] = (uint8_t)((out[2] & ~F_RD) | (q[2] & F_RD));
+	if (!qi->qi_has_opt)
+		return len;
+	return opt_append(out, len, cap, qi->qi_do ? F_DO : 0, ede, text);
+}
+
+/* Appends an OPT, with an EDE option unless ede is EDE_NONE; 0: no room. */
 static size_t
-question_end(const uint8_t *msg, size_t len)
+opt_append(uint8_t *msg, size_t len, size_t cap, uint8_t flags, int ede,
+    const char *text)
+{
+	size_t	 tlen = ede == EDE_NONE ? 0 : strlen(text);
+	size_t	 rdlen = ede == EDE_NONE ? 0 : EDE_FIXED + tlen;
+	uint8_t	*p;
+
+	if (len + OPT_LEN + rdlen > cap || rdlen > UINT16_MAX)
+		return 0;
+	p = opt_put(msg + len, flags, (uint16_t)rdlen);
+	if (rdlen > 0) {
+		dns_put16(p, DNS_OPT_EDE);
+		dns_put16(p + 2, (uint16_t)(2 + tlen));
+		dns_put16(p + 4, (uint16_t)ede);
+		memcpy(p + 6, text, tlen);
+	}
+	dns_put16(msg + 10, (uint16_t)(dns_get16(msg + 10) + 1));
+	return len + OPT_LEN + rdlen;
+}
+
+/* The question at DNS_HDRLEN may be neither compressed nor cut short. */
+size_t
+dns_question_end(const uint8_t *msg, size_t len)
 {
 	size_t	off = DNS_HDRLEN;
 
@@ -269,11 +375,15 @@ ascii_lower(uint8_t c)
 	return c >= 'A' && c <= 'Z' ? (uint8_t)(c - 'A' + 'a') : c;
 }
 
-/* Steps *off past one resource record, noting an OPT in qi. */
+/*
+ * Steps *off past one resource record, noting an OPT in qi; -1 when it
+ * is malformed, BADVERS_SEEN for an OPT of a version we do not speak.
+ */
 static int
 rr_skip(const uint8_t *msg, size_t len, size_t *off, struct dns_qinfo *qi)
 {
 	size_t	start = *off, rdlen;
+	int	rv = 0;
 
 	if (name_skip(msg, len, off, 1) == -1 || len - *off < DNS_RRFIXED)
 		return -1;
@@ -281,20 +391,21 @@ rr_skip(const uint8_t *msg, size_t len, size_t *off, struct dns_qinfo *qi)
 	if (len - *off - DNS_RRFIXED < rdlen)
 		return -1;
 	if (dns_get16(msg + *off) == DNS_TYPE_OPT &&
-	    opt_note(msg + *off, *off - start, qi) == -1)
+	    (rv = opt_note(msg, *off, *off - start, qi)) == -1)
 		return -1;
 	*off += DNS_RRFIXED + rdlen;
-	return 0;
+	return rv;
 }
 
 /*
- * rr points at the fixed part of an OPT whose owner took namelen bytes.
+ * The OPT whose fixed part is at `at` and whose owner took namelen bytes.
  * RFC 6891 6.1.1: at most one, owned by the root, which is one zero byte.
  */
 static int
-opt_note(const uint8_t *rr, size_t namelen, struct dns_qinfo *qi)
+opt_note(const uint8_t *msg, size_t at, size_t namelen, struct dns_qinfo *qi)
 {
-	uint16_t	size;
+	const uint8_t	*rr = msg + at;
+	uint16_t	 size;
 
 	if (qi->qi_has_opt || namelen != 1)
 		return -1;
@@ -303,6 +414,33 @@ opt_note(const uint8_t *rr, size_t namelen, struct dns_qinfo *qi)
 	size = dns_get16(rr + 2);
 	qi->qi_udpsize = size < 512 ? 512 : size;
 	qi->qi_do = (rr[6] & F_DO) != 0;
+	if (opt_options(msg, at + DNS_RRFIXED, dns_get16(rr + 8), qi) == -1)
+		return -1;
+	return rr[5] != 0 ? BADVERS_SEEN : 0;
+}
+
+/* The options must tile the rdata exactly; a kept ECS must be sane. */
+static int
+opt_options(const uint8_t *msg, size_t off, size_t rdlen,
+    struct dns_qinfo *qi)
+{
+	size_t	 end = off + rdlen, olen;
+
+	while (off < end) {
+		if (end - off < OPTHDR_LEN)
+			return -1;
+		olen = dns_get16(msg + off + 2);
+		if (end - off - OPTHDR_LEN < olen)
+			return -1;
+		if (dns_get16(msg + off) == DNS_OPT_ECS) {
+			if (qi->qi_ecsoff != 0 || olen < ECS_MIN ||
+			    olen > ECS_MAX)
+				return -1;
+			qi->qi_ecsoff = (uint16_t)(off + OPTHDR_LEN);
+			qi->qi_ecslen = (uint8_t)olen;
+		}
+		off += OPTHDR_LEN + olen;
+	}
 	return 0;
 }
 

@@ -20,10 +20,22 @@
 
 #define DNS_HDRLEN	12
 #define DNS_MAXMSG	65535
-/* Largest client query we forward: the EDNS payload size of DNS Flag Day 2020. */
+/* Largest client query we accept: the EDNS payload size of DNS Flag Day 2020. */
 #define QUERY_MAX	1232
-/* Payload size we advertise in OPT records we write ourselves. */
+/*
+ * Payload size we advertise in OPT records we write ourselves, and the
+ * most we ever send in one UDP answer whatever the client advertises
+ * (DNS Flag Day 2020), so dnsfwd cannot be used to amplify.
+ */
 #define EDNS_PAYLOAD	1232
+/* Header and question of the longest name: what a client query keeps. */
+#define QHEAD_MAX	(DNS_HDRLEN + 255 + 4)
+/* Largest message we send upstream: header, question, our OPT, padding. */
+#define UPQUERY_MAX	512
+/* EDNS Client Subnet option data (RFC 7871): family, two prefixes, address. */
+#define ECS_MAX		20
+/* Client queries waiting per upstream request slot, on average. */
+#define CLIENTS_PER_SLOT 2
 /* Datagrams handled per recvmmsg/sendmmsg call. */
 #define UDP_BATCH	32
 /* Client TCP connections served at once; accept stops beyond this. */
@@ -49,12 +61,16 @@
 #define EXIT_SETUP	1	/* bind failed, CA file unreadable, ... */
 #define EXIT_USAGE	2	/* bad command line */
 
-/* Extended DNS Error codes (RFC 8914) we put in our own SERVFAILs. */
+/* Extended DNS Error codes (RFC 8914) we put in answers we make. */
+#define EDE_OTHER	0
+#define EDE_STALE_ANSWER 3
 #define EDE_NO_REACHABLE_AUTHORITY 22
 #define EDE_NETWORK_ERROR	23
+#define EDE_NONE	(-1)
 
 #define DNS_TYPE_SOA	6
 #define DNS_TYPE_OPT	41
+#define DNS_OPT_ECS	8
 #define DNS_OPT_EDE	15
 
 /* Header flag bits: QR, OPCODE, TC and RD in byte 2, RA and CD in byte 3. */
@@ -65,9 +81,12 @@
 #define F_RA		0x80
 #define F_CD		0x10
 #define RCODE_NOERROR	0
+#define RCODE_FORMERR	1
 #define RCODE_SERVFAIL	2
 #define RCODE_NXDOMAIN	3
+#define RCODE_NOTIMP	4
 #define RCODE_REFUSED	5
+#define RCODE_BADVERS	16	/* extended: needs OPT (RFC 6891 6.1.3) */
 
 /* What dns_parse_query learnt about a well-formed query. */
 struct dns_qinfo {
@@ -77,6 +96,24 @@ struct dns_qinfo {
 	uint16_t	qi_udpsize;	/* client's EDNS payload size, 0 without OPT */
 	uint8_t		qi_has_opt;
 	uint8_t		qi_do;		/* DNSSEC OK bit of the OPT record */
+	uint16_t	qi_ecsoff;	/* ECS option data in the query, or 0 */
+	uint8_t		qi_ecslen;
+};
+
+/*
+ * What makes two queries interchangeable, so that they may share one
+ * upstream answer (in flight or cached): the case-folded question, the
+ * DO and CD bits, and the ECS option when --keep-ecs forwards it.  RD is
+ * not part of it because every query goes upstream with RD=1.
+ */
+struct qkey {
+	const uint8_t	*k_msg;		/* header and question */
+	size_t		 k_qend;
+	const uint8_t	*k_ecs;		/* ECS option data when kept */
+	uint8_t		 k_ecslen;
+	uint8_t		 k_do;
+	uint8_t		 k_cd;
+	uint32_t	 k_hash;
 };
 
 /* Process-wide counters, reported on SIGUSR1. */
@@ -84,10 +121,14 @@ struct stats {
 	uint64_t	st_queries;	/* well-formed client queries */
 	uint64_t	st_answers;	/* answers delivered, cached or not */
 	uint64_t	st_servfails;	/* SERVFAILs we made ourselves */
-	uint64_t	st_drops;	/* malformed client input dropped */
+	uint64_t	st_drops;	/* client input that is not a query */
+	uint64_t	st_formerr;	/* queries answered FORMERR */
+	uint64_t	st_notimp;	/* opcodes other than QUERY */
+	uint64_t	st_badvers;	/* EDNS versions other than 0 */
 	uint64_t	st_bad_replies;	/* upstream replies that matched nothing */
 	uint64_t	st_reconnects;	/* upstream connections opened */
 	uint64_t	st_overload;	/* queries refused: pending table full */
+	uint64_t	st_tcp_aborts;	/* TCP clients cut off for not reading */
 	uint64_t	st_cache_hits;
 	uint64_t	st_cache_misses;
 	uint64_t	st_cache_evictions;	/* live entries pushed out */
@@ -99,8 +140,10 @@ extern struct stats stats;
 /*
  * Who asked a query, by value: the reply path looks a TCP client up by
  * slot and generation, so a client that went away only loses its answer.
+ * A UDP query to a wildcard listener also keeps the address it was sent
+ * to, so that the answer comes from that address.
  */
-enum client_kind { CLIENT_UDP, CLIENT_TCP, CLIENT_NONE };
+enum client_kind { CLIENT_UDP, CLIENT_TCP };
 union sockaddr_any {
 	struct sockaddr		sa;
 	struct sockaddr_in	sin;
@@ -108,9 +151,12 @@ union sockaddr_any {
 };
 struct client_ref {
 	uint8_t		cr_kind;
+	uint8_t		cr_has_local;	/* UDP: cr_local is set */
 	uint16_t	cr_listener;	/* UDP: index of the listening socket */
 	uint32_t	cr_slot;	/* TCP: client slot */
 	uint32_t	cr_gen;		/* TCP: generation of that slot */
+	uint32_t	cr_ifindex;	/* UDP: interface it arrived on */
+	struct in6_addr	cr_local;	/* UDP: where it was sent (v4: first 4) */
 	union sockaddr_any cr_addr;	/* UDP: where the query came from */
 	socklen_t	cr_addrlen;
 };
@@ -151,58 +197,104 @@ struct config {
 	int		cf_neg_max_ttl;
 	int		cf_serve_stale;
 	int		cf_prefetch;
+	int		cf_keep_ecs;
 	enum log_level	cf_log_level;
 };
 
-/* dnsfwd.c */
-/*
- * Hands a finished answer (already carrying the client's ID) to the
- * client that asked; msg may be modified.  Called exactly once for every
- * query given to cache_query, unless the daemon is shutting down.
- */
-void	client_deliver(const struct client_ref *, uint8_t *, size_t,
+/* options.c */
+/* Fills cf from the command line; usage errors exit EXIT_USAGE. */
+void	options_parse(int, char **, struct config *);
+void	options_free(struct config *);
+
+/* listen.c */
+struct ev_loop;
+void	listen_init(struct ev_loop *, const struct config *);
+/* Stops taking new queries; answers still go out. */
+void	listen_stop(void);
+void	listen_free(void);
+/* Hands an answer to the client that asked; msg may be modified. */
+void	listen_deliver(const struct client_ref *, uint8_t *, size_t,
 	    const struct dns_qinfo *);
+
+/* query.c */
+/*
+ * Hands a finished answer (carrying the client's ID) to the client that
+ * asked; msg may be modified.  Called exactly once for every query that
+ * query_ask accepted, unless the daemon is shutting down.
+ */
+typedef void query_deliver_fn(const struct client_ref *, uint8_t *, size_t,
+	    const struct dns_qinfo *);
+/* loop may be NULL (unit tests): then query_tick is called by hand. */
+void	query_init(struct ev_loop *, const struct config *, query_deliver_fn *);
+/*
+ * Takes a client message read at `now`.  Returns 0 when an answer will be
+ * delivered (it may already have been), -1 when it was dropped.
+ */
+int	query_ask(const struct client_ref *, const uint8_t *, size_t, int64_t);
+/* Runs the deadlines and stale timers due; returns the next due, or 0. */
+int64_t	query_tick(int64_t);
+int	query_pending(void);
+void	query_shutdown(void);
 
 /* cache.c */
 /* Largest answer the cache keeps; each entry reserves this much. */
 #define CACHE_MSGMAX	1232
 /* Bytes per cache entry, as documented in dnsfwd.8 LIMITS. */
-#define CACHE_ENTRY_BYTES (CACHE_MSGMAX + 48)
+#define CACHE_ENTRY_BYTES (CACHE_MSGMAX + 72)
 /* How long a refresh may take before a stale entry is served instead. */
 #define STALE_WAIT_MS	1800
 /* A stale answer's TTL (RFC 8767 section 4). */
 #define STALE_TTL	30
+enum cache_state { CACHE_MISS, CACHE_FRESH, CACHE_STALE };
+struct centry;
 void	cache_init(const struct config *);
 void	cache_free(void);
 int	cache_entries(void);
-/* Answers from the cache or sends upstream; called for every query. */
-void	cache_query(const struct client_ref *, const uint8_t *, size_t,
-	    const struct dns_qinfo *);
 /*
- * Offers an upstream answer to the query q for keeping; returns the
+ * The entry for k at `now`, and in *state whether it is fresh or only
+ * stale (expired, but within --serve-stale).  Entries past that are
+ * removed.  A fresh hit becomes the most recently used.
+ */
+struct centry *cache_lookup(const struct qkey *, int64_t, enum cache_state *);
+/* True when a fresh entry is in the last tenth of its life. */
+int	cache_prefetch_due(const struct centry *, int64_t);
+/*
+ * Offers an upstream answer (without OPT) to k for keeping; returns the
  * entry made, valid until the next cache_store, or NULL.
  */
-struct centry;
-const struct centry *cache_store(const uint8_t *, const struct dns_qinfo *,
-	    const uint8_t *, size_t);
-/* Answers a client from an entry, as a hit would. */
-void	cache_answer(const struct centry *, const struct client_ref *,
-	    const uint8_t *, const struct dns_qinfo *);
-/* Answers from a stale entry; 0 when there is none to serve. */
-int	cache_stale(const struct client_ref *, const uint8_t *,
-	    const struct dns_qinfo *);
+const struct centry *cache_store(const struct qkey *, const uint8_t *,
+	    size_t, int64_t);
+/*
+ * Writes the entry into out (CACHE_MSGMAX bytes) with its TTLs aged to
+ * `now`, or pinned to STALE_TTL when stale; returns the length.
+ */
+size_t	cache_render(const struct centry *, int64_t, int, uint8_t *);
 
 /* mux.c */
-/* mux_query flags */
-#define MUXQ_COALESCE	0x01	/* share an identical query in flight */
-#define MUXQ_STALE	0x02	/* a stale answer may stand in for it */
-#define MUXQ_BACKGROUND	0x04	/* refresh only: nobody waits for it */
-struct ev_loop;
+/* How a mux_send ended. */
+enum mux_status {
+	MUX_ANSWER,		/* reply and len are the upstream's answer */
+	MUX_TIMEOUT,		/* the deadline passed */
+	MUX_UNREACHABLE,	/* every upstream is backing off */
+	MUX_FAILED		/* connections kept failing with it */
+};
+/* Called exactly once per accepted mux_send, never from within it. */
+typedef void mux_done_fn(void *, enum mux_status, uint8_t *, size_t,
+	    int64_t);
 void	mux_init(struct ev_loop *, const struct config *);
-void	mux_query(const struct client_ref *, const uint8_t *, size_t,
-	    const struct dns_qinfo *, int);
+/*
+ * Sends an opaque DNS query (its ID is replaced) to an upstream, to be
+ * answered by `deadline`.  Returns a handle for mux_extend, or -1 when
+ * too many are in flight.
+ */
+int	mux_send(const uint8_t *, size_t, int64_t, mux_done_fn *, void *,
+	    int64_t);
+/* Moves a send's deadline later. */
+void	mux_extend(int, int64_t);
 void	mux_shutdown(void);
 int	mux_inflight(void);
+/* Upstream requests the mux holds at most. */
+int	mux_capacity(void);
 
 /* tls.c */
 struct tls_upstream;
@@ -211,7 +303,6 @@ void	tls_init(void);
 int	tls_load_ca(const char *);
 void	tls_shutdown(void);
 const char *tls_strerror(int);
-void	tls_random(void *, size_t);
 struct tls_upstream *tls_upstream_new(const char *, const uint8_t (*)[32],
 	    int);
 void	tls_upstream_free(struct tls_upstream *);
@@ -237,22 +328,40 @@ __attribute__((__noreturn__)) void fatal(int, const char *, ...)
 	    __attribute__((__format__(printf, 2, 3)));
 __attribute__((__noreturn__)) void fatalx(int, const char *, ...)
 	    __attribute__((__format__(printf, 2, 3)));
+
+/* util.c */
 int64_t	now_ms(void);
+int64_t	boottime_ms(void);
+/* getrandom(2); a failure leaves no safe source of IDs, so it is fatal. */
+void	random_bytes(void *, size_t);
 const char *addr_str(const struct sockaddr *, char *, size_t);
+/* malloc that ends start-up on failure; only used before the loop runs. */
+void	*xcalloc(size_t, size_t);
 
 /* dns.c */
 /*
- * Returns 0 and fills qi when msg is a query we may forward: a header,
- * QR=0, opcode QUERY, exactly one question with a well-formed uncompressed
- * name, and a parsable additional section (OPT found there).  -1 otherwise.
+ * Vets a client message.  Returns 0 and fills qi when it is a query we
+ * may forward: QR=0, opcode QUERY, one well-formed uncompressed question,
+ * a parsable additional section with at most one OPT, of version 0.
+ * Otherwise the RCODE to answer with (RCODE_FORMERR, RCODE_NOTIMP,
+ * RCODE_BADVERS), or -1 when it is not even a query header: dropped.
  */
 int	dns_parse_query(const uint8_t *, size_t, struct dns_qinfo *);
+/*
+ * Writes into out the answer with that RCODE to a query dns_parse_query
+ * refused: its header and, when it parsed, its question, and for BADVERS
+ * the OPT that carries it.  Returns the length or 0.
+ */
+size_t	dns_error(uint8_t *out, size_t cap, const uint8_t *q, size_t len,
+	    int rcode);
 /*
  * Returns 1 when the reply (rlen bytes) is a response whose question
  * equals the query's: name compared case-insensitively, type and class.
  */
 int	dns_reply_matches(const uint8_t *reply, size_t rlen,
 	    const uint8_t *query, size_t qend);
+/* Offset just past the question of msg, or 0 when it is not one. */
+size_t	dns_question_end(const uint8_t *, size_t);
 /*
  * Writes into out (capacity cap) a header-and-question-only copy of reply
  * with TC=1, plus an OPT record when add_opt; returns its length or 0.
@@ -266,15 +375,32 @@ size_t	dns_truncate(uint8_t *out, size_t cap, const uint8_t *reply,
  */
 size_t	dns_servfail(uint8_t *out, size_t cap, const uint8_t *query,
 	    const struct dns_qinfo *qi, uint16_t ede, const char *text);
+/*
+ * The query dnsfwd sends upstream for k: ID 0, RD=1, the key's CD bit and
+ * question, and our own OPT (DO bit, our payload size, the ECS option
+ * when kept) and nothing of the client's.  Returns the length or 0.
+ */
+size_t	dns_upstream_query(uint8_t *out, size_t cap, const struct qkey *);
+/*
+ * Cuts the additional section of an upstream answer at its OPT, which is
+ * hop by hop (RFC 6891); returns the new length, or 0 when the answer
+ * cannot be walked or its extended RCODE is not 0.
+ */
+size_t	dns_strip_opt(uint8_t *msg, size_t len, size_t qend);
+/*
+ * Makes an answer body (header counts and records, no OPT) in out the
+ * answer to this client's query: its ID, question bytes and RD bit, and
+ * an OPT of our own only when the query had one, with an Extended DNS
+ * Error when ede is not EDE_NONE.  Returns the length or 0 (no room).
+ */
+size_t	dns_finish(uint8_t *out, size_t len, size_t cap, const uint8_t *q,
+	    const struct dns_qinfo *qi, int ede, const char *text);
 /* Equal questions (ending at the same offset): name case-insensitively. */
 int	dns_question_equal(const uint8_t *, const uint8_t *, size_t);
-/*
- * Two client queries that dns_query_same calls equal may share one
- * upstream answer; dns_query_hash, seeded, is their hash.
- */
-uint32_t dns_query_hash(const uint8_t *, const struct dns_qinfo *, uint32_t);
-int	dns_query_same(const uint8_t *, const struct dns_qinfo *,
-	    const uint8_t *, const struct dns_qinfo *);
+/* Fills k for the client query q; the hash is seeded with seed. */
+void	dns_key(struct qkey *, const uint8_t *, const struct dns_qinfo *,
+	    int, uint32_t);
+int	dns_key_same(const struct qkey *, const struct qkey *);
 /* One resource record as dns_rr_next found it; offsets into the message. */
 struct dns_rr {
 	size_t		rr_start;
@@ -285,8 +411,6 @@ struct dns_rr {
 	uint16_t	rr_rdlen;
 };
 int	dns_rr_next(const uint8_t *, size_t, size_t *, struct dns_rr *);
-/* Appends our OPT record (11 bytes, caller's room) and counts it. */
-size_t	dns_opt_append(uint8_t *, size_t, int);
 /*
  * Hash chains of indices into a fixed array (the pending pool, the cache
  * table): a bucket holds the first index of its chain, each element the
@@ -312,10 +436,8 @@ chain_clear(int32_t *buckets, uint32_t mask)
 static inline int32_t *
 chain_buckets(uint32_t mask)
 {
-	int32_t *b = malloc((mask + 1) * sizeof(int32_t));
+	int32_t *b = xcalloc(mask + 1, sizeof(int32_t));
 
-	if (b == NULL)
-		fatal(EXIT_SETUP, "%s", __func__);
 	chain_clear(b, mask);
 	return b;
 }
@@ -325,12 +447,14 @@ chain_buckets(uint32_t mask)
 	(buckets)[(h) & (mask)] = (idx);				\
 } while (0)
 
+/* Unlinks idx from its chain; an index not on it is left alone. */
 #define CHAIN_UNLINK(buckets, mask, h, base, next, idx) do {		\
 	int32_t *ip_ = &(buckets)[(h) & (mask)];			\
 									\
-	while (*ip_ != (idx))						\
+	while (*ip_ >= 0 && *ip_ != (idx))				\
 		ip_ = &(base)[*ip_].next;				\
-	*ip_ = (base)[idx].next;					\
+	if (*ip_ == (idx))						\
+		*ip_ = (base)[idx].next;				\
 } while (0)
 
 static inline uint16_t

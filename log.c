@@ -4,16 +4,13 @@
  * files it correctly.  Writes never go to a socket that may need our own
  * DNS, so they cannot deadlock the daemon.
  */
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <arpa/inet.h>
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "dnsfwd.h"
@@ -145,33 +142,4 @@ fatalx(int code, const char *fmt, ...)
 	vlog(LOG_LVL_ERROR, 0, fmt, ap);
 	va_end(ap);
 	exit(code);
-}
-
-int64_t
-now_ms(void)
-{
-	struct timespec	 ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* "1.2.3.4:53" or "[::1]:53" into buf. */
-const char *
-addr_str(const struct sockaddr *sa, char *buf, size_t len)
-{
-	char	 host[INET6_ADDRSTRLEN];
-
-	if (sa->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *s6 = (const void *)sa;
-
-		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
-		snprintf(buf, len, "[%s]:%u", host, ntohs(s6->sin6_port));
-	} else {
-		const struct sockaddr_in *s4 = (const void *)sa;
-
-		inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
-		snprintf(buf, len, "%s:%u", host, ntohs(s4->sin_port));
-	}
-	return buf;
 }

@@ -1,18 +1,21 @@
 /*
- * The multiplexer: every client query becomes a pending query (pq) from a
- * fixed pool, gets an upstream ID from the CSPRNG that is unique on its
- * connection, and is pipelined over a small pool of persistent TCP or TLS
- * connections per upstream.  Replies are matched on ID and question and
- * handed back with the client's own ID.
+ * The multiplexer carries opaque DNS messages: every mux_send becomes a
+ * pending query (pq) from a fixed pool, gets an upstream ID that is
+ * unique on its connection, and is pipelined over a small pool of
+ * persistent TCP or TLS connections per upstream.  A reply is matched on
+ * ID and question, and its sender is called back with it, exactly once
+ * per send: answer, timeout, no upstream reachable or repeated failure.
+ * The mux knows no clients and no cache.
  *
- * A pq is always on exactly one of four lists through pq_link: the free
- * list, the wait queue (no connection yet), the list of the connection
- * it was written to, or the followers of an identical query in flight
- * whose answer it will share.  While in use it is also on the deadline
- * list, which is in expiry order because every query gets the same
- * timeout: one ev_timer on its head serves them all (ev.pod, "Be smart
- * about timeouts").  The stale list works the same way for queries that
- * a stale cache entry may answer after STALE_WAIT_MS.
+ * A pq is always on exactly one of three lists through pq_link: the free
+ * list, the wait queue (no connection yet), or the list of the connection
+ * it was written to.  While in use it is also on the deadline list, kept
+ * in expiry order; one ev_timer on its head serves them all (ev.pod, "Be
+ * smart about timeouts").  Deadlines almost always arrive in order, so
+ * inserting from the tail costs O(1).
+ *
+ * Completions never run inside mux_send: a new send waits for the
+ * prepare watcher, which runs before the listeners write their answers.
  */
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -35,34 +38,26 @@
 #define TLS_RECORD	16384
 /* A jump of the boot clock past the monotonic one this large is a sleep. */
 #define SUSPEND_MS	2000
-#define EDE_OTHER	0
 /* Sends of one query before a connection loss is blamed on the query. */
 #define PQ_MAX_SENDS	3
 
-/* A query on its way upstream; lives from mux_query to its answer. */
+/* A query on its way upstream; lives from mux_send to its callback. */
 struct pq {
 	TAILQ_ENTRY(pq)	 pq_link;
 	TAILQ_ENTRY(pq)	 pq_dlink;	/* deadline list, while in use */
 	struct conn	*pq_conn;	/* NULL unless written to a conn */
 	int64_t		 pq_deadline;
 	int64_t		 pq_sent;
+	uint64_t	 pq_end;	/* its conn's c_queued once framed */
 	uint32_t	 pq_reads;	/* its conn's c_reads when written */
 	int32_t		 pq_hnext;	/* next pq index in its ID bucket */
 	uint16_t	 pq_upid;
 	uint16_t	 pq_len;
-	uint8_t		 pq_flags;	/* MUXQ_* */
-	uint8_t		 pq_sends;	/* times written to a connection */
-	uint8_t		 pq_keyed;	/* a leader, in the key table */
-	uint8_t		 pq_on_stale;	/* on the stale list */
-	struct pq	*pq_leader;	/* a follower's leader */
-	TAILQ_HEAD(, pq) pq_followers;	/* a leader's followers */
-	int32_t		 pq_knext;	/* next leader in its key bucket */
-	uint32_t	 pq_khash;
-	TAILQ_ENTRY(pq)	 pq_slink;
-	int64_t		 pq_stale_at;
-	struct client_ref pq_client;	/* CLIENT_NONE: nobody waits */
-	struct dns_qinfo pq_qi;
-	uint8_t		 pq_query[QUERY_MAX];	/* with the client's ID */
+	uint16_t	 pq_qend;
+	uint8_t		 pq_sends;	/* times written out on a connection */
+	mux_done_fn	*pq_done;
+	void		*pq_arg;
+	uint8_t		 pq_query[UPQUERY_MAX];
 };
 TAILQ_HEAD(pqlist, pq);
 
@@ -88,7 +83,11 @@ struct conn {
 	size_t		 c_outlen;
 	size_t		 c_outcap;
 	size_t		 c_tlslen;	/* length of a TLS write to repeat */
+	uint64_t	 c_queued;	/* bytes framed into c_out, ever */
+	uint64_t	 c_written;	/* bytes of them written out */
 	uint32_t	 c_reads;	/* successful reads, to spot silence */
+	int		 c_write_wants_read;	/* TLS: retry the flush on EV_READ */
+	int		 c_read_wants_write;	/* TLS: retry the read on EV_WRITE */
 	int		 c_dirty;
 	int		 c_slow;	/* dialling for over half a timeout */
 	TAILQ_ENTRY(conn) c_dirtylink;
@@ -120,12 +119,8 @@ static struct {
 	struct pqlist	 free;
 	struct pqlist	 waitq;
 	struct pqlist	 deadlines;
-	struct pqlist	 stale;
-	int32_t		*keys;		/* leaders by question */
-	uint32_t	 kmask;
-	uint32_t	 kseed;
+	int		 kick;		/* sends wait for dispatch */
 	ev_timer	 deadline_timer;
-	ev_timer	 stale_timer;
 	ev_prepare	 flush_prep;
 	TAILQ_HEAD(, conn) dirty;
 	uint16_t	 ids[256];
@@ -156,31 +151,20 @@ static void	 conn_read_cb(struct ev_loop *, ev_io *, int);
 static void	 conn_write_cb(struct ev_loop *, ev_io *, int);
 static void	 conn_timer_cb(struct ev_loop *, ev_timer *, int);
 static void	 upstream_failed(struct upstream *, const char *, int64_t);
-static void	 pq_init(struct pq *, const struct client_ref *,
-		    const uint8_t *, size_t, const struct dns_qinfo *, int,
-		    int64_t);
+static void	 deadline_insert(struct pq *, int64_t, int64_t);
 static void	 pq_send(struct pq *, struct conn *, int64_t);
 static void	 pq_detach(struct pq *);
-static void	 pq_fail(struct pq *, uint16_t, const char *);
-static void	 pq_deliver(struct pq *, const struct centry *, uint8_t *,
-		    size_t);
-static struct pq *key_find(const uint8_t *, const struct dns_qinfo *,
-		    uint32_t);
-static void	 timer_arm(ev_timer *, int64_t);
-static void	 stale_cb(struct ev_loop *, ev_timer *, int);
-static void	 fail_client(const struct client_ref *, const uint8_t *,
-		    const struct dns_qinfo *, int, uint16_t, const char *);
+static void	 pq_complete(struct pq *, enum mux_status, uint8_t *, size_t,
+		    int64_t);
+static void	 timer_arm(ev_timer *, int64_t, int64_t);
 static struct pq *pq_alloc(void);
 static void	 pq_free(struct pq *);
 static struct pq *hash_find(struct conn *, uint16_t);
 static uint16_t	 new_id(struct conn *);
-static void	 fail_waiting(uint16_t, const char *);
-static void	 servfail(const struct client_ref *, const uint8_t *,
-		    const struct dns_qinfo *, uint16_t, const char *);
+static void	 fail_waiting(int64_t);
 static void	 deadline_cb(struct ev_loop *, ev_timer *, int);
 static void	 flush_cb(struct ev_loop *, ev_prepare *, int);
 static void	 check_suspend(int64_t, int64_t);
-static int64_t	 boottime_ms(void);
 
 #define PQ_INDEX(pq)	((int32_t)((pq) - mux.pool))
 #define CONN_OF(w, f)	((struct conn *)((char *)(w) - offsetof(struct conn, f)))
@@ -198,9 +182,7 @@ upstream_init(struct upstream *up, const struct upstream_cfg *uc, int idx)
 	if (uc->uc_tls)
 		up->up_tls = tls_upstream_new(uc->uc_name,
 		    (const uint8_t (*)[32])uc->uc_pins, uc->uc_npins);
-	up->up_conns = calloc((size_t)cf->cf_connections, sizeof(struct conn));
-	if (up->up_conns == NULL)
-		fatal(EXIT_SETUP, "%s", __func__);
+	up->up_conns = xcalloc((size_t)cf->cf_connections, sizeof(struct conn));
 	for (i = 0; i < cf->cf_connections; i++) {
 		struct conn *c = &up->up_conns[i];
 
@@ -208,12 +190,10 @@ upstream_init(struct upstream *up, const struct upstream_cfg *uc, int idx)
 		c->c_idx = i;
 		c->c_fd = -1;
 		TAILQ_INIT(&c->c_pqs);
-		c->c_outcap = (size_t)cf->cf_max_inflight * (QUERY_MAX + 2);
-		c->c_in = malloc(CONN_INCAP);
-		c->c_out = malloc(c->c_outcap);
+		c->c_outcap = (size_t)cf->cf_max_inflight * (UPQUERY_MAX + 2);
+		c->c_in = xcalloc(1, CONN_INCAP);
+		c->c_out = xcalloc(1, c->c_outcap);
 		c->c_hash = chain_buckets(mux.hmask);
-		if (c->c_in == NULL || c->c_out == NULL)
-			fatal(EXIT_SETUP, "%s", __func__);
 		ev_init(&c->c_rio, conn_read_cb);
 		ev_init(&c->c_wio, conn_write_cb);
 		ev_init(&c->c_timer, conn_timer_cb);
@@ -231,22 +211,18 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 	mux.hmask = chain_mask((uint32_t)cf->cf_max_inflight);
 	/* In flight on every connection, and as many again waiting. */
 	mux.npool = 2 * cf->cf_nup * cf->cf_connections * cf->cf_max_inflight;
-	if ((mux.pool = calloc((size_t)mux.npool, sizeof(struct pq))) == NULL)
-		fatal(EXIT_SETUP, "%s", __func__);
+	mux.pool = xcalloc((size_t)mux.npool, sizeof(struct pq));
 	TAILQ_INIT(&mux.free);
 	TAILQ_INIT(&mux.waitq);
 	TAILQ_INIT(&mux.deadlines);
-	TAILQ_INIT(&mux.stale);
 	TAILQ_INIT(&mux.dirty);
-	mux.kmask = chain_mask((uint32_t)mux.npool);
-	mux.keys = chain_buckets(mux.kmask);
-	tls_random(&mux.kseed, sizeof(mux.kseed));
 	mux.nfree = mux.npool;
 	for (i = 0; i < mux.nup; i++)
 		upstream_init(&mux.ups[i], &cf->cf_up[i], i);
 	ev_init(&mux.deadline_timer, deadline_cb);
-	ev_init(&mux.stale_timer, stale_cb);
 	ev_prepare_init(&mux.flush_prep, flush_cb);
+	/* Before the listeners' own prepare writes out what we answered. */
+	ev_set_priority(&mux.flush_prep, EV_MAXPRI);
 	ev_prepare_start(loop, &mux.flush_prep);
 	ev_unref(loop);		/* the flush watcher alone keeps nothing alive */
 	mux.boot_offset = boottime_ms() - now_ms();
@@ -273,11 +249,9 @@ mux_shutdown(void)
 		tls_upstream_free(up->up_tls);
 	}
 	ev_timer_stop(mux.loop, &mux.deadline_timer);
-	ev_timer_stop(mux.loop, &mux.stale_timer);
 	ev_ref(mux.loop);
 	ev_prepare_stop(mux.loop, &mux.flush_prep);
 	free(mux.pool);
-	free(mux.keys);
 	memset(&mux, 0, sizeof(mux));
 }
 
@@ -287,81 +261,71 @@ mux_inflight(void)
 	return mux.npool - mux.nfree;
 }
 
-/*
- * Takes a client query.  With MUXQ_COALESCE or MUXQ_BACKGROUND it joins
- * an identical query already in flight instead of going upstream again;
- * a background refresh that finds one has nothing left to do.
- */
-void
-mux_query(const struct client_ref *cr, const uint8_t *q, size_t len,
-    const struct dns_qinfo *qi, int flags)
+int
+mux_capacity(void)
 {
-	int64_t		 now = now_ms();
-	struct pq	*pq, *leader = NULL;
-	uint32_t	 h = 0;
-
-	check_suspend(now, boottime_ms());
-	if (flags & (MUXQ_COALESCE | MUXQ_BACKGROUND)) {
-		h = dns_query_hash(q, qi, mux.kseed);
-		leader = key_find(q, qi, h);
-		if (leader != NULL && (flags & MUXQ_BACKGROUND))
-			return;
-	}
-	if ((pq = pq_alloc()) == NULL) {
-		if (flags & MUXQ_BACKGROUND)
-			return;
-		stats.st_overload++;
-		log_ratelimited(&mux.overload_warned, "%d queries pending: "
-		    "answering SERVFAIL until some complete", mux.npool);
-		fail_client(cr, q, qi, flags, EDE_OTHER,
-		    "too many queries in flight");
-		return;
-	}
-	pq_init(pq, cr, q, len, qi, flags, now);
-	if (leader != NULL) {
-		pq->pq_leader = leader;
-		TAILQ_INSERT_TAIL(&leader->pq_followers, pq, pq_link);
-		return;
-	}
-	if (flags & (MUXQ_COALESCE | MUXQ_BACKGROUND)) {
-		pq->pq_khash = h;
-		CHAIN_INSERT(mux.keys, mux.kmask, h, mux.pool, pq_knext,
-		    PQ_INDEX(pq));
-		pq->pq_keyed = 1;
-	}
-	if (flags & MUXQ_BACKGROUND)
-		stats.st_prefetches++;
-	TAILQ_INSERT_TAIL(&mux.waitq, pq, pq_link);
-	mux.nwait++;
-	dispatch(now);
+	return mux.npool;
 }
 
-/* Fills a fresh pq and puts it on the deadline (and stale) list. */
-static void
-pq_init(struct pq *pq, const struct client_ref *cr, const uint8_t *q,
-    size_t len, const struct dns_qinfo *qi, int flags, int64_t now)
+int
+mux_send(const uint8_t *msg, size_t len, int64_t deadline,
+    mux_done_fn *done, void *arg, int64_t now)
 {
-	pq->pq_client = *cr;
-	pq->pq_qi = *qi;
-	pq->pq_len = (uint16_t)len;
-	memcpy(pq->pq_query, q, len);
-	pq->pq_conn = NULL;
-	pq->pq_leader = NULL;
-	pq->pq_keyed = 0;
-	pq->pq_flags = (uint8_t)flags;
-	pq->pq_sends = 0;
-	TAILQ_INIT(&pq->pq_followers);
-	pq->pq_deadline = now + mux.cf->cf_timeout_ms;
-	if (TAILQ_EMPTY(&mux.deadlines))
-		timer_arm(&mux.deadline_timer, pq->pq_deadline);
-	TAILQ_INSERT_TAIL(&mux.deadlines, pq, pq_dlink);
-	pq->pq_on_stale = (flags & MUXQ_STALE) != 0;
-	if (pq->pq_on_stale) {
-		pq->pq_stale_at = now + STALE_WAIT_MS;
-		if (TAILQ_EMPTY(&mux.stale))
-			timer_arm(&mux.stale_timer, pq->pq_stale_at);
-		TAILQ_INSERT_TAIL(&mux.stale, pq, pq_slink);
+	struct pq	*pq;
+	size_t		 qend;
+
+	check_suspend(now, boottime_ms());
+	if (len > sizeof(pq->pq_query) ||
+	    (qend = dns_question_end(msg, len)) == 0)
+		return -1;
+	if ((pq = pq_alloc()) == NULL) {
+		log_ratelimited(&mux.overload_warned, "%d queries pending "
+		    "upstream: refusing more until some complete", mux.npool);
+		return -1;
 	}
+	pq->pq_len = (uint16_t)len;
+	pq->pq_qend = (uint16_t)qend;
+	memcpy(pq->pq_query, msg, len);
+	pq->pq_conn = NULL;
+	pq->pq_sends = 0;
+	pq->pq_done = done;
+	pq->pq_arg = arg;
+	deadline_insert(pq, deadline, now);
+	TAILQ_INSERT_TAIL(&mux.waitq, pq, pq_link);
+	mux.nwait++;
+	mux.kick = 1;
+	return PQ_INDEX(pq);
+}
+
+void
+mux_extend(int h, int64_t deadline)
+{
+	struct pq	*pq = &mux.pool[h];
+
+	if (deadline <= pq->pq_deadline)
+		return;
+	TAILQ_REMOVE(&mux.deadlines, pq, pq_dlink);
+	/* The timer runs for the old head; finding nothing due, it re-arms. */
+	deadline_insert(pq, deadline, 0);
+}
+
+/* Keeps the deadline list in order, and its timer on the head. */
+static void
+deadline_insert(struct pq *pq, int64_t deadline, int64_t now)
+{
+	struct pq	*p;
+
+	pq->pq_deadline = deadline;
+	TAILQ_FOREACH_REVERSE(p, &mux.deadlines, pqlist, pq_dlink)
+		if (p->pq_deadline <= deadline)
+			break;
+	if (p != NULL)
+		TAILQ_INSERT_AFTER(&mux.deadlines, p, pq, pq_dlink);
+	else
+		TAILQ_INSERT_HEAD(&mux.deadlines, pq, pq_dlink);
+	/* Only a first send arms it: a later one never becomes the head. */
+	if (!ev_is_active(&mux.deadline_timer))
+		timer_arm(&mux.deadline_timer, deadline, now);
 }
 
 /*
@@ -377,8 +341,7 @@ dispatch(int64_t now)
 
 	while ((pq = TAILQ_FIRST(&mux.waitq)) != NULL) {
 		if ((up = pick_upstream(now)) == NULL) {
-			fail_waiting(EDE_NETWORK_ERROR,
-			    "no upstream reachable");
+			fail_waiting(now);
 			return;
 		}
 		if ((c = pick_conn(up)) != NULL) {
@@ -447,7 +410,7 @@ pick_conn(struct upstream *up)
 		c = &up->up_conns[i];
 		if (c->c_state != CONN_READY ||
 		    c->c_inflight >= mux.cf->cf_max_inflight ||
-		    c->c_outcap - c->c_outlen < QUERY_MAX + 2)
+		    c->c_outcap - c->c_outlen < UPQUERY_MAX + 2)
 			continue;
 		if (best == NULL || c->c_inflight < best->c_inflight)
 			best = c;
@@ -521,6 +484,8 @@ conn_dial(struct upstream *up, int64_t now)
 	c->c_state = CONN_CONNECTING;
 	c->c_slow = 0;
 	c->c_inlen = c->c_outoff = c->c_outlen = c->c_tlslen = 0;
+	c->c_queued = c->c_written = 0;
+	c->c_write_wants_read = c->c_read_wants_write = 0;
 	ev_io_set(&c->c_rio, fd, EV_READ);
 	ev_io_set(&c->c_wio, fd, EV_WRITE);
 	ev_io_start(mux.loop, &c->c_wio);
@@ -601,15 +566,17 @@ conn_ready(struct conn *c, int64_t now)
  * The one teardown of a connection: stops its watchers, says goodbye
  * over TLS when the session was up, closes the socket, and puts its
  * queries back at the head of the wait queue in their original order.
- * A query that went down with PQ_MAX_SENDS connections is likely what
- * kills them: it fails rather than take another one along.  The caller
- * decides whether to dispatch the rest.
+ * A query counts as sent only once its bytes were written out; one that
+ * went down with PQ_MAX_SENDS connections is likely what kills them: it
+ * fails rather than take another one along.  The caller decides whether
+ * to dispatch the rest.
  */
 static void
 conn_close(struct conn *c, const char *why)
 {
 	struct pq	*pq, *next;
 	int		 n = c->c_inflight;
+	int64_t		 now = 0;
 
 	log_debug("%s c%d: closed: %s", c->c_up->up_label, c->c_idx, why);
 	ev_io_stop(mux.loop, &c->c_rio);
@@ -628,6 +595,8 @@ conn_close(struct conn *c, const char *why)
 	while ((pq = TAILQ_LAST(&c->c_pqs, pqlist)) != NULL) {
 		TAILQ_REMOVE(&c->c_pqs, pq, pq_link);
 		pq->pq_conn = NULL;
+		if (pq->pq_end <= c->c_written)
+			pq->pq_sends++;
 		TAILQ_INSERT_HEAD(&mux.waitq, pq, pq_link);
 		mux.nwait++;
 	}
@@ -635,9 +604,11 @@ conn_close(struct conn *c, const char *why)
 	chain_clear(c->c_hash, mux.hmask);
 	for (pq = TAILQ_FIRST(&mux.waitq); pq != NULL && n-- > 0; pq = next) {
 		next = TAILQ_NEXT(pq, pq_link);
-		if (pq->pq_sends >= PQ_MAX_SENDS)
-			pq_fail(pq, EDE_NETWORK_ERROR,
-			    "upstream connections failed with this query");
+		if (pq->pq_sends < PQ_MAX_SENDS)
+			continue;
+		if (now == 0)
+			now = now_ms();
+		pq_complete(pq, MUX_FAILED, NULL, 0, now);
 	}
 }
 
@@ -664,7 +635,7 @@ upstream_failed(struct upstream *up, const char *why, int64_t now)
 		b = BACKOFF_MAX_MS;
 	up->up_backoff_ms = b;
 	/* Up to a quarter less, so many dnsfwd do not retry in step. */
-	tls_random(&jitter, sizeof(jitter));
+	random_bytes(&jitter, sizeof(jitter));
 	up->up_retry_at = now + b - (int64_t)(jitter % (uint32_t)(b / 4 + 1));
 	if (up->up_fails == 1)
 		up->up_warned = 0;
@@ -681,10 +652,18 @@ conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 	(void)loop;
 	(void)revents;
-	if (c->c_state == CONN_HANDSHAKE)
+	if (c->c_state == CONN_HANDSHAKE) {
 		conn_handshake(c, now);
-	else if (c->c_state == CONN_READY)
-		conn_input(c, now);
+		return;
+	}
+	if (c->c_state != CONN_READY)
+		return;
+	if (c->c_write_wants_read) {
+		conn_flush(c);
+		if (c->c_state != CONN_READY)
+			return;
+	}
+	conn_input(c, now);
 }
 
 static void
@@ -703,6 +682,12 @@ conn_write_cb(struct ev_loop *loop, ev_io *w, int revents)
 		conn_handshake(c, now);
 		break;
 	case CONN_READY:
+		if (c->c_read_wants_write) {
+			c->c_read_wants_write = 0;
+			conn_input(c, now);
+			if (c->c_state != CONN_READY)
+				break;
+		}
 		conn_flush(c);
 		break;
 	case CONN_IDLE:
@@ -749,6 +734,8 @@ conn_input(struct conn *c, int64_t now)
 		if (n == IO_WANT_READ)
 			break;
 		if (n == IO_WANT_WRITE) {
+			/* A TLS read that must write first: retry it then. */
+			c->c_read_wants_write = 1;
 			ev_io_start(mux.loop, &c->c_wio);
 			break;
 		}
@@ -789,8 +776,7 @@ static int
 conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 {
 	struct upstream	*up = c->c_up;
-	const struct centry *e;
-	struct pq	*pq, *f;
+	struct pq	*pq;
 	int64_t		 rtt;
 
 	if (len < DNS_HDRLEN || (msg[2] & F_QR) == 0) {
@@ -803,7 +789,7 @@ conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 	}
 	pq = hash_find(c, dns_get16(msg));
 	if (pq == NULL || !dns_reply_matches(msg, len, pq->pq_query,
-	    pq->pq_qi.qi_qend)) {
+	    pq->pq_qend)) {
 		stats.st_bad_replies++;
 		log_debug("%s c%d: dropped a reply matching no query",
 		    up->up_label, c->c_idx);
@@ -811,15 +797,7 @@ conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 	}
 	rtt = now - pq->pq_sent;
 	up->up_rtt8 += rtt - up->up_rtt8 / 8;
-	e = cache_store(pq->pq_query, &pq->pq_qi, msg, len);
-	pq_detach(pq);
-	pq_deliver(pq, e, msg, len);
-	while ((f = TAILQ_FIRST(&pq->pq_followers)) != NULL) {
-		pq_detach(f);
-		pq_deliver(f, e, msg, len);
-		pq_free(f);
-	}
-	pq_free(pq);
+	pq_complete(pq, MUX_ANSWER, msg, len, now);
 	return 0;
 }
 
@@ -835,7 +813,8 @@ conn_idle_check(struct conn *c)
 
 /*
  * Writes what is queued.  A TLS write that wanted to wait must be
- * repeated with the same length, so that length is remembered.
+ * repeated with the same length, so that length is remembered; it waits
+ * for whichever direction TLS asked for.
  */
 static void
 conn_flush(struct conn *c)
@@ -843,6 +822,7 @@ conn_flush(struct conn *c)
 	size_t	 len;
 	int	 n;
 
+	c->c_write_wants_read = 0;
 	while (c->c_outlen > 0) {
 		len = c->c_tlslen;
 		if (len == 0)
@@ -853,11 +833,17 @@ conn_flush(struct conn *c)
 			c->c_tlslen = 0;
 			c->c_outoff += (size_t)n;
 			c->c_outlen -= (size_t)n;
+			c->c_written += (size_t)n;
 			continue;
 		}
 		if (n == IO_WANT_WRITE || n == IO_WANT_READ) {
 			c->c_tlslen = c->c_tls ? len : 0;
-			ev_io_start(mux.loop, &c->c_wio);
+			if (n == IO_WANT_READ) {
+				/* The read watcher is always on when ready. */
+				c->c_write_wants_read = 1;
+				ev_io_stop(mux.loop, &c->c_wio);
+			} else
+				ev_io_start(mux.loop, &c->c_wio);
 			return;
 		}
 		conn_close(c, "write failed");
@@ -865,7 +851,8 @@ conn_flush(struct conn *c)
 		return;
 	}
 	c->c_outoff = 0;
-	ev_io_stop(mux.loop, &c->c_wio);
+	if (!c->c_read_wants_write)
+		ev_io_stop(mux.loop, &c->c_wio);
 }
 
 static int
@@ -898,7 +885,10 @@ conn_write(struct conn *c, const uint8_t *buf, size_t len)
 	return IO_ERR;
 }
 
-/* Writes every dirty connection once per loop iteration: one record. */
+/*
+ * Once per loop iteration: new sends go out, and every dirty connection
+ * is written once, so queries that arrived together share one record.
+ */
 static void
 flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
@@ -907,6 +897,10 @@ flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	(void)loop;
 	(void)w;
 	(void)revents;
+	if (mux.kick) {
+		mux.kick = 0;
+		dispatch(now_ms());
+	}
 	while ((c = TAILQ_FIRST(&mux.dirty)) != NULL) {
 		TAILQ_REMOVE(&mux.dirty, c, c_dirtylink);
 		c->c_dirty = 0;
@@ -929,7 +923,6 @@ pq_send(struct pq *pq, struct conn *c, int64_t now)
 	pq->pq_conn = c;
 	pq->pq_sent = now;
 	pq->pq_reads = c->c_reads;
-	pq->pq_sends++;
 	if (c->c_inflight++ == 0)
 		ev_timer_stop(mux.loop, &c->c_timer);
 	if (c->c_outoff + c->c_outlen + 2 + pq->pq_len > c->c_outcap) {
@@ -941,6 +934,8 @@ pq_send(struct pq *pq, struct conn *c, int64_t now)
 	dns_put16(p + 2, pq->pq_upid);
 	memcpy(p + 4, pq->pq_query + 2, pq->pq_len - 2u);
 	c->c_outlen += 2u + pq->pq_len;
+	c->c_queued += 2u + pq->pq_len;
+	pq->pq_end = c->c_queued;
 	if (!c->c_dirty) {
 		c->c_dirty = 1;
 		TAILQ_INSERT_TAIL(&mux.dirty, c, c_dirtylink);
@@ -953,10 +948,7 @@ pq_detach(struct pq *pq)
 {
 	struct conn	*c = pq->pq_conn;
 
-	if (pq->pq_leader != NULL) {
-		TAILQ_REMOVE(&pq->pq_leader->pq_followers, pq, pq_link);
-		pq->pq_leader = NULL;
-	} else if (c != NULL) {
+	if (c != NULL) {
 		CHAIN_UNLINK(c->c_hash, mux.hmask, pq->pq_upid, mux.pool,
 		    pq_hnext, PQ_INDEX(pq));
 		TAILQ_REMOVE(&c->c_pqs, pq, pq_link);
@@ -968,59 +960,19 @@ pq_detach(struct pq *pq)
 		mux.nwait--;
 	}
 	TAILQ_REMOVE(&mux.deadlines, pq, pq_dlink);
-	if (pq->pq_on_stale) {
-		TAILQ_REMOVE(&mux.stale, pq, pq_slink);
-		pq->pq_on_stale = 0;
-	}
-	if (pq->pq_keyed) {
-		CHAIN_UNLINK(mux.keys, mux.kmask, pq->pq_khash, mux.pool,
-		    pq_knext, PQ_INDEX(pq));
-		pq->pq_keyed = 0;
-	}
 }
 
-/*
- * Hands an answer to this pq's client: from the cache entry e made of
- * it, if any, else the upstream bytes with the client's own ID, case and
- * RD.  A SERVFAIL or REFUSED from upstream yields to a stale answer
- * where one may stand in (RFC 8767).
- */
+/* The one end of a send: the pq is free again before its sender hears. */
 static void
-pq_deliver(struct pq *pq, const struct centry *e, uint8_t *msg, size_t len)
+pq_complete(struct pq *pq, enum mux_status status, uint8_t *msg,
+    size_t len, int64_t now)
 {
-	int	 rcode = msg[3] & 0x0f;
+	mux_done_fn	*done = pq->pq_done;
+	void		*arg = pq->pq_arg;
 
-	if (pq->pq_client.cr_kind == CLIENT_NONE)
-		return;
-	if (e != NULL) {
-		cache_answer(e, &pq->pq_client, pq->pq_query, &pq->pq_qi);
-		return;
-	}
-	if ((pq->pq_flags & MUXQ_STALE) && (rcode == RCODE_SERVFAIL ||
-	    rcode == RCODE_REFUSED) &&
-	    cache_stale(&pq->pq_client, pq->pq_query, &pq->pq_qi))
-		return;
-	memcpy(msg, pq->pq_query, 2);
-	memcpy(msg + DNS_HDRLEN, pq->pq_query + DNS_HDRLEN,
-	    pq->pq_qi.qi_qend - DNS_HDRLEN);
-	msg[2] = (uint8_t)((msg[2] & ~F_RD) | (pq->pq_query[2] & F_RD));
-	stats.st_answers++;
-	client_deliver(&pq->pq_client, msg, len, &pq->pq_qi);
-}
-
-static struct pq *
-key_find(const uint8_t *q, const struct dns_qinfo *qi, uint32_t h)
-{
-	struct pq	*pq;
-	int32_t		 i;
-
-	for (i = mux.keys[h & mux.kmask]; i >= 0; i = pq->pq_knext) {
-		pq = &mux.pool[i];
-		if (pq->pq_khash == h &&
-		    dns_query_same(pq->pq_query, &pq->pq_qi, q, qi))
-			return pq;
-	}
-	return NULL;
+	pq_detach(pq);
+	pq_free(pq);
+	done(arg, status, msg, len, now);
 }
 
 /*
@@ -1049,51 +1001,13 @@ pq_free(struct pq *pq)
 	mux.nfree++;
 }
 
-/* No answer came: a stale one if allowed, else SERVFAIL, to all sharing it. */
 static void
-pq_fail(struct pq *pq, uint16_t ede, const char *text)
-{
-	struct pq	*f;
-
-	while ((f = TAILQ_FIRST(&pq->pq_followers)) != NULL)
-		pq_fail(f, ede, text);
-	pq_detach(pq);
-	fail_client(&pq->pq_client, pq->pq_query, &pq->pq_qi, pq->pq_flags,
-	    ede, text);
-	pq_free(pq);
-}
-
-static void
-fail_client(const struct client_ref *cr, const uint8_t *q,
-    const struct dns_qinfo *qi, int flags, uint16_t ede, const char *text)
-{
-	if (cr->cr_kind == CLIENT_NONE)
-		return;
-	if ((flags & MUXQ_STALE) && cache_stale(cr, q, qi))
-		return;
-	servfail(cr, q, qi, ede, text);
-}
-
-static void
-fail_waiting(uint16_t ede, const char *text)
+fail_waiting(int64_t now)
 {
 	struct pq	*pq;
 
 	while ((pq = TAILQ_FIRST(&mux.waitq)) != NULL)
-		pq_fail(pq, ede, text);
-}
-
-static void
-servfail(const struct client_ref *cr, const uint8_t *q,
-    const struct dns_qinfo *qi, uint16_t ede, const char *text)
-{
-	uint8_t	 buf[QUERY_MAX + 128];
-	size_t	 len;
-
-	stats.st_servfails++;
-	len = dns_servfail(buf, sizeof(buf), q, qi, ede, text);
-	if (len > 0)
-		client_deliver(cr, buf, len, qi);
+		pq_complete(pq, MUX_UNREACHABLE, NULL, 0, now);
 }
 
 static struct pq *
@@ -1115,7 +1029,7 @@ new_id(struct conn *c)
 
 	do {
 		if (mux.nids == 0) {
-			tls_random(mux.ids, sizeof(mux.ids));
+			random_bytes(mux.ids, sizeof(mux.ids));
 			mux.nids = sizeof(mux.ids) / sizeof(mux.ids[0]);
 		}
 		id = mux.ids[--mux.nids];
@@ -1124,48 +1038,16 @@ new_id(struct conn *c)
 }
 
 static void
-timer_arm(ev_timer *t, int64_t when)
+timer_arm(ev_timer *t, int64_t when, int64_t now)
 {
-	double	 after = (double)(when - now_ms()) / 1000.0;
+	double	 after = (double)(when - now) / 1000.0;
 
 	t->repeat = after > 0.001 ? after : 0.001;
 	ev_timer_again(mux.loop, t);
 }
 
 /*
- * RFC 8767: a refresh that takes too long is answered from the stale
- * entry; the query stays in flight to refresh the cache for later.
- */
-static void
-stale_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-	struct pq	*pq;
-	int64_t		 now = now_ms();
-
-	(void)loop;
-	(void)w;
-	(void)revents;
-	while ((pq = TAILQ_FIRST(&mux.stale)) != NULL &&
-	    pq->pq_stale_at <= now) {
-		TAILQ_REMOVE(&mux.stale, pq, pq_slink);
-		pq->pq_on_stale = 0;
-		if (pq->pq_client.cr_kind == CLIENT_NONE ||
-		    !cache_stale(&pq->pq_client, pq->pq_query, &pq->pq_qi))
-			continue;
-		pq->pq_client.cr_kind = CLIENT_NONE;
-		if (pq->pq_leader != NULL) {
-			pq_detach(pq);
-			pq_free(pq);
-		}
-	}
-	if (pq != NULL)
-		timer_arm(&mux.stale_timer, pq->pq_stale_at);
-	else
-		ev_timer_stop(mux.loop, &mux.stale_timer);
-}
-
-/*
- * SERVFAILs what reached its deadline.  A connection that read nothing
+ * Fails what reached its deadline.  A connection that read nothing
  * since such a query was written to it is presumed dead (a half-open
  * socket after a network change) and replaced.
  */
@@ -1184,16 +1066,15 @@ deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	    pq->pq_deadline <= now) {
 		c = pq->pq_conn;
 		silent = c != NULL && c->c_reads == pq->pq_reads;
-		pq_fail(pq, EDE_NO_REACHABLE_AUTHORITY,
-		    "upstream did not answer in time");
+		pq_complete(pq, MUX_TIMEOUT, NULL, 0, now);
 		if (silent) {
 			log_info("%s c%d: silent past a query deadline, "
 			    "replacing it", c->c_up->up_label, c->c_idx);
 			conn_close(c, "silent");
 		}
 	}
-	if (pq != NULL)
-		timer_arm(&mux.deadline_timer, pq->pq_deadline);
+	if ((pq = TAILQ_FIRST(&mux.deadlines)) != NULL)
+		timer_arm(&mux.deadline_timer, pq->pq_deadline, now);
 	else
 		ev_timer_stop(mux.loop, &mux.deadline_timer);
 	dispatch(now);
@@ -1222,13 +1103,4 @@ check_suspend(int64_t now, int64_t boot)
 		up->up_backoff_ms = 0;
 		up->up_retry_at = 0;
 	}
-}
-
-static int64_t
-boottime_ms(void)
-{
-	struct timespec	 ts;
-
-	clock_gettime(CLOCK_BOOTTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

@@ -121,14 +121,6 @@ tls_strerror(int rv)
 	return buf;
 }
 
-void
-tls_random(void *buf, size_t len)
-{
-	/* A reseed failure leaves no safe source of IDs: stop. */
-	if (mbedtls_ctr_drbg_random(&drbg, buf, len) != 0)
-		fatalx(EXIT_SETUP, "random generator failed");
-}
-
 struct tls_upstream *
 tls_upstream_new(const char *name, const uint8_t (*pins)[32], int npins)
 {

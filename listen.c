@@ -1,0 +1,713 @@
+/*
+ * The listeners clients talk to: UDP sockets read in batches, and TCP
+ * clients with their framing, limits and output buffers.  Whatever they
+ * read goes to query.c; answers come back through listen_deliver, which
+ * query.c was given as its callback.
+ *
+ * UDP answers go out in one sendmmsg per listener per loop iteration,
+ * never larger than EDNS_PAYLOAD.  A socket bound to a wildcard address
+ * learns where each datagram was sent (IP_PKTINFO, IPV6_RECVPKTINFO) and
+ * answers from that address, as a client that connected its socket
+ * expects.
+ */
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ev.h>
+
+#include "dnsfwd.h"
+
+/* Room for one IP_PKTINFO or IPV6_PKTINFO control message. */
+#define CTL_LEN		64
+
+/* A UDP listener and the replies it will send in one sendmmsg. */
+struct udp_listener {
+	int		 ul_fd;
+	int		 ul_wild;	/* bound to 0.0.0.0 or [::] */
+	ev_io		 ul_io;
+	int		 ul_nout;
+	struct mmsghdr	 ul_msgs[UDP_BATCH];
+	struct iovec	 ul_iov[UDP_BATCH];
+	union sockaddr_any ul_to[UDP_BATCH];
+	uint8_t		 (*ul_buf)[EDNS_PAYLOAD];
+	uint8_t		 (*ul_ctl)[CTL_LEN];
+};
+
+/*
+ * A TCP client, from accept to client_close.  Its slot is reused; the
+ * generation tells a late answer for a previous occupant from one for
+ * the current.
+ */
+struct tcp_client {
+	int		 tc_fd;
+	uint32_t	 tc_slot;
+	uint32_t	 tc_gen;
+	ev_io		 tc_rio;
+	ev_io		 tc_wio;
+	ev_timer	 tc_idle;	/* no progress for TCP_CLIENT_IDLE */
+	int		 tc_pending;	/* queries given to query.c */
+	int		 tc_abort;	/* cut it off at the next flush */
+	int		 tc_dirty;
+	TAILQ_ENTRY(tcp_client) tc_dirtylink;
+	size_t		 tc_inlen;
+	uint8_t		 tc_in[2 * (2 + QUERY_MAX)];
+	uint8_t		*tc_out;
+	size_t		 tc_outoff;
+	size_t		 tc_outlen;
+	size_t		 tc_outcap;
+};
+
+static const struct config *cf;
+static struct ev_loop	*loop;
+static struct udp_listener udp[LISTEN_MAX];
+static struct {
+	struct mmsghdr	 msgs[UDP_BATCH];
+	struct iovec	 iov[UDP_BATCH];
+	union sockaddr_any from[UDP_BATCH];
+	uint8_t		 ctl[UDP_BATCH][CTL_LEN];
+	uint8_t		 bufs[UDP_BATCH][QUERY_MAX + 1];
+} rx;
+static int		 tcp_fd[LISTEN_MAX];
+static ev_io		 tcp_io[LISTEN_MAX];
+static ev_timer		 accept_pause;
+static struct tcp_client *clients[TCP_CLIENTS_MAX];
+static uint32_t		 client_gen[TCP_CLIENTS_MAX];
+static int		 nclients;
+static TAILQ_HEAD(, tcp_client) client_dirty =
+			    TAILQ_HEAD_INITIALIZER(client_dirty);
+static ev_prepare	 flush_prep;
+static int		 stopped;
+
+static int	listen_on(const union sockaddr_any *, int);
+static int	is_wildcard(const union sockaddr_any *);
+static void	udp_read_cb(struct ev_loop *, ev_io *, int);
+static void	udp_rx_init(void);
+static void	udp_local(const struct msghdr *, struct client_ref *);
+static void	udp_queue(struct udp_listener *, const struct client_ref *,
+		    const uint8_t *, size_t);
+static socklen_t udp_pktinfo(uint8_t *, const struct client_ref *);
+static void	udp_flush(struct udp_listener *);
+static void	udp_deliver(const struct client_ref *, const uint8_t *, size_t,
+		    const struct dns_qinfo *);
+static void	tcp_deliver(const struct client_ref *, const uint8_t *, size_t);
+static int	tcp_append(struct tcp_client *, const uint8_t *, size_t);
+static void	tcp_accept_cb(struct ev_loop *, ev_io *, int);
+static void	accept_enable(int);
+static void	accept_pause_cb(struct ev_loop *, ev_timer *, int);
+static void	client_open(int);
+static void	client_close(struct tcp_client *, const char *, int);
+static void	client_read_cb(struct ev_loop *, ev_io *, int);
+static void	client_frames(struct tcp_client *, int64_t);
+static void	client_write_cb(struct ev_loop *, ev_io *, int);
+static void	client_idle_cb(struct ev_loop *, ev_timer *, int);
+static void	client_flush(struct tcp_client *);
+static void	client_dirty_mark(struct tcp_client *);
+static void	prepare_cb(struct ev_loop *, ev_prepare *, int);
+
+#define CLIENT_OF(w, f) \
+	((struct tcp_client *)((char *)(w) - offsetof(struct tcp_client, f)))
+
+void
+listen_init(struct ev_loop *l, const struct config *config)
+{
+	int	 i;
+
+	loop = l;
+	cf = config;
+	udp_rx_init();
+	for (i = 0; i < cf->cf_nudp; i++) {
+		udp[i].ul_fd = listen_on(&cf->cf_udp[i], SOCK_DGRAM);
+		udp[i].ul_wild = is_wildcard(&cf->cf_udp[i]);
+		udp[i].ul_buf = xcalloc(UDP_BATCH, sizeof(*udp[i].ul_buf));
+		udp[i].ul_ctl = xcalloc(UDP_BATCH, sizeof(*udp[i].ul_ctl));
+		ev_io_init(&udp[i].ul_io, udp_read_cb, udp[i].ul_fd, EV_READ);
+		ev_io_start(loop, &udp[i].ul_io);
+	}
+	for (i = 0; i < cf->cf_ntcp; i++) {
+		tcp_fd[i] = listen_on(&cf->cf_tcp[i], SOCK_STREAM);
+		ev_io_init(&tcp_io[i], tcp_accept_cb, tcp_fd[i], EV_READ);
+		ev_io_start(loop, &tcp_io[i]);
+	}
+	ev_init(&accept_pause, accept_pause_cb);
+	ev_prepare_init(&flush_prep, prepare_cb);
+	/* After the mux's prepare, which may answer queries it fails. */
+	ev_set_priority(&flush_prep, EV_MINPRI);
+	ev_prepare_start(loop, &flush_prep);
+}
+
+void
+listen_stop(void)
+{
+	int	 i;
+
+	stopped = 1;
+	for (i = 0; i < cf->cf_nudp; i++)
+		ev_io_stop(loop, &udp[i].ul_io);
+	accept_enable(0);
+	ev_timer_stop(loop, &accept_pause);
+	for (i = 0; i < TCP_CLIENTS_MAX; i++)
+		if (clients[i] != NULL)
+			ev_io_stop(loop, &clients[i]->tc_rio);
+}
+
+void
+listen_free(void)
+{
+	int	 i;
+
+	for (i = 0; i < TCP_CLIENTS_MAX; i++)
+		if (clients[i] != NULL)
+			client_close(clients[i], "shutting down", 0);
+	for (i = 0; i < cf->cf_nudp; i++) {
+		ev_io_stop(loop, &udp[i].ul_io);
+		close(udp[i].ul_fd);
+		free(udp[i].ul_buf);
+		free(udp[i].ul_ctl);
+	}
+	for (i = 0; i < cf->cf_ntcp; i++) {
+		ev_io_stop(loop, &tcp_io[i]);
+		close(tcp_fd[i]);
+	}
+	ev_timer_stop(loop, &accept_pause);
+	ev_prepare_stop(loop, &flush_prep);
+}
+
+static int
+listen_on(const union sockaddr_any *sa, int type)
+{
+	char	 a[64];
+	int	 fd, one = 1;
+
+	addr_str(&sa->sa, a, sizeof(a));
+	fd = socket(sa->sa.sa_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		fatal(EXIT_SETUP, "socket for %s", a);
+	if (sa->sa.sa_family == AF_INET6)
+		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
+		    sizeof(one));
+	if (type == SOCK_STREAM)
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
+		    sizeof(one));
+	else if (is_wildcard(sa) && setsockopt(fd,
+	    sa->sa.sa_family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP,
+	    sa->sa.sa_family == AF_INET6 ? IPV6_RECVPKTINFO : IP_PKTINFO,
+	    &one, sizeof(one)) == -1)
+		fatal(EXIT_SETUP, "packet info on udp %s", a);
+	if (bind(fd, &sa->sa, sa->sa.sa_family == AF_INET6 ?
+	    sizeof(sa->sin6) : sizeof(sa->sin)) == -1)
+		fatal(EXIT_SETUP, "cannot bind %s %s",
+		    type == SOCK_STREAM ? "tcp" : "udp", a);
+	if (type == SOCK_STREAM && listen(fd, 128) == -1)
+		fatal(EXIT_SETUP, "listen on tcp %s", a);
+	log_info("listening on %s %s", type == SOCK_STREAM ? "tcp" : "udp",
+	    a);
+	return fd;
+}
+
+static int
+is_wildcard(const union sockaddr_any *sa)
+{
+	if (sa->sa.sa_family == AF_INET6)
+		return IN6_IS_ADDR_UNSPECIFIED(&sa->sin6.sin6_addr);
+	return sa->sin.sin_addr.s_addr == htonl(INADDR_ANY);
+}
+
+static void
+udp_read_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	struct udp_listener	*ul = (struct udp_listener *)
+				    ((char *)w - offsetof(struct udp_listener, ul_io));
+	struct client_ref	 cr;
+	struct msghdr		*h;
+	int64_t			 now;
+	int			 i, n;
+
+	(void)l;
+	(void)revents;
+	n = recvmmsg(ul->ul_fd, rx.msgs, UDP_BATCH, MSG_DONTWAIT, NULL);
+	if (n == -1) {
+		if (errno != EAGAIN && errno != EINTR)
+			log_debug("udp recvmmsg: %s", strerror(errno));
+		return;
+	}
+	now = now_ms();
+	memset(&cr, 0, sizeof(cr));
+	cr.cr_kind = CLIENT_UDP;
+	cr.cr_listener = (uint16_t)(ul - udp);
+	for (i = 0; i < n; i++) {
+		h = &rx.msgs[i].msg_hdr;
+		cr.cr_addr = rx.from[i];
+		cr.cr_addrlen = h->msg_namelen;
+		if (ul->ul_wild)
+			udp_local(h, &cr);
+		/* recvmmsg shrank these to what it wrote. */
+		h->msg_namelen = sizeof(rx.from[i]);
+		h->msg_controllen = sizeof(rx.ctl[i]);
+		(void)query_ask(&cr, rx.bufs[i], rx.msgs[i].msg_len, now);
+	}
+}
+
+/* The receive batch shared by every UDP listener, set up once. */
+static void
+udp_rx_init(void)
+{
+	int	 i;
+
+	for (i = 0; i < UDP_BATCH; i++) {
+		rx.iov[i].iov_base = rx.bufs[i];
+		rx.iov[i].iov_len = sizeof(rx.bufs[i]);
+		rx.msgs[i].msg_hdr.msg_iov = &rx.iov[i];
+		rx.msgs[i].msg_hdr.msg_iovlen = 1;
+		rx.msgs[i].msg_hdr.msg_name = &rx.from[i];
+		rx.msgs[i].msg_hdr.msg_namelen = sizeof(rx.from[i]);
+		rx.msgs[i].msg_hdr.msg_control = rx.ctl[i];
+		rx.msgs[i].msg_hdr.msg_controllen = sizeof(rx.ctl[i]);
+	}
+}
+
+/* Where a datagram to a wildcard listener was sent, and on which link. */
+static void
+udp_local(const struct msghdr *h, struct client_ref *cr)
+{
+	struct cmsghdr	*cm;
+
+	cr->cr_has_local = 0;
+	for (cm = CMSG_FIRSTHDR(h); cm != NULL;
+	    cm = CMSG_NXTHDR((struct msghdr *)h, cm)) {
+		if (cm->cmsg_level == IPPROTO_IP &&
+		    cm->cmsg_type == IP_PKTINFO) {
+			struct in_pktinfo pi;
+
+			memcpy(&pi, CMSG_DATA(cm), sizeof(pi));
+			memcpy(&cr->cr_local, &pi.ipi_addr, sizeof(pi.ipi_addr));
+			cr->cr_ifindex = (uint32_t)pi.ipi_ifindex;
+			cr->cr_has_local = 1;
+		} else if (cm->cmsg_level == IPPROTO_IPV6 &&
+		    cm->cmsg_type == IPV6_PKTINFO) {
+			struct in6_pktinfo pi;
+
+			memcpy(&pi, CMSG_DATA(cm), sizeof(pi));
+			cr->cr_local = pi.ipi6_addr;
+			cr->cr_ifindex = pi.ipi6_ifindex;
+			cr->cr_has_local = 1;
+		}
+	}
+}
+
+/* Queues a reply, at most EDNS_PAYLOAD bytes, for the next sendmmsg. */
+static void
+udp_queue(struct udp_listener *ul, const struct client_ref *cr,
+    const uint8_t *msg, size_t len)
+{
+	struct msghdr	*h;
+	int		 i;
+
+	if (ul->ul_nout == UDP_BATCH)
+		udp_flush(ul);
+	i = ul->ul_nout++;
+	memcpy(ul->ul_buf[i], msg, len);
+	ul->ul_to[i] = cr->cr_addr;
+	ul->ul_iov[i].iov_base = ul->ul_buf[i];
+	ul->ul_iov[i].iov_len = len;
+	h = &ul->ul_msgs[i].msg_hdr;
+	memset(h, 0, sizeof(*h));
+	h->msg_name = &ul->ul_to[i];
+	h->msg_namelen = cr->cr_addrlen;
+	h->msg_iov = &ul->ul_iov[i];
+	h->msg_iovlen = 1;
+	if (cr->cr_has_local) {
+		h->msg_control = ul->ul_ctl[i];
+		h->msg_controllen = udp_pktinfo(ul->ul_ctl[i], cr);
+	}
+}
+
+/* The control message that sends from the address the client asked. */
+static socklen_t
+udp_pktinfo(uint8_t *ctl, const struct client_ref *cr)
+{
+	struct msghdr	 h;
+	struct cmsghdr	*cm;
+
+	memset(ctl, 0, CTL_LEN);
+	memset(&h, 0, sizeof(h));
+	h.msg_control = ctl;
+	h.msg_controllen = CTL_LEN;
+	cm = CMSG_FIRSTHDR(&h);
+	if (cr->cr_addr.sa.sa_family == AF_INET6) {
+		struct in6_pktinfo pi = { .ipi6_addr = cr->cr_local,
+		    .ipi6_ifindex = cr->cr_ifindex };
+
+		cm->cmsg_level = IPPROTO_IPV6;
+		cm->cmsg_type = IPV6_PKTINFO;
+		cm->cmsg_len = CMSG_LEN(sizeof(pi));
+		memcpy(CMSG_DATA(cm), &pi, sizeof(pi));
+		return CMSG_SPACE(sizeof(pi));
+	} else {
+		struct in_pktinfo pi;
+
+		memset(&pi, 0, sizeof(pi));
+		memcpy(&pi.ipi_spec_dst, &cr->cr_local,
+		    sizeof(pi.ipi_spec_dst));
+		cm->cmsg_level = IPPROTO_IP;
+		cm->cmsg_type = IP_PKTINFO;
+		cm->cmsg_len = CMSG_LEN(sizeof(pi));
+		memcpy(CMSG_DATA(cm), &pi, sizeof(pi));
+		return CMSG_SPACE(sizeof(pi));
+	}
+}
+
+static void
+udp_flush(struct udp_listener *ul)
+{
+	int	 off = 0, n;
+
+	while (off < ul->ul_nout) {
+		n = sendmmsg(ul->ul_fd, ul->ul_msgs + off, (unsigned int)
+		    (ul->ul_nout - off), MSG_DONTWAIT);
+		if (n <= 0) {
+			/* A full socket buffer loses these, as UDP may. */
+			log_debug("udp sendmmsg: %s", strerror(errno));
+			break;
+		}
+		off += n;
+	}
+	ul->ul_nout = 0;
+}
+
+void
+listen_deliver(const struct client_ref *cr, uint8_t *msg, size_t len,
+    const struct dns_qinfo *qi)
+{
+	if (cr->cr_kind == CLIENT_UDP)
+		udp_deliver(cr, msg, len, qi);
+	else
+		tcp_deliver(cr, msg, len);
+}
+
+/*
+ * Within the client's size limit and never above EDNS_PAYLOAD whatever
+ * it advertised, or as TC=1 so that it retries over TCP.
+ */
+static void
+udp_deliver(const struct client_ref *cr, const uint8_t *msg, size_t len,
+    const struct dns_qinfo *qi)
+{
+	uint8_t		 tc[QHEAD_MAX + 64];
+	size_t		 limit = 512;
+
+	if (qi->qi_has_opt)
+		limit = qi->qi_udpsize < EDNS_PAYLOAD ? qi->qi_udpsize :
+		    EDNS_PAYLOAD;
+	if (len > limit) {
+		len = dns_truncate(tc, sizeof(tc), msg, len, qi->qi_has_opt);
+		if (len == 0)
+			return;
+		msg = tc;
+	}
+	udp_queue(&udp[cr->cr_listener], cr, msg, len);
+}
+
+static void
+tcp_deliver(const struct client_ref *cr, const uint8_t *msg, size_t len)
+{
+	struct tcp_client	*c = clients[cr->cr_slot];
+
+	if (c == NULL || c->tc_gen != cr->cr_gen)
+		return;		/* that client has gone */
+	if (c->tc_pending-- == TCP_CLIENT_PIPELINE && !c->tc_abort &&
+	    !stopped)
+		ev_io_start(loop, &c->tc_rio);
+	if (c->tc_abort)
+		return;
+	if (tcp_append(c, msg, len) == -1) {
+		/* Closed at the next flush: we may be inside its read. */
+		c->tc_abort = 1;
+		ev_io_stop(loop, &c->tc_rio);
+	}
+	client_dirty_mark(c);
+}
+
+/* Frames msg into the output, growing it up to TCP_CLIENT_OUTMAX. */
+static int
+tcp_append(struct tcp_client *c, const uint8_t *msg, size_t len)
+{
+	size_t	 need = c->tc_outlen + 2 + len, ncap;
+	uint8_t	*p;
+
+	if (need > TCP_CLIENT_OUTMAX)
+		return -1;
+	if (c->tc_outoff > 0 && c->tc_outoff + need > c->tc_outcap) {
+		memmove(c->tc_out, c->tc_out + c->tc_outoff, c->tc_outlen);
+		c->tc_outoff = 0;
+	}
+	if (need > c->tc_outcap) {
+		ncap = c->tc_outcap * 2 > need ? c->tc_outcap * 2 : need + 512;
+		if ((p = realloc(c->tc_out, ncap)) == NULL)
+			return -1;
+		c->tc_out = p;
+		c->tc_outcap = ncap;
+	}
+	p = c->tc_out + c->tc_outoff + c->tc_outlen;
+	dns_put16(p, (uint16_t)len);
+	memcpy(p + 2, msg, len);
+	c->tc_outlen = need;
+	return 0;
+}
+
+static void
+tcp_accept_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	int	 fd;
+
+	(void)l;
+	(void)revents;
+	if (nclients == TCP_CLIENTS_MAX) {
+		accept_enable(0);
+		return;
+	}
+	fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (fd == -1) {
+		if (errno == EMFILE || errno == ENFILE) {
+			/* Out of descriptors: stop spinning for a second. */
+			static int64_t warned;
+
+			log_ratelimited(&warned, "accept: %s", strerror(errno));
+			accept_enable(0);
+			ev_timer_set(&accept_pause, 1.0, 0.0);
+			ev_timer_start(loop, &accept_pause);
+		}
+		return;
+	}
+	client_open(fd);
+}
+
+static void
+accept_enable(int on)
+{
+	int	 i;
+
+	for (i = 0; i < cf->cf_ntcp; i++) {
+		if (on && !stopped)
+			ev_io_start(loop, &tcp_io[i]);
+		else
+			ev_io_stop(loop, &tcp_io[i]);
+	}
+}
+
+static void
+accept_pause_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	(void)l;
+	(void)w;
+	(void)revents;
+	if (nclients < TCP_CLIENTS_MAX)
+		accept_enable(1);
+}
+
+static void
+client_open(int fd)
+{
+	struct tcp_client	*c;
+	int			 i, one = 1;
+
+	for (i = 0; i < TCP_CLIENTS_MAX && clients[i] != NULL; i++)
+		;
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
+		log_warn("%s", __func__);
+		close(fd);
+		return;
+	}
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	clients[i] = c;
+	c->tc_fd = fd;
+	c->tc_slot = (uint32_t)i;
+	c->tc_gen = ++client_gen[i];
+	ev_io_init(&c->tc_rio, client_read_cb, fd, EV_READ);
+	ev_io_init(&c->tc_wio, client_write_cb, fd, EV_WRITE);
+	ev_init(&c->tc_idle, client_idle_cb);
+	c->tc_idle.repeat = TCP_CLIENT_IDLE;
+	ev_io_start(loop, &c->tc_rio);
+	ev_timer_again(loop, &c->tc_idle);
+	if (++nclients == TCP_CLIENTS_MAX)
+		accept_enable(0);
+}
+
+/*
+ * The one teardown of a TCP client; late answers find it gone.  An
+ * abortive close resets the connection, so that a client that does not
+ * read leaves no kernel buffers behind either.
+ */
+static void
+client_close(struct tcp_client *c, const char *why, int abort)
+{
+	static const struct linger rst = { .l_onoff = 1, .l_linger = 0 };
+
+	log_debug("tcp client %u: closed: %s", c->tc_slot, why);
+	ev_io_stop(loop, &c->tc_rio);
+	ev_io_stop(loop, &c->tc_wio);
+	ev_timer_stop(loop, &c->tc_idle);
+	if (c->tc_dirty) {
+		TAILQ_REMOVE(&client_dirty, c, tc_dirtylink);
+		c->tc_dirty = 0;
+	}
+	if (abort) {
+		stats.st_tcp_aborts++;
+		(void)setsockopt(c->tc_fd, SOL_SOCKET, SO_LINGER, &rst,
+		    sizeof(rst));
+	}
+	close(c->tc_fd);
+	clients[c->tc_slot] = NULL;
+	free(c->tc_out);
+	free(c);
+	if (nclients-- == TCP_CLIENTS_MAX && !ev_is_active(&accept_pause))
+		accept_enable(1);
+}
+
+static void
+client_read_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	struct tcp_client	*c = CLIENT_OF(w, tc_rio);
+	ssize_t			 n;
+
+	(void)l;
+	(void)revents;
+	n = recv(c->tc_fd, c->tc_in + c->tc_inlen,
+	    sizeof(c->tc_in) - c->tc_inlen, 0);
+	if (n == 0 || (n == -1 && errno != EAGAIN && errno != EINTR)) {
+		client_close(c, n == 0 ? "end of stream" : strerror(errno), 0);
+		return;
+	}
+	if (n == -1)
+		return;
+	c->tc_inlen += (size_t)n;
+	/* Reading is progress only while it is not leaving answers unread. */
+	if (c->tc_outlen == 0)
+		ev_timer_again(loop, &c->tc_idle);
+	client_frames(c, now_ms());
+}
+
+/* Hands every whole query to query.c, up to the pipeline limit. */
+static void
+client_frames(struct tcp_client *c, int64_t now)
+{
+	struct client_ref	 cr;
+	size_t			 off = 0, flen;
+
+	memset(&cr, 0, sizeof(cr));
+	cr.cr_kind = CLIENT_TCP;
+	cr.cr_slot = c->tc_slot;
+	cr.cr_gen = c->tc_gen;
+	while (c->tc_inlen - off >= 2 && !c->tc_abort &&
+	    c->tc_pending < TCP_CLIENT_PIPELINE) {
+		flen = dns_get16(c->tc_in + off);
+		if (flen > QUERY_MAX) {
+			stats.st_drops++;
+			client_close(c, "query too large", 0);
+			return;
+		}
+		if (c->tc_inlen - off - 2 < flen)
+			break;
+		c->tc_pending++;
+		if (query_ask(&cr, c->tc_in + off + 2, flen, now) == -1)
+			c->tc_pending--;
+		off += 2 + flen;
+	}
+	memmove(c->tc_in, c->tc_in + off, c->tc_inlen - off);
+	c->tc_inlen -= off;
+	if (c->tc_pending >= TCP_CLIENT_PIPELINE || c->tc_abort)
+		ev_io_stop(loop, &c->tc_rio);
+}
+
+static void
+client_flush(struct tcp_client *c)
+{
+	ssize_t	 n;
+
+	if (c->tc_abort) {
+		client_close(c, "not reading its answers", 1);
+		return;
+	}
+	while (c->tc_outlen > 0) {
+		n = send(c->tc_fd, c->tc_out + c->tc_outoff, c->tc_outlen,
+		    MSG_NOSIGNAL);
+		if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
+			ev_io_start(loop, &c->tc_wio);
+			return;
+		}
+		if (n <= 0) {
+			client_close(c, "write failed", 0);
+			return;
+		}
+		c->tc_outoff += (size_t)n;
+		c->tc_outlen -= (size_t)n;
+		ev_timer_again(loop, &c->tc_idle);
+	}
+	c->tc_outoff = 0;
+	ev_io_stop(loop, &c->tc_wio);
+	if (c->tc_inlen > 0 && !stopped)
+		client_frames(c, now_ms());	/* held back by the limit */
+}
+
+static void
+client_write_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	(void)l;
+	(void)revents;
+	client_flush(CLIENT_OF(w, tc_wio));
+}
+
+/*
+ * No progress for TCP_CLIENT_IDLE: with answers unwritten the client is
+ * not reading them and is cut off; with queries upstream it is waited
+ * for (each has a deadline); otherwise it is idle.
+ */
+static void
+client_idle_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	struct tcp_client	*c = CLIENT_OF(w, tc_idle);
+
+	(void)l;
+	(void)revents;
+	if (c->tc_outlen > 0)
+		client_close(c, "not reading its answers", 1);
+	else if (c->tc_pending > 0)
+		ev_timer_again(loop, &c->tc_idle);
+	else
+		client_close(c, "idle", 0);
+}
+
+static void
+client_dirty_mark(struct tcp_client *c)
+{
+	if (c->tc_dirty)
+		return;
+	c->tc_dirty = 1;
+	TAILQ_INSERT_TAIL(&client_dirty, c, tc_dirtylink);
+}
+
+/* Before the loop sleeps: one sendmmsg per listener, one send per client. */
+static void
+prepare_cb(struct ev_loop *l, ev_prepare *w, int revents)
+{
+	struct tcp_client	*c;
+	int			 i;
+
+	(void)l;
+	(void)w;
+	(void)revents;
+	for (i = 0; i < cf->cf_nudp; i++)
+		if (udp[i].ul_nout > 0)
+			udp_flush(&udp[i]);
+	while ((c = TAILQ_FIRST(&client_dirty)) != NULL) {
+		TAILQ_REMOVE(&client_dirty, c, tc_dirtylink);
+		c->tc_dirty = 0;
+		client_flush(c);
+	}
+}

@@ -1,0 +1,85 @@
+/*
+ * Small services every module uses: the clocks, randomness and address
+ * formatting.  Time is read here and passed down, once per event.
+ */
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <arpa/inet.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "dnsfwd.h"
+
+static int64_t	clock_ms(clockid_t);
+
+static int64_t
+clock_ms(clockid_t id)
+{
+	struct timespec	 ts;
+
+	clock_gettime(id, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t
+now_ms(void)
+{
+	return clock_ms(CLOCK_MONOTONIC);
+}
+
+/* Runs on through a suspend, so its distance from now_ms is sleep time. */
+int64_t
+boottime_ms(void)
+{
+	return clock_ms(CLOCK_BOOTTIME);
+}
+
+void
+random_bytes(void *buf, size_t len)
+{
+	uint8_t	*p = buf;
+	ssize_t	 n;
+
+	while (len > 0) {
+		n = getrandom(p, len, 0);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			fatal(EXIT_SETUP, "getrandom");
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+void *
+xcalloc(size_t n, size_t size)
+{
+	void	*p = calloc(n, size);
+
+	if (p == NULL)
+		fatal(EXIT_SETUP, "cannot allocate %zu x %zu bytes", n, size);
+	return p;
+}
+
+/* "1.2.3.4:53" or "[::1]:53" into buf. */
+const char *
+addr_str(const struct sockaddr *sa, char *buf, size_t len)
+{
+	char	 host[INET6_ADDRSTRLEN];
+
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const void *)sa;
+
+		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(s6->sin6_port));
+	} else {
+		const struct sockaddr_in *s4 = (const void *)sa;
+
+		inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(s4->sin_port));
+	}
+	return buf;
+}
