@@ -437,6 +437,8 @@ stale_answer(const struct client_ref *cr, const uint8_t *msg,
 		return 0;
 	if (state == CACHE_STALE)
 		stats.st_stale++;
+	else
+		stats.st_cache_hits++;
 	answer_entry(cr, msg, qi, e, now, state == CACHE_STALE);
 	return 1;
 }

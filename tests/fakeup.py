@@ -27,8 +27,29 @@ TXT "fakeup"), rcode= any RCODE name ("NXDOMAIN", "SERVFAIL", "REFUSED",
 authority section of an NXDOMAIN or NODATA answer, tc=True to set TC.
 With fu.set(mark_bits=True), A answers say which of the query's DO and
 CD bits were set: 192.0.2.1 neither, .2 DO, .3 CD, .4 both (marked_addr).
-Queries are recorded with their "do" and "cd" bits; fu.count(name, do=,
-cd=) counts those for one exact name.
+Queries are recorded with their "do", "cd" and "rd" bits, whether they had
+an OPT record ("opt"), its "version" (q.edns) and "payload", and its
+options as a list of (code, data bytes) ("options"); fu.count(name, do=,
+cd=, rd=) counts those for one exact name.
+
+Resolver-like extras, set any time with fu.set(...):
+  refuse_rd0=True     answer a query with RD=0 REFUSED (as a recursive
+                      resolver that will not answer from its cache only)
+  answer_options=[(code, bytes), ...]
+                      put these options in an OPT of every answer, even
+                      when the query had no OPT (an upstream whose options
+                      must never reach a client); answer_pad=468 also pads
+                      (option 12) the answer to a multiple of 468 bytes
+  ecs_answer=True     an A answer for a query with an EDNS Client Subnet
+                      (option 8, IPv4) gets ecs_addr(its address bytes),
+                      10.x.y.z from the first three, and echoes the ECS
+                      option with SCOPE = SOURCE PREFIX-LENGTH
+FakeUpstream(sock_buf=N, mss=M) sets SO_RCVBUF and SO_SNDBUF (and
+TCP_MAXSEG, which keeps the peer's kernel send buffer small too) on
+accepted connections (through the listening socket), and
+fu.set(read_pause_ms=N) makes each connection leave its socket unread
+for N ms after every read, so that a peer's TLS reads and writes hit
+would-block often.
 
 Modes (set(mode=...)); "budget" (set(budget=K)) makes a special mode apply
 K times and then revert to "normal" (None: for ever):
@@ -65,6 +86,7 @@ import struct
 import threading
 import time
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -101,6 +123,31 @@ def marked_addr(do, cd):
     return "192.0.2.%d" % (1 + (1 if do else 0) + (2 if cd else 0))
 
 
+def ecs_addr(addr_bytes):
+    """The A address an ecs_answer upstream gives for an ECS address
+    (the option's ADDRESS bytes, cut to the source prefix)."""
+    b = (bytes(addr_bytes) + b"\0\0\0")[:3]
+    return "10.%d.%d.%d" % tuple(b)
+
+
+def query_options(q):
+    """[(code, data bytes)] of the OPT options of dns.message q."""
+    out = []
+    for o in (q.options if q.edns >= 0 else ()):
+        data = o.to_wire()
+        out.append((int(o.otype), bytes(data or b"")))
+    return out
+
+
+def _ecs_of(q):
+    """(family, source prefix, address bytes) of q's ECS option, or None."""
+    for code, data in query_options(q):
+        if code == 8 and len(data) >= 4:
+            fam, src = struct.unpack("!HB", data[:3])
+            return fam, src, data[4:]
+    return None
+
+
 def _soa(qn, soa_ttl, minimum):
     zone = qn.parent() if len(qn.labels) > 2 else qn
     return dns.rrset.from_text(
@@ -108,10 +155,15 @@ def _soa(qn, soa_ttl, minimum):
         "ns.invalid. hostmaster.invalid. 1 3600 600 86400 %d" % minimum)
 
 
-def make_answer(q, bad=False, rule=None, mark=False):
+def make_answer(q, bad=False, rule=None, mark=False, ecs=False,
+                refuse_rd0=False):
     """The dns.message reply fakeup gives to query q (bad: BAD_ADDR; rule:
-    the per-name answer; mark: A address by DO and CD bits)."""
+    the per-name answer; mark: A address by DO and CD bits; ecs: A address
+    by the ECS option; refuse_rd0: REFUSED for RD=0)."""
     r = dns.message.make_response(q)
+    if refuse_rd0 and not bad and not (q.flags & dns.flags.RD):
+        r.set_rcode(dns.rcode.REFUSED)
+        return r
     r.flags |= q.flags & dns.flags.CD
     if q.edns >= 0 and q.ednsflags & dns.flags.DO:
         r.use_edns(0, dns.flags.DO, r.payload)
@@ -124,6 +176,12 @@ def make_answer(q, bad=False, rule=None, mark=False):
     if mark:
         addr = marked_addr(q.edns >= 0 and q.ednsflags & dns.flags.DO,
                            q.flags & dns.flags.CD)
+    ecs_opt = _ecs_of(q) if ecs else None
+    if ecs_opt is not None and ecs_opt[0] == 1:
+        addr = ecs_addr(ecs_opt[2])
+        data = struct.pack("!HBB", 1, ecs_opt[1], ecs_opt[1]) + ecs_opt[2]
+        r.use_edns(0, r.ednsflags, 1232,
+                   options=[dns.edns.GenericOption(8, data)])
     if bad:
         r.answer.append(dns.rrset.from_text(qn, 60, "IN", "A", BAD_ADDR))
     elif rule is not None:
@@ -177,6 +235,7 @@ class _Conn:
         self.dead = False
         self.kill = False           # set by other threads: close now
         self.graceful = False
+        self.read_at = 0.0          # read_pause_ms: no reading before this
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     # -- helpers run on this connection's thread --
@@ -197,8 +256,13 @@ class _Conn:
                 rec["qname"] = q.question[0].name.to_text().lower()
                 rec["qtype"] = q.question[0].rdtype
             rec["edns"] = q.edns
+            rec["opt"] = q.edns >= 0
+            rec["version"] = q.edns
+            rec["payload"] = q.payload if q.edns >= 0 else None
+            rec["options"] = query_options(q)
             rec["do"] = bool(q.edns >= 0 and q.ednsflags & dns.flags.DO)
             rec["cd"] = bool(q.flags & dns.flags.CD)
+            rec["rd"] = bool(q.flags & dns.flags.RD)
         except Exception as e:  # record what we could not parse
             rec["error"] = repr(e)
         with fu.lock:
@@ -212,6 +276,8 @@ class _Conn:
             n = fu.n
             rule = fu.rules.get(rec["qname"])
             mark = fu.mark_bits
+            extra = dict(ecs=fu.ecs_answer, refuse_rd0=fu.refuse_rd0)
+            aopts, apad = fu.answer_options, fu.answer_pad
         if q is None:
             return
         if mode == "blackhole_first_conn":
@@ -227,8 +293,14 @@ class _Conn:
                 self.dead = True     # drop everything, answer nothing
             return
         # Over TCP the query's EDNS payload size does not bound the reply.
-        good = frame(make_answer(q, rule=rule, mark=mark)
-                     .to_wire(max_size=65535))
+        ans = make_answer(q, rule=rule, mark=mark, **extra)
+        if aopts or apad:
+            do = ans.ednsflags & dns.flags.DO if ans.edns >= 0 else 0
+            have = list(ans.options) if ans.edns >= 0 else []
+            ans.use_edns(0, do, 1232, options=have + [
+                dns.edns.GenericOption(c, d) for c, d in aopts],
+                pad=apad or 0)
+        good = frame(ans.to_wire(max_size=65535))
         if mode == "normal":
             self.schedule(delay, good, qid)
         elif mode == "dup":
@@ -311,9 +383,14 @@ class _Conn:
             timeout = 0.05
             if self.timers:
                 timeout = max(0.0, min(timeout, self.timers[0][0] - now))
-            readable = fu.ctx is not None and sock.pending() > 0
+            may_read = now >= self.read_at
+            if not may_read:
+                timeout = max(0.0, min(timeout, self.read_at - now))
+            readable = (may_read and fu.ctx is not None and
+                        sock.pending() > 0)
             if not readable:
-                r, w, _ = select.select([sock], [sock] if self.outbuf else [],
+                r, w, _ = select.select([sock] if may_read else [],
+                                        [sock] if self.outbuf else [],
                                         [], timeout)
                 readable = bool(r)
                 if w and self.outbuf:
@@ -321,6 +398,8 @@ class _Conn:
             if readable and not self.closing:
                 if not self._read():
                     return
+                if fu.read_pause_ms:
+                    self.read_at = time.monotonic() + fu.read_pause_ms / 1e3
             elif self.outbuf:
                 self._write()
         if self.kill and self.graceful:
@@ -387,8 +466,9 @@ class _Conn:
 
 class FakeUpstream:
     def __init__(self, certfile=None, keyfile=None, tls=True, tls_max=None,
-                 host="127.0.0.1", port=0):
+                 host="127.0.0.1", port=0, sock_buf=None, mss=None):
         self.host, self.port = host, port
+        self.sock_buf, self.mss = sock_buf, mss
         self.ctx = None
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -404,6 +484,11 @@ class FakeUpstream:
         self.mode, self.n, self.delay_ms, self.budget = "normal", 1, 0, None
         self.rules = {}                 # lower-case qname -> rule dict
         self.mark_bits = False
+        self.refuse_rd0 = False
+        self.answer_options = []        # [(code, bytes)] added to answers
+        self.answer_pad = 0
+        self.ecs_answer = False
+        self.read_pause_ms = 0
         self.reset_counters()
         self.live = set()
         self.stopping = False
@@ -431,10 +516,22 @@ class FakeUpstream:
 
     # -- behaviour --
     def set(self, mode=None, n=None, delay_ms=None, budget="keep",
-            mark_bits=None):
+            mark_bits=None, refuse_rd0=None, answer_options=None,
+            answer_pad=None, ecs_answer=None, read_pause_ms=None):
         with self.lock:
+            if read_pause_ms is not None:
+                self.read_pause_ms = read_pause_ms
             if mark_bits is not None:
                 self.mark_bits = mark_bits
+            if refuse_rd0 is not None:
+                self.refuse_rd0 = refuse_rd0
+            if answer_options is not None:
+                self.answer_options = [(int(c), bytes(d))
+                                       for c, d in answer_options]
+            if answer_pad is not None:
+                self.answer_pad = answer_pad
+            if ecs_answer is not None:
+                self.ecs_answer = ecs_answer
             if mode is not None:
                 assert mode in MODES, mode
                 self.mode = mode
@@ -486,6 +583,11 @@ class FakeUpstream:
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.sock_buf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.sock_buf)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sock_buf)
+        if self.mss:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, self.mss)
         s.bind((self.host, self.port))
         s.listen(128)
         self.port = s.getsockname()[1]
@@ -592,14 +694,20 @@ class FakeUpstream:
             return sum(1 for q in self.queries
                        if (q["qname"] or "").startswith(qname_prefix))
 
-    def count(self, name, do=None, cd=None):
+    def count(self, name, do=None, cd=None, rd=None):
         """Queries seen for exactly name (any case), optionally only those
-        with the DO (or CD) bit as given."""
+        with the DO (or CD, RD) bit as given."""
+        return len(self.records(name, do=do, cd=cd, rd=rd))
+
+    def records(self, name, do=None, cd=None, rd=None):
+        """The records (dicts) of the queries seen for exactly name (any
+        case), optionally only those with the DO (CD, RD) bit as given."""
         name = name.lower() if name.endswith(".") else name.lower() + "."
         with self.lock:
-            return sum(1 for q in self.queries if q["qname"] == name and
-                       (do is None or q.get("do") == bool(do)) and
-                       (cd is None or q.get("cd") == bool(cd)))
+            return [dict(q) for q in self.queries if q["qname"] == name and
+                    (do is None or q.get("do") == bool(do)) and
+                    (cd is None or q.get("cd") == bool(cd)) and
+                    (rd is None or q.get("rd") == bool(rd))]
 
     def stats(self):
         with self.lock:
