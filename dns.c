@@ -75,7 +75,7 @@ dns_error(uint8_t *out, size_t cap, const uint8_t *q, size_t len, int rcode)
 
 	if (len < DNS_HDRLEN || cap < DNS_HDRLEN + OPT_LEN)
 		return 0;
-	if (dns_get16(q + 4) == 1 && (q[2] & F_OPCODE) == 0)
+	if (dns_get16(q + 4) == 1)
 		qend = dns_question_end(q, len);
 	if (qend == 0)
 		qend = DNS_HDRLEN;
@@ -261,6 +261,37 @@ dns_strip_opt(uint8_t *msg, size_t len, size_t qend)
 		return rr.rr_start;
 	}
 	return off;
+}
+
+int
+dns_keepalive(const uint8_t *msg, size_t len)
+{
+	struct dns_rr	 rr;
+	size_t		 off, end, olen;
+	unsigned int	 i, n, ar;
+
+	if (len < DNS_HDRLEN || (off = dns_question_end(msg, len)) == 0)
+		return -1;
+	ar = dns_get16(msg + 10);
+	n = (unsigned int)dns_get16(msg + 6) + dns_get16(msg + 8) + ar;
+	for (i = 0; i < n; i++) {
+		if (dns_rr_next(msg, len, &off, &rr) == -1)
+			return -1;
+		if (rr.rr_type != DNS_TYPE_OPT || i < n - ar)
+			continue;
+		end = rr.rr_rdata + rr.rr_rdlen;
+		for (off = rr.rr_rdata; end - off >= OPTHDR_LEN;
+		    off += OPTHDR_LEN + olen) {
+			olen = dns_get16(msg + off + 2);
+			if (end - off - OPTHDR_LEN < olen)
+				return -1;
+			if (dns_get16(msg + off) == DNS_OPT_KEEPALIVE &&
+			    olen == 2)
+				return dns_get16(msg + off + OPTHDR_LEN);
+		}
+		return -1;
+	}
+	return -1;
 }
 
 size_t

@@ -48,6 +48,8 @@
 #define TCP_CLIENT_IDLE	10
 /* Listening sockets of each transport. */
 #define LISTEN_MAX	8
+/* --allow networks besides loopback. */
+#define ALLOW_MAX	32
 /* Upstreams and SPKI pins per upstream. */
 #define UPSTREAMS_MAX	8
 #define PINS_MAX	8
@@ -71,6 +73,8 @@
 #define DNS_TYPE_SOA	6
 #define DNS_TYPE_OPT	41
 #define DNS_OPT_ECS	8
+#define DNS_OPT_KEEPALIVE 11
+#define DNS_OPT_PADDING	12
 #define DNS_OPT_EDE	15
 
 /* Header flag bits: QR, OPCODE, TC and RD in byte 2, RA and CD in byte 3. */
@@ -127,8 +131,11 @@ struct stats {
 	uint64_t	st_badvers;	/* EDNS versions other than 0 */
 	uint64_t	st_bad_replies;	/* upstream replies that matched nothing */
 	uint64_t	st_reconnects;	/* upstream connections opened */
+	uint64_t	st_tls_full;	/* full TLS handshakes */
+	uint64_t	st_tls_resumed;	/* resumed TLS handshakes */
 	uint64_t	st_overload;	/* queries refused: pending table full */
 	uint64_t	st_tcp_aborts;	/* TCP clients cut off for not reading */
+	uint64_t	st_refused;	/* queries from clients not allowed */
 	uint64_t	st_cache_hits;
 	uint64_t	st_cache_misses;
 	uint64_t	st_cache_evictions;	/* live entries pushed out */
@@ -178,6 +185,13 @@ struct upstream_cfg {
 	int		uc_npins;
 };
 
+/* One --allow network. */
+struct allow {
+	int		al_family;
+	int		al_plen;	/* prefix length */
+	uint8_t		al_addr[16];	/* network byte order, host bits 0 */
+};
+
 /* The command line, parsed; read-only once the loop runs. */
 struct config {
 	union sockaddr_any cf_udp[LISTEN_MAX];
@@ -198,6 +212,12 @@ struct config {
 	int		cf_serve_stale;
 	int		cf_prefetch;
 	int		cf_keep_ecs;
+	int		cf_no_resume;	/* --no-resume: no session tickets */
+	int		cf_prewarm;
+	struct allow	cf_allow[ALLOW_MAX];
+	int		cf_nallow;
+	const char	*cf_user;	/* --user, NULL: stay who we are */
+	int		cf_check;	/* --check: validate and exit */
 	enum log_level	cf_log_level;
 };
 
@@ -290,11 +310,21 @@ void	mux_init(struct ev_loop *, const struct config *);
 int	mux_send(const uint8_t *, size_t, int64_t, mux_done_fn *, void *,
 	    int64_t);
 /* Moves a send's deadline later. */
-void	mux_extend(int, int64_t);
+void	mux_extend(int, int64_t, int64_t);
+/*
+ * The network changed: connections to the upstreams whose bit is set in
+ * the mask are replaced (their queries resent), backoff is cleared and
+ * every TLS session ticket forgotten.
+ */
+void	mux_netchange(uint32_t, int64_t);
 void	mux_shutdown(void);
 int	mux_inflight(void);
 /* Upstream requests the mux holds at most. */
 int	mux_capacity(void);
+
+/* netmon.c */
+void	netmon_init(struct ev_loop *, const struct config *);
+void	netmon_free(void);
 
 /* tls.c */
 struct tls_upstream;
@@ -304,12 +334,15 @@ int	tls_load_ca(const char *);
 void	tls_shutdown(void);
 const char *tls_strerror(int);
 struct tls_upstream *tls_upstream_new(const char *, const uint8_t (*)[32],
-	    int);
+	    int, int);
 void	tls_upstream_free(struct tls_upstream *);
+/* Forgets the session ticket: the next handshake is a full one. */
+void	tls_upstream_forget(struct tls_upstream *);
 struct tls_conn *tls_conn_new(struct tls_upstream *, int);
 void	tls_conn_free(struct tls_conn *, int);
 int	tls_handshake(struct tls_conn *, char *, size_t);
 const char *tls_version(struct tls_conn *);
+int	tls_resumed(struct tls_conn *);
 int	tls_read(struct tls_conn *, uint8_t *, size_t);
 int	tls_write(struct tls_conn *, const uint8_t *, size_t);
 
@@ -330,6 +363,9 @@ __attribute__((__noreturn__)) void fatalx(int, const char *, ...)
 	    __attribute__((__format__(printf, 2, 3)));
 
 /* util.c */
+/* Sockets passed by systemd socket activation (LISTEN_FDS), from fd 3. */
+#define LISTEN_FDS_START 3
+int	passed_fds(void);
 int64_t	now_ms(void);
 int64_t	boottime_ms(void);
 /* getrandom(2); a failure leaves no safe source of IDs, so it is fatal. */
@@ -387,6 +423,11 @@ size_t	dns_upstream_query(uint8_t *out, size_t cap, const struct qkey *);
  * cannot be walked or its extended RCODE is not 0.
  */
 size_t	dns_strip_opt(uint8_t *msg, size_t len, size_t qend);
+/*
+ * The TIMEOUT of an edns-tcp-keepalive option (RFC 7828) in a reply's
+ * OPT, in units of 100 ms, or -1 when there is none.
+ */
+int	dns_keepalive(const uint8_t *, size_t);
 /*
  * Makes an answer body (header counts and records, no OPT) in out the
  * answer to this client's query: its ID, question bytes and RD bit, and

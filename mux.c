@@ -38,6 +38,12 @@
 #define TLS_RECORD	16384
 /* A jump of the boot clock past the monotonic one this large is a sleep. */
 #define SUSPEND_MS	2000
+/* TCP_USER_TIMEOUT follows --timeout, but loss of a moment is no death. */
+#define TCP_USER_MIN_MS	1000
+/* With --prewarm, connections are kept while queries came this recently. */
+#define PREWARM_RECENT_MS (5 * 60 * 1000)
+/* We close before a server's announced idle timeout by this much. */
+#define KEEPALIVE_MARGIN_MS 500
 /* Sends of one query before a connection loss is blamed on the query. */
 #define PQ_MAX_SENDS	3
 
@@ -86,6 +92,8 @@ struct conn {
 	uint64_t	 c_queued;	/* bytes framed into c_out, ever */
 	uint64_t	 c_written;	/* bytes of them written out */
 	uint32_t	 c_reads;	/* successful reads, to spot silence */
+	uint32_t	 c_replies;	/* replies matched on this connection */
+	int64_t		 c_idle_ms;	/* ours, or within the server's (RFC 7828) */
 	int		 c_write_wants_read;	/* TLS: retry the flush on EV_READ */
 	int		 c_read_wants_write;	/* TLS: retry the read on EV_WRITE */
 	int		 c_dirty;
@@ -126,6 +134,7 @@ static struct {
 	uint16_t	 ids[256];
 	int		 nids;
 	int64_t		 boot_offset;
+	int64_t		 last_send;	/* for --prewarm */
 	int64_t		 overload_warned;
 } mux;
 
@@ -145,6 +154,8 @@ static int	 conn_frames(struct conn *, int64_t);
 static int	 conn_reply(struct conn *, uint8_t *, size_t, int64_t);
 static void	 conn_flush(struct conn *);
 static void	 conn_idle_check(struct conn *);
+static void	 conn_keepalive(struct conn *, const uint8_t *, size_t);
+static void	 prewarm(struct upstream *, int64_t);
 static int	 conn_read(struct conn *, uint8_t *, size_t);
 static int	 conn_write(struct conn *, const uint8_t *, size_t);
 static void	 conn_read_cb(struct ev_loop *, ev_io *, int);
@@ -165,6 +176,7 @@ static void	 fail_waiting(int64_t);
 static void	 deadline_cb(struct ev_loop *, ev_timer *, int);
 static void	 flush_cb(struct ev_loop *, ev_prepare *, int);
 static void	 check_suspend(int64_t, int64_t);
+static void	 upstream_reset(struct upstream *, const char *);
 
 #define PQ_INDEX(pq)	((int32_t)((pq) - mux.pool))
 #define CONN_OF(w, f)	((struct conn *)((char *)(w) - offsetof(struct conn, f)))
@@ -181,7 +193,8 @@ upstream_init(struct upstream *up, const struct upstream_cfg *uc, int idx)
 	    addr_str(&uc->uc_addr.sa, a, sizeof(a)));
 	if (uc->uc_tls)
 		up->up_tls = tls_upstream_new(uc->uc_name,
-		    (const uint8_t (*)[32])uc->uc_pins, uc->uc_npins);
+		    (const uint8_t (*)[32])uc->uc_pins, uc->uc_npins,
+		    !cf->cf_no_resume);
 	up->up_conns = xcalloc((size_t)cf->cf_connections, sizeof(struct conn));
 	for (i = 0; i < cf->cf_connections; i++) {
 		struct conn *c = &up->up_conns[i];
@@ -226,6 +239,9 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 	ev_prepare_start(loop, &mux.flush_prep);
 	ev_unref(loop);		/* the flush watcher alone keeps nothing alive */
 	mux.boot_offset = boottime_ms() - now_ms();
+	mux.last_send = now_ms();
+	for (i = 0; i < mux.nup; i++)
+		prewarm(&mux.ups[i], mux.last_send);
 }
 
 void
@@ -274,7 +290,7 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 	struct pq	*pq;
 	size_t		 qend;
 
-	check_suspend(now, boottime_ms());
+	mux.last_send = now;
 	if (len > sizeof(pq->pq_query) ||
 	    (qend = dns_question_end(msg, len)) == 0)
 		return -1;
@@ -298,15 +314,14 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 }
 
 void
-mux_extend(int h, int64_t deadline)
+mux_extend(int h, int64_t deadline, int64_t now)
 {
 	struct pq	*pq = &mux.pool[h];
 
 	if (deadline <= pq->pq_deadline)
 		return;
 	TAILQ_REMOVE(&mux.deadlines, pq, pq_dlink);
-	/* The timer runs for the old head; finding nothing due, it re-arms. */
-	deadline_insert(pq, deadline, 0);
+	deadline_insert(pq, deadline, now);
 }
 
 /* Keeps the deadline list in order, and its timer on the head. */
@@ -323,8 +338,9 @@ deadline_insert(struct pq *pq, int64_t deadline, int64_t now)
 		TAILQ_INSERT_AFTER(&mux.deadlines, p, pq, pq_dlink);
 	else
 		TAILQ_INSERT_HEAD(&mux.deadlines, pq, pq_dlink);
-	/* Only a first send arms it: a later one never becomes the head. */
-	if (!ev_is_active(&mux.deadline_timer))
+	/* A timer armed for a later head would fire too late. */
+	if (!ev_is_active(&mux.deadline_timer) ||
+	    TAILQ_FIRST(&mux.deadlines) == pq)
 		timer_arm(&mux.deadline_timer, deadline, now);
 }
 
@@ -462,6 +478,8 @@ conn_dial(struct upstream *up, int64_t now)
 	struct conn	*c = idle_conn(up);
 	char		 why[80];
 	int		 fd, one = 1;
+	unsigned int	 user_timeout = mux.cf->cf_timeout_ms < TCP_USER_MIN_MS ?
+			    TCP_USER_MIN_MS : (unsigned int)mux.cf->cf_timeout_ms;
 
 	if (up->up_fails > 0)	/* one probe per backoff period */
 		up->up_retry_at = now + up->up_backoff_ms;
@@ -473,6 +491,9 @@ conn_dial(struct upstream *up, int64_t now)
 		return -1;
 	}
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* The kernel too gives up on a dead path, not after many minutes. */
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
+	    sizeof(user_timeout));
 	if (connect(fd, &uc->uc_addr.sa, uc->uc_addrlen) == -1 &&
 	    errno != EINPROGRESS) {
 		upstream_failed(up, strerror(errno), now);
@@ -485,6 +506,8 @@ conn_dial(struct upstream *up, int64_t now)
 	c->c_slow = 0;
 	c->c_inlen = c->c_outoff = c->c_outlen = c->c_tlslen = 0;
 	c->c_queued = c->c_written = 0;
+	c->c_replies = 0;
+	c->c_idle_ms = mux.cf->cf_idle_timeout_s * 1000LL;
 	c->c_write_wants_read = c->c_read_wants_write = 0;
 	ev_io_set(&c->c_rio, fd, EV_READ);
 	ev_io_set(&c->c_wio, fd, EV_WRITE);
@@ -556,8 +579,13 @@ conn_ready(struct conn *c, int64_t now)
 		log_info("%s: reachable again", up->up_label);
 	up->up_fails = 0;
 	up->up_backoff_ms = 0;
-	log_debug("%s c%d: ready%s%s", up->up_label, c->c_idx,
-	    c->c_tls ? " over " : "", c->c_tls ? tls_version(c->c_tls) : "");
+	if (c->c_tls != NULL && tls_resumed(c->c_tls))
+		stats.st_tls_resumed++;
+	else if (c->c_tls != NULL)
+		stats.st_tls_full++;
+	log_debug("%s c%d: ready%s%s%s", up->up_label, c->c_idx,
+	    c->c_tls ? " over " : "", c->c_tls ? tls_version(c->c_tls) : "",
+	    c->c_tls && tls_resumed(c->c_tls) ? ", resumed" : "");
 	dispatch(now);
 	conn_idle_check(c);
 }
@@ -712,8 +740,10 @@ conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		conn_failed(c, "connect timed out", now);
 	else if (c->c_state == CONN_HANDSHAKE)
 		conn_failed(c, "TLS handshake timed out", now);
-	else if (c->c_state == CONN_READY && c->c_inflight == 0)
+	else if (c->c_state == CONN_READY && c->c_inflight == 0) {
 		conn_close(c, "idle");
+		prewarm(c->c_up, now);
+	}
 }
 
 /* Reads until the socket is drained, handing over every whole reply. */
@@ -742,6 +772,7 @@ conn_input(struct conn *c, int64_t now)
 		/* A close between queries is normal: redial on demand. */
 		conn_close(c, n == 0 ? "closed by server" : "read failed");
 		dispatch(now);
+		prewarm(c->c_up, now);
 		return;
 	}
 	dispatch(now);
@@ -797,8 +828,29 @@ conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 	}
 	rtt = now - pq->pq_sent;
 	up->up_rtt8 += rtt - up->up_rtt8 / 8;
+	if (c->c_replies++ == 0)
+		conn_keepalive(c, msg, len);
 	pq_complete(pq, MUX_ANSWER, msg, len, now);
 	return 0;
+}
+
+/*
+ * The server's idle timeout (RFC 7828), read from its first answer: we
+ * close first, so that its close never meets a query in flight.
+ */
+static void
+conn_keepalive(struct conn *c, const uint8_t *msg, size_t len)
+{
+	int	 ka = dns_keepalive(msg, len);
+	int64_t	 ms;
+
+	if (ka < 0)
+		return;
+	ms = ka * 100LL - KEEPALIVE_MARGIN_MS;
+	if (ms < c->c_idle_ms)
+		c->c_idle_ms = ms > 0 ? ms : 0;
+	log_debug("%s c%d: server keeps idle connections %d ms",
+	    c->c_up->up_label, c->c_idx, ka * 100);
 }
 
 /* Starts the idle timer once nothing is in flight. */
@@ -807,8 +859,24 @@ conn_idle_check(struct conn *c)
 {
 	if (c->c_state != CONN_READY || c->c_inflight > 0)
 		return;
-	c->c_timer.repeat = mux.cf->cf_idle_timeout_s;
+	c->c_timer.repeat = c->c_idle_ms > 0 ? c->c_idle_ms / 1000.0 : 0.001;
 	ev_timer_again(mux.loop, &c->c_timer);
+}
+
+/*
+ * --prewarm: every connection is opened at start-up, and one closed for
+ * idleness is opened again at once while queries came recently, so that
+ * the first query after a quiet minute pays no handshake.
+ */
+static void
+prewarm(struct upstream *up, int64_t now)
+{
+	if (!mux.cf->cf_prewarm || now - mux.last_send > PREWARM_RECENT_MS)
+		return;
+	while (idle_conn(up) != NULL && (up->up_fails == 0 ||
+	    now >= up->up_retry_at))
+		if (conn_dial(up, now) == -1)
+			return;
 }
 
 /*
@@ -841,7 +909,8 @@ conn_flush(struct conn *c)
 			if (n == IO_WANT_READ) {
 				/* The read watcher is always on when ready. */
 				c->c_write_wants_read = 1;
-				ev_io_stop(mux.loop, &c->c_wio);
+				if (!c->c_read_wants_write)
+					ev_io_stop(mux.loop, &c->c_wio);
 			} else
 				ev_io_start(mux.loop, &c->c_wio);
 			return;
@@ -893,13 +962,17 @@ static void
 flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	struct conn	*c;
+	int64_t		 now;
 
 	(void)loop;
 	(void)w;
 	(void)revents;
 	if (mux.kick) {
+		/* Once per loop iteration, not per query: two clock reads. */
+		now = now_ms();
 		mux.kick = 0;
-		dispatch(now_ms());
+		check_suspend(now, boottime_ms());
+		dispatch(now);
 	}
 	while ((c = TAILQ_FIRST(&mux.dirty)) != NULL) {
 		TAILQ_REMOVE(&mux.dirty, c, c_dirtylink);
@@ -1001,12 +1074,14 @@ pq_free(struct pq *pq)
 	mux.nfree++;
 }
 
+/* Only those waiting now: a sender may try again from its callback. */
 static void
 fail_waiting(int64_t now)
 {
 	struct pq	*pq;
+	int		 n = mux.nwait;
 
-	while ((pq = TAILQ_FIRST(&mux.waitq)) != NULL)
+	while (n-- > 0 && (pq = TAILQ_FIRST(&mux.waitq)) != NULL)
 		pq_complete(pq, MUX_UNREACHABLE, NULL, 0, now);
 }
 
@@ -1087,20 +1162,46 @@ deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void
 check_suspend(int64_t now, int64_t boot)
 {
-	int	 i, j;
+	int	 i;
 
 	if (boot - now - mux.boot_offset < SUSPEND_MS)
 		return;
 	mux.boot_offset = boot - now;
 	log_info("resumed from suspend: reconnecting to upstreams");
-	for (i = 0; i < mux.nup; i++) {
-		struct upstream *up = &mux.ups[i];
+	for (i = 0; i < mux.nup; i++)
+		upstream_reset(&mux.ups[i], "suspend");
+}
 
-		for (j = 0; j < mux.cf->cf_connections; j++)
-			if (up->up_conns[j].c_state != CONN_IDLE)
-				conn_close(&up->up_conns[j], "suspend");
-		up->up_fails = 0;
-		up->up_backoff_ms = 0;
-		up->up_retry_at = 0;
-	}
+void
+mux_netchange(uint32_t moved, int64_t now)
+{
+	int	 i;
+
+	log_info("network changed: reconnecting to %s",
+	    moved == (1u << mux.nup) - 1 ? "every upstream" : "some upstreams");
+	for (i = 0; i < mux.nup; i++)
+		if (moved & (1u << i))
+			upstream_reset(&mux.ups[i], "network changed");
+		else if (mux.ups[i].up_tls != NULL)
+			tls_upstream_forget(mux.ups[i].up_tls);
+	dispatch(now);
+}
+
+/*
+ * Its connections may be dead without knowing it, its backoff is about
+ * another network, and a ticket would link this machine across networks.
+ */
+static void
+upstream_reset(struct upstream *up, const char *why)
+{
+	int	 j;
+
+	for (j = 0; j < mux.cf->cf_connections; j++)
+		if (up->up_conns[j].c_state != CONN_IDLE)
+			conn_close(&up->up_conns[j], why);
+	up->up_fails = 0;
+	up->up_backoff_ms = 0;
+	up->up_retry_at = 0;
+	if (up->up_tls != NULL)
+		tls_upstream_forget(up->up_tls);
 }

@@ -386,7 +386,7 @@ cq_join(struct cq *cq, struct flight *f, const struct client_ref *cr,
 	cq->cq_deadline = now + q.cf->cf_timeout_ms;
 	if (cq->cq_deadline > f->f_deadline) {
 		f->f_deadline = cq->cq_deadline;
-		mux_extend(f->f_mux, f->f_deadline);
+		mux_extend(f->f_mux, f->f_deadline, now);
 	}
 	TAILQ_INSERT_TAIL(&q.deadlines, cq, cq_dlink);
 	cq->cq_stale_at = 0;
