@@ -26,8 +26,8 @@ SAN =		-fsanitize=address,undefined -fno-omit-frame-pointer \
 		-fno-sanitize-recover=undefined
 PY =		/usr/bin/python3
 
-SRCS =		dnsfwd.c options.c listen.c query.c mux.c cache.c tls.c dns.c \
-		log.c util.c
+SRCS =		dnsfwd.c options.c listen.c query.c mux.c netmon.c cache.c \
+		tls.c dns.c log.c util.c
 HDRS =		dnsfwd.h
 # mbedTLS 3.6 from Debian 13, unpacked here by tests/mbedtls3.sh.
 M3 =		build/mbedtls3
@@ -121,12 +121,31 @@ run: deps-run
 lint:
 	mandoc -Tlint -W warning dnsfwd.8
 
+# The units' ExecStart= names $(PREFIX)/sbin/dnsfwd.  /etc/default/dnsfwd
+# is installed only when absent, and uninstalled only when unchanged.
+UNITDIR ?=	$(PREFIX)/lib/systemd/system
 install: dnsfwd
-	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8 \
+	    $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/default
 	install -m 755 dnsfwd $(DESTDIR)$(PREFIX)/sbin/dnsfwd
 	install -m 644 dnsfwd.8 $(DESTDIR)$(PREFIX)/share/man/man8/dnsfwd.8
+	sed 's|/usr/local/|$(PREFIX)/|g' dnsfwd.service \
+	    >$(DESTDIR)$(UNITDIR)/dnsfwd.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/dnsfwd.service
+	install -m 644 dnsfwd.socket $(DESTDIR)$(UNITDIR)/dnsfwd.socket
+	[ -e $(DESTDIR)/etc/default/dnsfwd ] || \
+	    install -m 644 dnsfwd.default $(DESTDIR)/etc/default/dnsfwd
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/dnsfwd \
+	    $(DESTDIR)$(PREFIX)/share/man/man8/dnsfwd.8 \
+	    $(DESTDIR)$(UNITDIR)/dnsfwd.service $(DESTDIR)$(UNITDIR)/dnsfwd.socket
+	if cmp -s dnsfwd.default $(DESTDIR)/etc/default/dnsfwd; then \
+	    rm -f $(DESTDIR)/etc/default/dnsfwd; \
+	elif [ -e $(DESTDIR)/etc/default/dnsfwd ]; then \
+	    echo "kept $(DESTDIR)/etc/default/dnsfwd: it was changed"; fi
 
 clean:
 	rm -f $(VARIANTS) $(UNIT)
 
-.PHONY: all check deps deps-run deps-install run lint install clean
+.PHONY: all check deps deps-run deps-install run lint install uninstall clean

@@ -157,6 +157,9 @@ cache_render(const struct centry *e, int64_t now, int stale, uint8_t *out)
 	uint32_t	 age = (uint32_t)((now - e->ce_stored) / 1000);
 
 	memcpy(out, e->ce_msg, e->ce_len);
+	/* Stored this second: its TTLs are already what they should be. */
+	if (!stale && age == 0)
+		return e->ce_len;
 	if (stale)
 		(void)ttls_rewrite(out, e->ce_len, e->ce_qend, 0, STALE_TTL,
 		    STALE_TTL);

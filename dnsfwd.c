@@ -3,11 +3,22 @@
  * hand client messages to the query lifecycle (query.c), which answers
  * from the cache (cache.c) or sends upstream through the mux (mux.c,
  * tls.c); answers travel back by callback.
+ *
+ * Start-up is where the service meets its host: --check, the drop to
+ * --user once the sockets are bound and the CA file read, and telling
+ * systemd (Type=notify) that we are ready, stopping, and alive.
  */
+#include <sys/socket.h>
+#include <sys/un.h>
+
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include <ev.h>
 
@@ -23,6 +34,9 @@ static struct ev_loop	*loop;
 static ev_signal	 sig_term, sig_int, sig_usr1;
 static ev_timer		 drain_timer;
 static ev_prepare	 drain_prep;
+static ev_timer		 watchdog;
+static int		 notify_fd = -1;
+static struct passwd	*user;
 
 static void	signal_cb(struct ev_loop *, ev_signal *, int);
 static void	drain_check_cb(struct ev_loop *, ev_prepare *, int);
@@ -31,6 +45,14 @@ static void	log_stats(void);
 static void	syserr_cb(const char *);
 static void	start(void);
 static void	teardown(void);
+static void	check_only(void);
+static void	load_ca(void);
+static void	user_lookup(void);
+static void	drop_privileges(void);
+static void	notify_open(void);
+static void	notify(const char *);
+static void	watchdog_start(void);
+static void	watchdog_cb(struct ev_loop *, ev_timer *, int);
 
 static void
 signal_cb(struct ev_loop *l, ev_signal *w, int revents)
@@ -44,6 +66,7 @@ signal_cb(struct ev_loop *l, ev_signal *w, int revents)
 	if (ev_is_active(&drain_timer))
 		return;
 	log_info("signal %d: stopping", w->signum);
+	notify("STOPPING=1");
 	listen_stop();
 	/* Answer what is in flight, but never past DRAIN_S. */
 	ev_timer_init(&drain_timer, drain_cb, DRAIN_S, 0.0);
@@ -74,7 +97,9 @@ log_stats(void)
 {
 	log_info("stats: queries=%llu answers=%llu servfails=%llu drops=%llu "
 	    "formerr=%llu notimp=%llu badvers=%llu bad_replies=%llu "
-	    "reconnects=%llu overload=%llu tcp_aborts=%llu inflight=%d "
+	    "reconnects=%llu tls_full=%llu tls_resumed=%llu overload=%llu "
+	    "tcp_aborts=%llu refused=%llu "
+	    "inflight=%d "
 	    "pending=%d cache_hits=%llu cache_misses=%llu cache_entries=%d "
 	    "cache_evictions=%llu stale=%llu prefetches=%llu",
 	    (unsigned long long)stats.st_queries,
@@ -86,8 +111,11 @@ log_stats(void)
 	    (unsigned long long)stats.st_badvers,
 	    (unsigned long long)stats.st_bad_replies,
 	    (unsigned long long)stats.st_reconnects,
+	    (unsigned long long)stats.st_tls_full,
+	    (unsigned long long)stats.st_tls_resumed,
 	    (unsigned long long)stats.st_overload,
-	    (unsigned long long)stats.st_tcp_aborts, mux_inflight(),
+	    (unsigned long long)stats.st_tcp_aborts,
+	    (unsigned long long)stats.st_refused, mux_inflight(),
 	    query_pending(),
 	    (unsigned long long)stats.st_cache_hits,
 	    (unsigned long long)stats.st_cache_misses, cache_entries(),
@@ -102,22 +130,154 @@ syserr_cb(const char *msg)
 	fatal(EXIT_SETUP, "libev: %s", msg);
 }
 
+/* The CA file is only needed when an upstream is checked by name. */
+static void
+load_ca(void)
+{
+	int	 i;
+
+	for (i = 0; i < cf.cf_nup; i++)
+		if (cf.cf_up[i].uc_name != NULL) {
+			if (tls_load_ca(cf.cf_ca_file) == -1)
+				exit(EXIT_SETUP);
+			return;
+		}
+}
+
+static void
+user_lookup(void)
+{
+	if (cf.cf_user == NULL)
+		return;
+	errno = 0;
+	if ((user = getpwnam(cf.cf_user)) == NULL)
+		fatalx(EXIT_SETUP, "--user %s: %s", cf.cf_user,
+		    errno ? strerror(errno) : "no such user");
+}
+
+/* --check: everything start-up would read, and nothing it would bind. */
+static void
+check_only(void)
+{
+	tls_init();
+	load_ca();
+	user_lookup();
+	printf("dnsfwd: configuration OK: %d listener%s%s, %d upstream%s%s%s\n",
+	    cf.cf_nudp + cf.cf_ntcp, cf.cf_nudp + cf.cf_ntcp == 1 ? "" : "s",
+	    cf.cf_nudp + cf.cf_ntcp == 0 ? " (socket activation must pass "
+	    "them)" : "", cf.cf_nup, cf.cf_nup == 1 ? "" : "s",
+	    user ? ", running as " : "", user ? user->pw_name : "");
+	tls_shutdown();
+	options_free(&cf);
+	exit(0);
+}
+
+/*
+ * No supplementary groups, then group, then user; and we check that it
+ * took, since running on as root would be worse than not running.
+ */
+static void
+drop_privileges(void)
+{
+	uid_t	 r, e, s;
+	gid_t	 rg, eg, sg;
+
+	if (user == NULL)
+		return;
+	if ((getuid() == 0 && setgroups(0, NULL) == -1) ||
+	    setresgid(user->pw_gid, user->pw_gid, user->pw_gid) == -1 ||
+	    setresuid(user->pw_uid, user->pw_uid, user->pw_uid) == -1)
+		fatal(EXIT_SETUP, "cannot switch to user %s", cf.cf_user);
+	if (getresuid(&r, &e, &s) == -1 || getresgid(&rg, &eg, &sg) == -1 ||
+	    r != user->pw_uid || e != r || s != r || rg != user->pw_gid ||
+	    eg != rg || sg != rg ||
+	    (user->pw_uid != 0 && (setuid(0) != -1 || seteuid(0) != -1)))
+		fatalx(EXIT_SETUP, "switching to user %s did not take",
+		    cf.cf_user);
+	log_info("running as %s (uid %u, gid %u)", cf.cf_user,
+	    (unsigned)user->pw_uid, (unsigned)user->pw_gid);
+}
+
+/*
+ * sd_notify(3) without libsystemd.  The socket is connected now, while
+ * its path is still reachable, and kept for STOPPING=1 and WATCHDOG=1.
+ */
+static void
+notify_open(void)
+{
+	const char		*path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un	 sun;
+	size_t			 len;
+
+	if (path == NULL || (path[0] != '/' && path[0] != '@') ||
+	    (len = strlen(path)) >= sizeof(sun.sun_path))
+		return;
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	memcpy(sun.sun_path, path, len);
+	if (path[0] == '@')
+		sun.sun_path[0] = '\0';	/* an abstract name */
+	notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (notify_fd == -1 || connect(notify_fd, (struct sockaddr *)&sun,
+	    (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) == -1) {
+		log_warn("NOTIFY_SOCKET %s", path);
+		if (notify_fd != -1)
+			close(notify_fd);
+		notify_fd = -1;
+	}
+	unsetenv("NOTIFY_SOCKET");
+}
+
+static void
+notify(const char *state)
+{
+	if (notify_fd != -1 &&
+	    send(notify_fd, state, strlen(state), MSG_NOSIGNAL) == -1)
+		log_warn("notify %s", state);
+}
+
+/* WatchdogSec=: a ping every half period, from the loop itself. */
+static void
+watchdog_start(void)
+{
+	const char	*usec = getenv("WATCHDOG_USEC");
+	const char	*pid = getenv("WATCHDOG_PID");
+	double		 period;
+
+	if (usec == NULL || notify_fd == -1 ||
+	    (pid != NULL && strtol(pid, NULL, 10) != (long)getpid()))
+		return;
+	if ((period = strtod(usec, NULL) / 2e6) <= 0)
+		return;
+	ev_timer_init(&watchdog, watchdog_cb, period, period);
+	ev_timer_start(loop, &watchdog);
+	ev_unref(loop);
+}
+
+static void
+watchdog_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	(void)l;
+	(void)w;
+	(void)revents;
+	notify("WATCHDOG=1");
+}
+
 static void
 start(void)
 {
-	int	 i, need_ca = 0;
-
 	signal(SIGPIPE, SIG_IGN);
 	ev_set_syserr_cb(syserr_cb);
 	tls_init();
-	for (i = 0; i < cf.cf_nup; i++)
-		need_ca |= cf.cf_up[i].uc_name != NULL;
-	if (need_ca && tls_load_ca(cf.cf_ca_file) == -1)
-		exit(EXIT_SETUP);
+	load_ca();
+	user_lookup();
+	notify_open();
 	if ((loop = ev_default_loop(EVFLAG_AUTO)) == NULL)
 		fatalx(EXIT_SETUP, "cannot initialise the event loop");
 	listen_init(loop, &cf);
+	drop_privileges();
 	mux_init(loop, &cf);
+	netmon_init(loop, &cf);
 	cache_init(&cf);
 	query_init(loop, &cf, listen_deliver);
 	ev_signal_init(&sig_term, signal_cb, SIGTERM);
@@ -129,11 +289,14 @@ start(void)
 	ev_init(&drain_timer, drain_cb);
 	ev_prepare_init(&drain_prep, drain_check_cb);
 	ev_set_priority(&drain_prep, EV_MINPRI);
+	ev_init(&watchdog, watchdog_cb);
+	watchdog_start();
 }
 
 static void
 teardown(void)
 {
+	netmon_free();
 	mux_shutdown();
 	query_shutdown();
 	cache_free();
@@ -141,6 +304,12 @@ teardown(void)
 	options_free(&cf);
 	ev_prepare_stop(loop, &drain_prep);
 	ev_timer_stop(loop, &drain_timer);
+	if (ev_is_active(&watchdog)) {
+		ev_ref(loop);
+		ev_timer_stop(loop, &watchdog);
+	}
+	if (notify_fd != -1)
+		close(notify_fd);
 	ev_signal_stop(loop, &sig_term);
 	ev_signal_stop(loop, &sig_int);
 	ev_signal_stop(loop, &sig_usr1);
@@ -153,10 +322,14 @@ main(int argc, char **argv)
 {
 	options_parse(argc, argv, &cf);
 	log_init(cf.cf_log_level);
+	if (cf.cf_check)
+		check_only();
 	start();
 	log_info("dnsfwd %s ready: %d upstream%s, %d connection%s each",
 	    DNSFWD_VERSION, cf.cf_nup, cf.cf_nup == 1 ? "" : "s",
 	    cf.cf_connections, cf.cf_connections == 1 ? "" : "s");
+	/* Bound and set up: a query sent now is answered. */
+	notify("READY=1");
 	ev_run(loop, 0);
 	teardown();
 	log_info("stopped");

@@ -4,6 +4,10 @@
  * read goes to query.c; answers come back through listen_deliver, which
  * query.c was given as its callback.
  *
+ * The sockets are bound here or passed by systemd (socket activation).
+ * Only loopback clients and those --allow admits are served: others get
+ * nothing over UDP, so we reflect nothing, and REFUSED over TCP.
+ *
  * UDP answers go out in one sendmmsg per listener per loop iteration,
  * never larger than EDNS_PAYLOAD.  A socket bound to a wildcard address
  * learns where each datagram was sent (IP_PKTINFO, IPV6_RECVPKTINFO) and
@@ -15,6 +19,7 @@
 #include <netinet/tcp.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +58,7 @@ struct tcp_client {
 	ev_io		 tc_wio;
 	ev_timer	 tc_idle;	/* no progress for TCP_CLIENT_IDLE */
 	int		 tc_pending;	/* queries given to query.c */
+	int		 tc_denied;	/* not a client --allow admits */
 	int		 tc_abort;	/* cut it off at the next flush */
 	int		 tc_dirty;
 	TAILQ_ENTRY(tcp_client) tc_dirtylink;
@@ -67,6 +73,7 @@ struct tcp_client {
 static const struct config *cf;
 static struct ev_loop	*loop;
 static struct udp_listener udp[LISTEN_MAX];
+static int		 nudp;
 static struct {
 	struct mmsghdr	 msgs[UDP_BATCH];
 	struct iovec	 iov[UDP_BATCH];
@@ -75,6 +82,7 @@ static struct {
 	uint8_t		 bufs[UDP_BATCH][QUERY_MAX + 1];
 } rx;
 static int		 tcp_fd[LISTEN_MAX];
+static int		 ntcp;
 static ev_io		 tcp_io[LISTEN_MAX];
 static ev_timer		 accept_pause;
 static struct tcp_client *clients[TCP_CLIENTS_MAX];
@@ -86,7 +94,15 @@ static ev_prepare	 flush_prep;
 static int		 stopped;
 
 static int	listen_on(const union sockaddr_any *, int);
+static void	listen_passed(int);
+static void	listen_add(int, const union sockaddr_any *, int);
+static void	pktinfo_on(int, const union sockaddr_any *, const char *);
 static int	is_wildcard(const union sockaddr_any *);
+static int	is_loopback(const union sockaddr_any *);
+static int	client_allowed(const union sockaddr_any *);
+static int	prefix_match(const uint8_t *, const uint8_t *, int);
+static void	tcp_refuse(struct tcp_client *, const struct client_ref *,
+		    const uint8_t *, size_t);
 static void	udp_read_cb(struct ev_loop *, ev_io *, int);
 static void	udp_rx_init(void);
 static void	udp_local(const struct msghdr *, struct client_ref *);
@@ -101,7 +117,7 @@ static int	tcp_append(struct tcp_client *, const uint8_t *, size_t);
 static void	tcp_accept_cb(struct ev_loop *, ev_io *, int);
 static void	accept_enable(int);
 static void	accept_pause_cb(struct ev_loop *, ev_timer *, int);
-static void	client_open(int);
+static void	client_open(int, const union sockaddr_any *);
 static void	client_close(struct tcp_client *, const char *, int);
 static void	client_read_cb(struct ev_loop *, ev_io *, int);
 static void	client_frames(struct tcp_client *, int64_t);
@@ -122,24 +138,80 @@ listen_init(struct ev_loop *l, const struct config *config)
 	loop = l;
 	cf = config;
 	udp_rx_init();
-	for (i = 0; i < cf->cf_nudp; i++) {
-		udp[i].ul_fd = listen_on(&cf->cf_udp[i], SOCK_DGRAM);
-		udp[i].ul_wild = is_wildcard(&cf->cf_udp[i]);
-		udp[i].ul_buf = xcalloc(UDP_BATCH, sizeof(*udp[i].ul_buf));
-		udp[i].ul_ctl = xcalloc(UDP_BATCH, sizeof(*udp[i].ul_ctl));
-		ev_io_init(&udp[i].ul_io, udp_read_cb, udp[i].ul_fd, EV_READ);
-		ev_io_start(loop, &udp[i].ul_io);
-	}
-	for (i = 0; i < cf->cf_ntcp; i++) {
-		tcp_fd[i] = listen_on(&cf->cf_tcp[i], SOCK_STREAM);
-		ev_io_init(&tcp_io[i], tcp_accept_cb, tcp_fd[i], EV_READ);
-		ev_io_start(loop, &tcp_io[i]);
-	}
+	listen_passed(passed_fds());
+	for (i = 0; i < cf->cf_nudp; i++)
+		listen_add(listen_on(&cf->cf_udp[i], SOCK_DGRAM),
+		    &cf->cf_udp[i], SOCK_DGRAM);
+	for (i = 0; i < cf->cf_ntcp; i++)
+		listen_add(listen_on(&cf->cf_tcp[i], SOCK_STREAM),
+		    &cf->cf_tcp[i], SOCK_STREAM);
 	ev_init(&accept_pause, accept_pause_cb);
 	ev_prepare_init(&flush_prep, prepare_cb);
 	/* After the mux's prepare, which may answer queries it fails. */
 	ev_set_priority(&flush_prep, EV_MINPRI);
 	ev_prepare_start(loop, &flush_prep);
+}
+
+/* Takes the sockets systemd bound for us, telling UDP from TCP. */
+static void
+listen_passed(int n)
+{
+	union sockaddr_any sa;
+	socklen_t	 len;
+	int		 fd, type;
+
+	for (fd = LISTEN_FDS_START; fd < LISTEN_FDS_START + n; fd++) {
+		len = sizeof(type);
+		if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == -1)
+			fatal(EXIT_SETUP, "passed descriptor %d", fd);
+		len = sizeof(sa);
+		if (getsockname(fd, &sa.sa, &len) == -1 ||
+		    (sa.sa.sa_family != AF_INET && sa.sa.sa_family != AF_INET6))
+			fatalx(EXIT_SETUP, "passed descriptor %d is not an "
+			    "IP socket", fd);
+		if ((type != SOCK_DGRAM && type != SOCK_STREAM) ||
+		    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) == -1 ||
+		    fcntl(fd, F_SETFD, FD_CLOEXEC) == -1)
+			fatalx(EXIT_SETUP, "passed descriptor %d is neither a "
+			    "UDP nor a TCP socket", fd);
+		if (type == SOCK_DGRAM)
+			pktinfo_on(fd, &sa, "passed");
+		listen_add(fd, &sa, type);
+	}
+	/* Not for whatever we might start: nothing, but say so. */
+	unsetenv("LISTEN_PID");
+	unsetenv("LISTEN_FDS");
+	unsetenv("LISTEN_FDNAMES");
+}
+
+static void
+listen_add(int fd, const union sockaddr_any *sa, int type)
+{
+	struct udp_listener *ul;
+	char		 a[64];
+
+	addr_str(&sa->sa, a, sizeof(a));
+	if ((type == SOCK_DGRAM ? nudp : ntcp) == LISTEN_MAX)
+		fatalx(EXIT_SETUP, "more than %d %s listeners", LISTEN_MAX,
+		    type == SOCK_DGRAM ? "udp" : "tcp");
+	if (!is_loopback(sa) && cf->cf_nallow == 0)
+		log_warnx("listening on %s, but only loopback clients are "
+		    "answered: add --allow for others", a);
+	log_info("listening on %s %s", type == SOCK_STREAM ? "tcp" : "udp",
+	    a);
+	if (type == SOCK_STREAM) {
+		tcp_fd[ntcp] = fd;
+		ev_io_init(&tcp_io[ntcp], tcp_accept_cb, fd, EV_READ);
+		ev_io_start(loop, &tcp_io[ntcp++]);
+		return;
+	}
+	ul = &udp[nudp++];
+	ul->ul_fd = fd;
+	ul->ul_wild = is_wildcard(sa);
+	ul->ul_buf = xcalloc(UDP_BATCH, sizeof(*ul->ul_buf));
+	ul->ul_ctl = xcalloc(UDP_BATCH, sizeof(*ul->ul_ctl));
+	ev_io_init(&ul->ul_io, udp_read_cb, fd, EV_READ);
+	ev_io_start(loop, &ul->ul_io);
 }
 
 void
@@ -148,7 +220,7 @@ listen_stop(void)
 	int	 i;
 
 	stopped = 1;
-	for (i = 0; i < cf->cf_nudp; i++)
+	for (i = 0; i < nudp; i++)
 		ev_io_stop(loop, &udp[i].ul_io);
 	accept_enable(0);
 	ev_timer_stop(loop, &accept_pause);
@@ -165,13 +237,13 @@ listen_free(void)
 	for (i = 0; i < TCP_CLIENTS_MAX; i++)
 		if (clients[i] != NULL)
 			client_close(clients[i], "shutting down", 0);
-	for (i = 0; i < cf->cf_nudp; i++) {
+	for (i = 0; i < nudp; i++) {
 		ev_io_stop(loop, &udp[i].ul_io);
 		close(udp[i].ul_fd);
 		free(udp[i].ul_buf);
 		free(udp[i].ul_ctl);
 	}
-	for (i = 0; i < cf->cf_ntcp; i++) {
+	for (i = 0; i < ntcp; i++) {
 		ev_io_stop(loop, &tcp_io[i]);
 		close(tcp_fd[i]);
 	}
@@ -195,20 +267,26 @@ listen_on(const union sockaddr_any *sa, int type)
 	if (type == SOCK_STREAM)
 		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
 		    sizeof(one));
-	else if (is_wildcard(sa) && setsockopt(fd,
-	    sa->sa.sa_family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP,
-	    sa->sa.sa_family == AF_INET6 ? IPV6_RECVPKTINFO : IP_PKTINFO,
-	    &one, sizeof(one)) == -1)
-		fatal(EXIT_SETUP, "packet info on udp %s", a);
+	else
+		pktinfo_on(fd, sa, a);
 	if (bind(fd, &sa->sa, sa->sa.sa_family == AF_INET6 ?
 	    sizeof(sa->sin6) : sizeof(sa->sin)) == -1)
 		fatal(EXIT_SETUP, "cannot bind %s %s",
 		    type == SOCK_STREAM ? "tcp" : "udp", a);
 	if (type == SOCK_STREAM && listen(fd, 128) == -1)
 		fatal(EXIT_SETUP, "listen on tcp %s", a);
-	log_info("listening on %s %s", type == SOCK_STREAM ? "tcp" : "udp",
-	    a);
 	return fd;
+}
+
+/* A wildcard UDP socket must learn where each datagram was sent. */
+static void
+pktinfo_on(int fd, const union sockaddr_any *sa, const char *what)
+{
+	int	 one = 1, v6 = sa->sa.sa_family == AF_INET6;
+
+	if (is_wildcard(sa) && setsockopt(fd, v6 ? IPPROTO_IPV6 : IPPROTO_IP,
+	    v6 ? IPV6_RECVPKTINFO : IP_PKTINFO, &one, sizeof(one)) == -1)
+		fatal(EXIT_SETUP, "packet info on udp %s", what);
 }
 
 static int
@@ -217,6 +295,53 @@ is_wildcard(const union sockaddr_any *sa)
 	if (sa->sa.sa_family == AF_INET6)
 		return IN6_IS_ADDR_UNSPECIFIED(&sa->sin6.sin6_addr);
 	return sa->sin.sin_addr.s_addr == htonl(INADDR_ANY);
+}
+
+/* 127.0.0.0/8, ::1, and 127.0.0.0/8 mapped into IPv6. */
+static int
+is_loopback(const union sockaddr_any *sa)
+{
+	const struct in6_addr *a6 = &sa->sin6.sin6_addr;
+
+	if (sa->sa.sa_family == AF_INET)
+		return ((const uint8_t *)&sa->sin.sin_addr)[0] == 127;
+	return IN6_IS_ADDR_LOOPBACK(a6) ||
+	    (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
+}
+
+static int
+client_allowed(const union sockaddr_any *sa)
+{
+	const struct allow *al;
+	const uint8_t	*a;
+	int		 i, fam = sa->sa.sa_family;
+
+	if (is_loopback(sa))
+		return 1;
+	a = fam == AF_INET ? (const uint8_t *)&sa->sin.sin_addr :
+	    sa->sin6.sin6_addr.s6_addr;
+	if (fam == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&sa->sin6.sin6_addr)) {
+		fam = AF_INET;
+		a += 12;
+	}
+	for (i = 0; i < cf->cf_nallow; i++) {
+		al = &cf->cf_allow[i];
+		if (al->al_family == fam &&
+		    prefix_match(a, al->al_addr, al->al_plen))
+			return 1;
+	}
+	return 0;
+}
+
+static int
+prefix_match(const uint8_t *a, const uint8_t *net, int plen)
+{
+	int	 full = plen / 8, rest = plen % 8;
+
+	if (memcmp(a, net, (size_t)full) != 0)
+		return 0;
+	return rest == 0 ||
+	    ((a[full] ^ net[full]) & (uint8_t)(0xff << (8 - rest))) == 0;
 }
 
 static void
@@ -250,6 +375,10 @@ udp_read_cb(struct ev_loop *l, ev_io *w, int revents)
 		/* recvmmsg shrank these to what it wrote. */
 		h->msg_namelen = sizeof(rx.from[i]);
 		h->msg_controllen = sizeof(rx.ctl[i]);
+		if (!client_allowed(&cr.cr_addr)) {
+			stats.st_refused++;
+			continue;
+		}
 		(void)query_ask(&cr, rx.bufs[i], rx.msgs[i].msg_len, now);
 	}
 }
@@ -464,7 +593,9 @@ tcp_append(struct tcp_client *c, const uint8_t *msg, size_t len)
 static void
 tcp_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 {
-	int	 fd;
+	union sockaddr_any peer;
+	socklen_t	 len = sizeof(peer);
+	int		 fd;
 
 	(void)l;
 	(void)revents;
@@ -472,7 +603,7 @@ tcp_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 		accept_enable(0);
 		return;
 	}
-	fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	fd = accept4(w->fd, &peer.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (fd == -1) {
 		if (errno == EMFILE || errno == ENFILE) {
 			/* Out of descriptors: stop spinning for a second. */
@@ -485,7 +616,7 @@ tcp_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 		}
 		return;
 	}
-	client_open(fd);
+	client_open(fd, &peer);
 }
 
 static void
@@ -493,7 +624,7 @@ accept_enable(int on)
 {
 	int	 i;
 
-	for (i = 0; i < cf->cf_ntcp; i++) {
+	for (i = 0; i < ntcp; i++) {
 		if (on && !stopped)
 			ev_io_start(loop, &tcp_io[i]);
 		else
@@ -512,7 +643,7 @@ accept_pause_cb(struct ev_loop *l, ev_timer *w, int revents)
 }
 
 static void
-client_open(int fd)
+client_open(int fd, const union sockaddr_any *peer)
 {
 	struct tcp_client	*c;
 	int			 i, one = 1;
@@ -529,6 +660,7 @@ client_open(int fd)
 	c->tc_fd = fd;
 	c->tc_slot = (uint32_t)i;
 	c->tc_gen = ++client_gen[i];
+	c->tc_denied = !client_allowed(peer);
 	ev_io_init(&c->tc_rio, client_read_cb, fd, EV_READ);
 	ev_io_init(&c->tc_wio, client_write_cb, fd, EV_WRITE);
 	ev_init(&c->tc_idle, client_idle_cb);
@@ -615,7 +747,9 @@ client_frames(struct tcp_client *c, int64_t now)
 		if (c->tc_inlen - off - 2 < flen)
 			break;
 		c->tc_pending++;
-		if (query_ask(&cr, c->tc_in + off + 2, flen, now) == -1)
+		if (c->tc_denied)
+			tcp_refuse(c, &cr, c->tc_in + off + 2, flen);
+		else if (query_ask(&cr, c->tc_in + off + 2, flen, now) == -1)
 			c->tc_pending--;
 		off += 2 + flen;
 	}
@@ -623,6 +757,25 @@ client_frames(struct tcp_client *c, int64_t now)
 	c->tc_inlen -= off;
 	if (c->tc_pending >= TCP_CLIENT_PIPELINE || c->tc_abort)
 		ev_io_stop(loop, &c->tc_rio);
+}
+
+/* A client --allow does not admit: REFUSED, and nothing forwarded. */
+static void
+tcp_refuse(struct tcp_client *c, const struct client_ref *cr,
+    const uint8_t *msg, size_t len)
+{
+	struct dns_qinfo qi;
+	uint8_t		 out[QHEAD_MAX + 16];
+	size_t		 n;
+
+	stats.st_refused++;
+	memset(&qi, 0, sizeof(qi));
+	if (len < DNS_HDRLEN || (msg[2] & F_QR) ||
+	    (n = dns_error(out, sizeof(out), msg, len, RCODE_REFUSED)) == 0) {
+		c->tc_pending--;
+		return;
+	}
+	tcp_deliver(cr, out, n);
 }
 
 static void
@@ -702,7 +855,7 @@ prepare_cb(struct ev_loop *l, ev_prepare *w, int revents)
 	(void)l;
 	(void)w;
 	(void)revents;
-	for (i = 0; i < cf->cf_nudp; i++)
+	for (i = 0; i < nudp; i++)
 		if (udp[i].ul_nout > 0)
 			udp_flush(&udp[i]);
 	while ((c = TAILQ_FIRST(&client_dirty)) != NULL) {

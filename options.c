@@ -66,7 +66,7 @@ static void	check_auth(const struct config *);
 static void	*cf_field(const struct optdef *, struct config *);
 static opt_fn	opt_num, opt_flag, opt_string, opt_log_level;
 static opt_fn	opt_bind_udp, opt_bind_tcp, opt_connect_tls, opt_connect_tcp;
-static opt_fn	opt_pin, opt_help, opt_version;
+static opt_fn	opt_pin, opt_allow, opt_help, opt_version;
 static void	parse_bind(const struct optdef *, const char *,
 		    union sockaddr_any *, int *);
 static void	parse_upstream(const struct optdef *, const char *,
@@ -135,6 +135,19 @@ static const struct optdef opts[] = {
 	    "forward the client's EDNS Client Subnet option upstream (by "
 	    "default it is removed); answers are then cached and shared per "
 	    "subnet"),
+	OPT_FLAG("no-resume", cf_no_resume,
+	    "never resume TLS sessions: each connection makes a full "
+	    "handshake"),
+	OPT_FLAG("prewarm", cf_prewarm,
+	    "keep the upstream connections open from start-up and while "
+	    "queries arrive"),
+	OPT_CALL("allow", "CIDR", opt_allow, NULL, MANY,
+	    "also answer clients from this network; only loopback clients "
+	    "are answered otherwise"),
+	OPT_STRING("user", "NAME", cf_user, NULL,
+	    "after binding and loading the CA file, run as this user"),
+	OPT_FLAG("check", cf_check,
+	    "check the options, the CA file and the user, then exit"),
 	OPT_CALL("log-level", "debug|info|warn|error", opt_log_level, "info",
 	    ONCE, "log events of this priority and above"),
 	OPT_CALL("help", NULL, opt_help, NULL, ONCE,
@@ -234,7 +247,9 @@ set_defaults(struct config *cf)
 static void
 check_config(const struct config *cf)
 {
-	if (cf->cf_nudp == 0 && cf->cf_ntcp == 0)
+	/* --check runs before systemd passes the sockets it holds. */
+	if (cf->cf_nudp == 0 && cf->cf_ntcp == 0 && passed_fds() == 0 &&
+	    !cf->cf_check)
 		usage_error("no listener: give --bind-udp or --bind-tcp");
 	if (cf->cf_nup == 0)
 		usage_error("no upstream: give --connect-tls or --connect-tcp");
@@ -343,6 +358,46 @@ opt_pin(const struct optdef *od, const char *arg, struct config *cf)
 		usage_error("--%s: invalid value '%s' (want the base64 of a "
 		    "SHA-256 hash)", od->od_name, arg);
 	uc->uc_npins++;
+}
+
+/* "ADDR/LEN", IPv4 or IPv6; a bare address is one host. */
+static void
+opt_allow(const struct optdef *od, const char *arg, struct config *cf)
+{
+	struct allow	*al;
+	char		 host[INET6_ADDRSTRLEN], *slash, *ep;
+	long		 plen;
+	int		 i;
+
+	if (cf->cf_nallow == ALLOW_MAX)
+		usage_error("--%s: at most %d networks", od->od_name,
+		    ALLOW_MAX);
+	al = &cf->cf_allow[cf->cf_nallow];
+	if (strlen(arg) >= sizeof(host))
+		usage_error("--%s: invalid network '%s'", od->od_name, arg);
+	strcpy(host, arg);
+	if ((slash = strchr(host, '/')) != NULL)
+		*slash++ = '\0';
+	al->al_family = strchr(host, ':') != NULL ? AF_INET6 : AF_INET;
+	if (inet_pton(al->al_family, host, al->al_addr) != 1)
+		usage_error("--%s: invalid network '%s'", od->od_name, arg);
+	plen = al->al_family == AF_INET6 ? 128 : 32;
+	if (slash != NULL) {
+		errno = 0;
+		i = (int)plen;
+		plen = strtol(slash, &ep, 10);
+		if (*slash == '\0' || *ep != '\0' || errno || plen < 0 ||
+		    plen > i)
+			usage_error("--%s: invalid prefix length in '%s'",
+			    od->od_name, arg);
+	}
+	al->al_plen = (int)plen;
+	/* Host bits set would never match: clear them. */
+	for (i = 0; i < 16; i++)
+		if (plen - i * 8 < 8)
+			al->al_addr[i] &= plen - i * 8 <= 0 ? 0 :
+			    (uint8_t)(0xff << (8 - (plen - i * 8)));
+	cf->cf_nallow++;
 }
 
 static void

@@ -41,6 +41,7 @@ struct tls_upstream {
 	const char		*tu_name;	/* NULL: pins authenticate */
 	const uint8_t		(*tu_pins)[32];
 	int			 tu_npins;
+	int			 tu_resume;	/* keep and offer tickets */
 };
 
 /* Per connection; owned by the mux connection that created it. */
@@ -49,6 +50,7 @@ struct tls_conn {
 	struct tls_upstream	*tc_up;
 	int			 tc_fd;
 	int			 tc_offered;	/* a saved session was offered */
+	int			 tc_saw_cert;	/* the server sent its chain */
 };
 
 static mbedtls_entropy_context	entropy;
@@ -61,8 +63,8 @@ static int	bio_recv(void *, unsigned char *, size_t);
 static void	verify_reason(uint32_t, char *, size_t);
 static int	check_pins(struct tls_conn *, char *, size_t);
 static void	save_session(struct tls_conn *);
+static int	verify_cb(void *, mbedtls_x509_crt *, int, uint32_t *);
 static int	map_io(struct tls_conn *, int);
-static void	tls_upstream_forget(struct tls_upstream *);
 
 void
 tls_init(void)
@@ -122,7 +124,8 @@ tls_strerror(int rv)
 }
 
 struct tls_upstream *
-tls_upstream_new(const char *name, const uint8_t (*pins)[32], int npins)
+tls_upstream_new(const char *name, const uint8_t (*pins)[32], int npins,
+    int resume)
 {
 	struct tls_upstream	*tu;
 	int			 rv;
@@ -132,6 +135,7 @@ tls_upstream_new(const char *name, const uint8_t (*pins)[32], int npins)
 	tu->tu_name = name;
 	tu->tu_pins = pins;
 	tu->tu_npins = npins;
+	tu->tu_resume = resume;
 	mbedtls_ssl_config_init(&tu->tu_conf);
 	mbedtls_ssl_session_init(&tu->tu_session);
 	rv = mbedtls_ssl_config_defaults(&tu->tu_conf, MBEDTLS_SSL_IS_CLIENT,
@@ -151,16 +155,20 @@ tls_upstream_new(const char *name, const uint8_t (*pins)[32], int npins)
 	    MBEDTLS_SSL_MINOR_VERSION_3);
 #endif
 	mbedtls_ssl_conf_rng(&tu->tu_conf, mbedtls_ctr_drbg_random, &drbg);
-	mbedtls_ssl_conf_session_tickets(&tu->tu_conf,
-	    MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
+	mbedtls_ssl_conf_session_tickets(&tu->tu_conf, resume ?
+	    MBEDTLS_SSL_SESSION_TICKETS_ENABLED :
+	    MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
 	if (name != NULL) {
 		mbedtls_ssl_conf_authmode(&tu->tu_conf,
 		    MBEDTLS_SSL_VERIFY_REQUIRED);
 		mbedtls_ssl_conf_ca_chain(&tu->tu_conf, &cacert, NULL);
 	} else {
-		/* Pin only: the SPKI hash is checked after the handshake. */
+		/*
+		 * Pin only: the SPKI hash is checked after the handshake.
+		 * Optional, not none, so that verify_cb sees the chain.
+		 */
 		mbedtls_ssl_conf_authmode(&tu->tu_conf,
-		    MBEDTLS_SSL_VERIFY_NONE);
+		    MBEDTLS_SSL_VERIFY_OPTIONAL);
 	}
 	return tu;
 }
@@ -175,8 +183,7 @@ tls_upstream_free(struct tls_upstream *tu)
 	free(tu);
 }
 
-/* Forgets the saved session, so the next dial does a full handshake. */
-static void
+void
 tls_upstream_forget(struct tls_upstream *tu)
 {
 	mbedtls_ssl_session_free(&tu->tu_session);
@@ -204,6 +211,7 @@ tls_conn_new(struct tls_upstream *tu, int fd)
 	}
 	mbedtls_ssl_set_bio(&tc->tc_ssl, &tc->tc_fd, bio_send, bio_recv,
 	    NULL);
+	mbedtls_ssl_set_verify(&tc->tc_ssl, verify_cb, tc);
 	if (tu->tu_have_session &&
 	    mbedtls_ssl_set_session(&tc->tc_ssl, &tu->tu_session) == 0)
 		tc->tc_offered = 1;
@@ -255,6 +263,30 @@ const char *
 tls_version(struct tls_conn *tc)
 {
 	return mbedtls_ssl_get_version(&tc->tc_ssl);
+}
+
+/* A resumed handshake is one that offered a ticket and saw no chain. */
+int
+tls_resumed(struct tls_conn *tc)
+{
+	return tc->tc_offered && !tc->tc_saw_cert;
+}
+
+/*
+ * Called for each certificate of the server's chain, in full handshakes
+ * only.  With pins alone the chain itself is not judged: the pins are.
+ */
+static int
+verify_cb(void *arg, mbedtls_x509_crt *crt, int depth, uint32_t *flags)
+{
+	struct tls_conn	*tc = arg;
+
+	(void)crt;
+	(void)depth;
+	tc->tc_saw_cert = 1;
+	if (tc->tc_up->tu_name == NULL)
+		*flags = 0;
+	return 0;
 }
 
 /*
@@ -372,6 +404,8 @@ save_session(struct tls_conn *tc)
 {
 	struct tls_upstream	*tu = tc->tc_up;
 
+	if (!tu->tu_resume)
+		return;
 	tls_upstream_forget(tu);
 	if (mbedtls_ssl_get_session(&tc->tc_ssl, &tu->tu_session) == 0)
 		tu->tu_have_session = 1;

@@ -9,11 +9,34 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dnsfwd.h"
 
 static int64_t	clock_ms(clockid_t);
+
+/*
+ * sd_listen_fds(3) without libsystemd: the count, when LISTEN_PID names
+ * this process; sockets meant for another process are not ours.
+ */
+int
+passed_fds(void)
+{
+	const char	*pid = getenv("LISTEN_PID");
+	const char	*fds = getenv("LISTEN_FDS");
+	char		*ep;
+	long		 n;
+
+	if (pid == NULL || fds == NULL ||
+	    strtol(pid, &ep, 10) != (long)getpid() || *ep != '\0')
+		return 0;
+	n = strtol(fds, &ep, 10);
+	if (*ep != '\0' || n < 0 || n > 2 * LISTEN_MAX)
+		return 0;
+	return (int)n;
+}
 
 static int64_t
 clock_ms(clockid_t id)
