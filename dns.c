@@ -20,6 +20,9 @@
 #define EDE_FIXED	6	/* OPTION-CODE, OPTION-LENGTH, INFO-CODE */
 #define OPTHDR_LEN	4	/* OPTION-CODE, OPTION-LENGTH */
 #define ECS_MIN		4	/* FAMILY, SOURCE and SCOPE PREFIX-LENGTH */
+#define KA_LEN		2	/* edns-tcp-keepalive TIMEOUT */
+/* Queries upstream are padded to a multiple of this (RFC 8467 4.1). */
+#define PAD_BLOCK	128
 /* rr_skip's verdict on an OPT of a version other than 0. */
 #define BADVERS_SEEN	(-2)
 
@@ -32,8 +35,8 @@ static int	opt_options(const uint8_t *, size_t, size_t,
 		    struct dns_qinfo *);
 static void	counts_put(uint8_t *, uint16_t, uint16_t);
 static uint8_t	*opt_put(uint8_t *, uint8_t, uint16_t);
-static size_t	opt_append(uint8_t *, size_t, size_t, uint8_t, int,
-		    const char *);
+static size_t	opt_append(uint8_t *, size_t, size_t, const struct dns_qinfo *,
+		    int, const char *);
 
 int
 dns_parse_query(const uint8_t *msg, size_t len, struct dns_qinfo *qi)
@@ -212,17 +215,24 @@ dns_servfail(uint8_t *out, size_t cap, const uint8_t *query,
 	counts_put(out, 1, 0);
 	if (!qi->qi_has_opt)
 		return qend;
-	return opt_append(out, qend, cap, qi->qi_do ? F_DO : 0, ede,
-	    text ? text : "");
+	return opt_append(out, qend, cap, qi, ede, text ? text : "");
 }
 
+/*
+ * Every upstream query offers edns-tcp-keepalive (RFC 7828) and is padded
+ * (RFC 7830) to a multiple of PAD_BLOCK, so that its length tells an
+ * observer little about the name asked.
+ */
 size_t
 dns_upstream_query(uint8_t *out, size_t cap, const struct qkey *k)
 {
-	size_t	 rdlen = k->k_ecslen ? OPTHDR_LEN + k->k_ecslen : 0;
+	size_t	 ecs = k->k_ecslen ? OPTHDR_LEN + k->k_ecslen : 0;
+	size_t	 base = k->k_qend + OPT_LEN + ecs + 2 * OPTHDR_LEN;
+	size_t	 pad = (PAD_BLOCK - base % PAD_BLOCK) % PAD_BLOCK;
+	size_t	 rdlen = ecs + 2 * OPTHDR_LEN + pad;
 	uint8_t	*p;
 
-	if (k->k_qend + OPT_LEN + rdlen > cap)
+	if (base + pad > cap)
 		return 0;
 	memset(out, 0, DNS_HDRLEN);
 	out[2] = F_RD;
@@ -231,12 +241,18 @@ dns_upstream_query(uint8_t *out, size_t cap, const struct qkey *k)
 	memcpy(out + DNS_HDRLEN, k->k_msg + DNS_HDRLEN,
 	    k->k_qend - DNS_HDRLEN);
 	p = opt_put(out + k->k_qend, k->k_do ? F_DO : 0, (uint16_t)rdlen);
-	if (rdlen > 0) {
+	if (ecs > 0) {
 		dns_put16(p, DNS_OPT_ECS);
 		dns_put16(p + 2, k->k_ecslen);
 		memcpy(p + OPTHDR_LEN, k->k_ecs, k->k_ecslen);
+		p += ecs;
 	}
-	return k->k_qend + OPT_LEN + rdlen;
+	dns_put16(p, DNS_OPT_KEEPALIVE);
+	dns_put16(p + 2, 0);
+	dns_put16(p + 4, DNS_OPT_PADDING);
+	dns_put16(p + 6, (uint16_t)pad);
+	memset(p + 8, 0, pad);
+	return base + pad;
 }
 
 size_t
@@ -305,26 +321,35 @@ dns_finish(uint8_t *out, size_t len, size_t cap, const uint8_t *q,
 	out[2] = (uint8_t)((out[2] & ~F_RD) | (q[2] & F_RD));
 	if (!qi->qi_has_opt)
 		return len;
-	return opt_append(out, len, cap, qi->qi_do ? F_DO : 0, ede, text);
+	return opt_append(out, len, cap, qi, ede, text);
 }
 
 /* Appends an OPT, with an EDE option unless ede is EDE_NONE; 0: no room. */
 static size_t
-opt_append(uint8_t *msg, size_t len, size_t cap, uint8_t flags, int ede,
-    const char *text)
+opt_append(uint8_t *msg, size_t len, size_t cap, const struct dns_qinfo *qi,
+    int ede, const char *text)
 {
 	size_t	 tlen = ede == EDE_NONE ? 0 : strlen(text);
 	size_t	 rdlen = ede == EDE_NONE ? 0 : EDE_FIXED + tlen;
 	uint8_t	*p;
 
+	/* RFC 7828: a client that offered keepalive learns our idle time. */
+	if (qi->qi_keepalive)
+		rdlen += OPTHDR_LEN + KA_LEN;
 	if (len + OPT_LEN + rdlen > cap || rdlen > UINT16_MAX)
 		return 0;
-	p = opt_put(msg + len, flags, (uint16_t)rdlen);
-	if (rdlen > 0) {
+	p = opt_put(msg + len, qi->qi_do ? F_DO : 0, (uint16_t)rdlen);
+	if (ede != EDE_NONE) {
 		dns_put16(p, DNS_OPT_EDE);
 		dns_put16(p + 2, (uint16_t)(2 + tlen));
 		dns_put16(p + 4, (uint16_t)ede);
 		memcpy(p + 6, text, tlen);
+		p += EDE_FIXED + tlen;
+	}
+	if (qi->qi_keepalive) {
+		dns_put16(p, DNS_OPT_KEEPALIVE);
+		dns_put16(p + 2, KA_LEN);
+		dns_put16(p + 4, TCP_CLIENT_IDLE * 10);
 	}
 	dns_put16(msg + 10, (uint16_t)(dns_get16(msg + 10) + 1));
 	return len + OPT_LEN + rdlen;
@@ -463,12 +488,20 @@ opt_options(const uint8_t *msg, size_t off, size_t rdlen,
 		olen = dns_get16(msg + off + 2);
 		if (end - off - OPTHDR_LEN < olen)
 			return -1;
-		if (dns_get16(msg + off) == DNS_OPT_ECS) {
+		switch (dns_get16(msg + off)) {
+		case DNS_OPT_ECS:
 			if (qi->qi_ecsoff != 0 || olen < ECS_MIN ||
 			    olen > ECS_MAX)
 				return -1;
 			qi->qi_ecsoff = (uint16_t)(off + OPTHDR_LEN);
 			qi->qi_ecslen = (uint8_t)olen;
+			break;
+		case DNS_OPT_KEEPALIVE:
+			/* RFC 7828 3.2.1: a query carries no TIMEOUT. */
+			if (olen != 0)
+				return -1;
+			qi->qi_keepalive = 1;
+			break;
 		}
 		off += OPTHDR_LEN + olen;
 	}

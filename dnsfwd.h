@@ -102,6 +102,7 @@ struct dns_qinfo {
 	uint8_t		qi_do;		/* DNSSEC OK bit of the OPT record */
 	uint16_t	qi_ecsoff;	/* ECS option data in the query, or 0 */
 	uint8_t		qi_ecslen;
+	uint8_t		qi_keepalive;	/* edns-tcp-keepalive offered */
 };
 
 /*
@@ -414,7 +415,8 @@ size_t	dns_servfail(uint8_t *out, size_t cap, const uint8_t *query,
 /*
  * The query dnsfwd sends upstream for k: ID 0, RD=1, the key's CD bit and
  * question, and our own OPT (DO bit, our payload size, the ECS option
- * when kept) and nothing of the client's.  Returns the length or 0.
+ * when kept, keepalive, padding) and nothing of the client's.  Returns
+ * the length, a multiple of 128, or 0.
  */
 size_t	dns_upstream_query(uint8_t *out, size_t cap, const struct qkey *);
 /*
@@ -432,7 +434,8 @@ int	dns_keepalive(const uint8_t *, size_t);
  * Makes an answer body (header counts and records, no OPT) in out the
  * answer to this client's query: its ID, question bytes and RD bit, and
  * an OPT of our own only when the query had one, with an Extended DNS
- * Error when ede is not EDE_NONE.  Returns the length or 0 (no room).
+ * Error when ede is not EDE_NONE and our idle timeout when the query
+ * offered keepalive.  Returns the length or 0 (no room).
  */
 size_t	dns_finish(uint8_t *out, size_t len, size_t cap, const uint8_t *q,
 	    const struct dns_qinfo *qi, int ede, const char *text);

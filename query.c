@@ -161,6 +161,9 @@ query_ask(const struct client_ref *cr, const uint8_t *msg, size_t len,
 		stats.st_drops++;
 		return -1;
 	}
+	/* RFC 7828 3.2.1: keepalive is for TCP only. */
+	if (rc == 0 && qi.qi_keepalive && cr->cr_kind == CLIENT_UDP)
+		rc = RCODE_FORMERR;
 	if (rc > 0) {
 		refuse(cr, msg, len, rc);
 		return 0;

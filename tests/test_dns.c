@@ -1002,18 +1002,20 @@ static void
 test_upstream_query(void)
 {
 	static const uint8_t	opt_do[] = { 0, 0, 41, EDNS_PAYLOAD >> 8,
-	    EDNS_PAYLOAD & 0xff, 0, 0, 0x80, 0, 0, 0 };
+	    EDNS_PAYLOAD & 0xff, 0, 0, 0x80, 0 };
+	static const uint8_t	zeros[128];
 	struct cq		c, u;
-	uint8_t			out[UPQUERY_MAX], *ex;
-	size_t			n;
+	uint8_t			out[UPQUERY_MAX], *ex, *o;
+	size_t			n, pad;
 
 	/* RD=0, AD and CD, an OPT with DO, an ECS the key does not keep. */
 	cq_make(&c, "Www.Example.COM", T_AAAA, 0x00, 0x30, 1, 1, 8, 0);
 	CHECK("upstream: the client query parses", c.rc == 0);
 	memset(out, 0xee, sizeof(out));
 	n = dns_upstream_query(out, sizeof(out), &c.k);
-	CHECK("upstream: header, question and a bare OPT",
-	    n == c.qi.qi_qend + 11);
+	CHECK("upstream: header, question and our OPT, padded to 128",
+	    n > c.qi.qi_qend + 11 + 8 && n % 128 == 0 &&
+	    n - 128 < c.qi.qi_qend + 11 + 8);
 	CHECK("upstream: ID 0", dns_get16(out) == 0);
 	CHECK("upstream: RD=1 whatever the client said", out[2] == 0x01);
 	CHECK("upstream: CD from the key, no AD", out[3] == 0x10);
@@ -1022,8 +1024,14 @@ test_upstream_query(void)
 	    dns_get16(out + 10) == 1);
 	CHECK("upstream: the question's bytes, case kept",
 	    memcmp(out + 12, c.m.m_b + 12, c.qi.qi_qend - 12) == 0);
-	CHECK("upstream: OPT with DO, payload 1232, no option",
-	    memcmp(out + c.qi.qi_qend, opt_do, 11) == 0);
+	o = out + c.qi.qi_qend;
+	pad = n - c.qi.qi_qend - 11 - 8;
+	CHECK("upstream: OPT with DO, payload 1232",
+	    memcmp(o, opt_do, 9) == 0 && dns_get16(o + 9) == 8 + pad);
+	CHECK("upstream: keepalive offered, empty, then zero padding",
+	    dns_get16(o + 11) == 11 && dns_get16(o + 13) == 0 &&
+	    dns_get16(o + 15) == 12 && dns_get16(o + 17) == pad &&
+	    memcmp(o + 19, zeros, pad) == 0);
 	/* What goes upstream is a query with the same key. */
 	memcpy(u.m.m_b, out, n);
 	u.m.m_len = n;
@@ -1037,12 +1045,13 @@ test_upstream_query(void)
 	/* The ECS kept: the OPT carries it, nothing else of the client's. */
 	cq_make(&c, "example.com", T_A, 0x01, 0x00, 1, 0, 8, 1);
 	n = dns_upstream_query(out, sizeof(out), &c.k);
-	CHECK("upstream with ECS: length", n == 29 + 11 + 4 + 8);
+	CHECK("upstream with ECS: length", n == 128);
 	CHECK("upstream with ECS: no CD, no DO",
 	    out[3] == 0 && out[29 + 7] == 0);
-	CHECK("upstream with ECS: rdlength 12, option 8 of 8 bytes",
-	    dns_get16(out + 29 + 9) == 12 && dns_get16(out + 40) == 8 &&
-	    dns_get16(out + 42) == 8);
+	CHECK("upstream with ECS: rdlength to 128, option 8 of 8 bytes first",
+	    dns_get16(out + 29 + 9) == 128 - 40 && dns_get16(out + 40) == 8 &&
+	    dns_get16(out + 42) == 8 && dns_get16(out + 52) == 11 &&
+	    dns_get16(out + 56) == 12 && dns_get16(out + 58) == 128 - 60);
 	CHECK("upstream with ECS: its data",
 	    memcmp(out + 44, c.m.m_b + c.qi.qi_ecsoff, 8) == 0);
 	u.rc = dns_parse_query(out, n, &u.qi);
@@ -1062,7 +1071,7 @@ test_upstream_query(void)
 	cq_make(&c, "example.com", T_A, 0x01, 0x00, 0, 0, 0, 0);
 	n = dns_upstream_query(out, sizeof(out), &c.k);
 	CHECK("upstream for a query without OPT: one OPT, DO clear",
-	    n == 40 && dns_get16(out + 10) == 1 && out[29 + 7] == 0 &&
+	    n == 128 && dns_get16(out + 10) == 1 && out[29 + 7] == 0 &&
 	    dns_get16(out + 29 + 1) == DNS_TYPE_OPT);
 }
 
@@ -1491,7 +1500,9 @@ fuzz_forward(const uint8_t *b, size_t len, const struct dns_qinfo *qi)
 		bad |= qi->qi_ecslen != 0;
 	for (keep = 0; keep < 2 && !bad; keep++) {
 		dns_key(&k, b, qi, keep, 77);
-		need = qend + 11 + (k.k_ecslen ? 4 + k.k_ecslen : 0);
+		/* Our OPT: ECS when kept, keepalive, padding to 128. */
+		need = qend + 11 + (k.k_ecslen ? 4 + k.k_ecslen : 0) + 8;
+		need = (need + 127) / 128 * 128;
 		if ((u = malloc(need)) == NULL)
 			exit(2);
 		bad |= dns_upstream_query(u, need - 1, &k) != 0;
@@ -1509,7 +1520,8 @@ fuzz_forward(const uint8_t *b, size_t len, const struct dns_qinfo *qi)
 			u[2] |= 0x80;
 			bad |= dns_strip_opt(u, n, qend) != qend ||
 			    dns_get16(u + 10) != 0;
-			flen = qend + (qi->qi_has_opt ? 11 + 6 + 4 : 0);
+			flen = qend + (qi->qi_has_opt ? 11 + 6 + 4 +
+			    (qi->qi_keepalive ? 6 : 0) : 0);
 			if ((f = malloc(flen)) == NULL)
 				exit(2);
 			memcpy(f, u, qend);
@@ -1745,6 +1757,39 @@ test_fuzz_strip(void)
 	    kept, cut, zero, kas);
 }
 
+/* RFC 7828: a query offers keepalive empty; we answer with our idle time. */
+static void
+test_client_keepalive(void)
+{
+	static const uint8_t	ka0[] = { 0, 11, 0, 0 };
+	static const uint8_t	ka2[] = { 0, 11, 0, 2, 0, 50 };
+	struct dns_qinfo	qi;
+	struct msg		m;
+	uint8_t			out[256], *p;
+	size_t			n;
+
+	memset(&m, 0, sizeof(m));
+	mkquery_opts(&m, "ka.example", ka0, sizeof(ka0));
+	CHECK("keepalive: an empty offer parses and is noted",
+	    parse(&m, &qi) == 0 && qi.qi_keepalive == 1);
+	memcpy(out, m.m_b, qi.qi_qend);
+	out[2] |= 0x80;
+	dns_put16(out + 10, 0);
+	n = dns_finish(out, qi.qi_qend, sizeof(out), m.m_b, &qi, EDE_NONE, "");
+	p = out + qi.qi_qend;
+	CHECK("keepalive: the answer's OPT carries our idle time in 100 ms",
+	    n == qi.qi_qend + 11 + 6 && dns_get16(p + 9) == 6 &&
+	    dns_get16(p + 11) == 11 && dns_get16(p + 13) == 2 &&
+	    dns_get16(p + 15) == TCP_CLIENT_IDLE * 10);
+	CHECK("keepalive: no room for it, no answer",
+	    dns_finish(out, qi.qi_qend, qi.qi_qend + 16, m.m_b, &qi,
+	    EDE_NONE, "") == 0);
+	memset(&m, 0, sizeof(m));
+	mkquery_opts(&m, "ka.example", ka2, sizeof(ka2));
+	CHECK("keepalive: a TIMEOUT in a query is FORMERR",
+	    parse(&m, &qi) == RCODE_FORMERR);
+}
+
 int
 main(void)
 {
@@ -1765,6 +1810,7 @@ main(void)
 	test_finish();
 	test_key();
 	test_keepalive();
+	test_client_keepalive();
 	test_fuzz_query();
 	test_fuzz_reply();
 	test_fuzz_strip();
