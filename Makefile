@@ -34,7 +34,7 @@ M3 =		build/mbedtls3
 M3LIB =		$(M3)/usr/lib/$(shell $(CC) -print-multiarch)
 
 DEBS =		build-essential libev-dev libmbedtls-dev ca-certificates
-TEST_DEBS =	unbound python3-dnspython knot-dnsutils openssl mandoc
+TEST_DEBS =	unbound python3-dnspython knot-dnsutils openssl mandoc systemd
 
 RUN_ARGS =	--bind-udp 127.0.0.1:5353 --bind-tcp 127.0.0.1:5353 \
 		--connect-tls 9.9.9.9\#dns.quad9.net \
@@ -112,7 +112,7 @@ VARIANTS =	dnsfwd dnsfwd-asan dnsfwd-mbedtls3
 check: deps
 	$(MAKE) $(UNIT) $(VARIANTS)
 	mandoc -Tlint -W warning dnsfwd.8
-	$(PY) tests/runall.py $(UNIT) -- $(VARIANTS)
+	$(PY) tests/runall.py $(UNIT) -- $(VARIANTS) -- tests/units.py
 
 run: deps-run
 	$(MAKE) dnsfwd

@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """Runs every test of `make check` and prints one closing total.
 
-usage: runall.py UNIT_TEST... -- DNSFWD_BINARY...
+usage: runall.py UNIT_TEST... -- DNSFWD_BINARY... [-- SCRIPT...]
 
-Each unit test binary and each integration run (tests/integration.py
-against one build of dnsfwd) ends with a line `N passed, N failed`; this
-adds them up.  The integration runs go two at a time, one per core.
+Each unit test binary, each integration run (tests/integration.py
+against one build of dnsfwd) and each test script (run with Debian's
+python3) ends with a line `N passed, N failed`; this adds them up.  The
+runs go two at a time, one per core.
 """
 import re
 import subprocess
@@ -13,7 +14,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-TOTAL = re.compile(r"(\d+) passed, (\d+) failed")
+TOTAL = re.compile(r"(\d+) passed, (\d+) failed(?:, (\d+) skipped)?")
 
 
 def run(name, argv):
@@ -25,28 +26,37 @@ def run(name, argv):
     for m in TOTAL.finditer(out):
         pass
     passed, failed = (int(m.group(1)), int(m.group(2))) if m else (0, 1)
+    skipped = int(m.group(3) or 0) if m else 0
     if p.returncode != 0 and failed == 0:
         failed = 1
-    return name, out, passed, failed, time.monotonic() - t0
+    return name, out, (passed, failed, skipped), time.monotonic() - t0
 
 
 def main():
-    args = sys.argv[1:]
-    cut = args.index("--") if "--" in args else len(args)
-    units, builds = args[:cut], args[cut + 1:]
+    groups = [[]]
+    for a in sys.argv[1:]:
+        if a == "--":
+            groups.append([])
+        else:
+            groups[-1].append(a)
+    units, builds, scripts = (groups + [[], []])[:3]
     jobs = [(u, ["./" + u if "/" not in u else u]) for u in units]
     jobs += [("integration " + b,
               ["/usr/bin/python3", "tests/integration.py", "--dnsfwd",
                "./" + b]) for b in builds]
-    passed = failed = 0
+    jobs += [(s, ["/usr/bin/python3", s]) for s in scripts]
+    total = [0, 0, 0]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for name, out, p, f, secs in pool.map(lambda j: run(*j), jobs):
+        for name, out, counts, secs in pool.map(lambda j: run(*j), jobs):
             sys.stdout.write(out)
-            print("== %s: %d passed, %d failed (%.1f s)" % (name, p, f, secs))
-            passed += p
-            failed += f
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+            print("== %s: %d passed, %d failed, %d skipped (%.1f s)" %
+                  (name, *counts, secs))
+            total = [a + b for a, b in zip(total, counts)]
+    # Skips are counted and shown, never silent.
+    print("%d passed, %d failed%s" % (total[0], total[1],
+                                      ", %d skipped" % total[2]
+                                      if total[2] else ""))
+    return 1 if total[1] else 0
 
 
 if __name__ == "__main__":
