@@ -74,6 +74,7 @@ static void	parse_upstream(const struct optdef *, const char *,
 static int	parse_addr(const char *, int, union sockaddr_any *);
 static socklen_t sa_len(const union sockaddr_any *);
 static int	valid_name(const char *);
+static int	parse_decimal(const char *, long, long, long *);
 static void	options_help(FILE *);
 static void	options_usage(FILE *);
 static void	help_entry(FILE *, const struct optdef *);
@@ -284,12 +285,8 @@ static void
 opt_num(const struct optdef *od, const char *s, struct config *cf)
 {
 	long	 v;
-	char	*ep;
 
-	errno = 0;
-	v = strtol(s, &ep, 10);
-	if (*s == '\0' || *ep != '\0' || errno || v < od->od_min ||
-	    v > od->od_max)
+	if (parse_decimal(s, od->od_min, od->od_max, &v) == -1)
 		usage_error("--%s: invalid value '%s' (want %d to %d)",
 		    od->od_name, s, od->od_min, od->od_max);
 	*(int *)cf_field(od, cf) = (int)v;
@@ -365,7 +362,7 @@ static void
 opt_allow(const struct optdef *od, const char *arg, struct config *cf)
 {
 	struct allow	*al;
-	char		 host[INET6_ADDRSTRLEN], *slash, *ep;
+	char		 host[INET6_ADDRSTRLEN], *slash;
 	long		 plen;
 	int		 i;
 
@@ -382,15 +379,9 @@ opt_allow(const struct optdef *od, const char *arg, struct config *cf)
 	if (inet_pton(al->al_family, host, al->al_addr) != 1)
 		usage_error("--%s: invalid network '%s'", od->od_name, arg);
 	plen = al->al_family == AF_INET6 ? 128 : 32;
-	if (slash != NULL) {
-		errno = 0;
-		i = (int)plen;
-		plen = strtol(slash, &ep, 10);
-		if (*slash == '\0' || *ep != '\0' || errno || plen < 0 ||
-		    plen > i)
-			usage_error("--%s: invalid prefix length in '%s'",
-			    od->od_name, arg);
-	}
+	if (slash != NULL && parse_decimal(slash, 0, plen, &plen) == -1)
+		usage_error("--%s: invalid prefix length in '%s'",
+		    od->od_name, arg);
 	al->al_plen = (int)plen;
 	/* Host bits set would never match: clear them. */
 	for (i = 0; i < 16; i++)
@@ -475,7 +466,6 @@ parse_addr(const char *s, int defport, union sockaddr_any *sa)
 	const char	*port = NULL, *end;
 	int		 v6 = s[0] == '[';
 	long		 p = defport;
-	char		*ep;
 
 	memset(sa, 0, sizeof(*sa));
 	if (v6) {
@@ -494,13 +484,8 @@ parse_addr(const char *s, int defport, union sockaddr_any *sa)
 		return -1;
 	memcpy(host, s, (size_t)(end - s));
 	host[end - s] = '\0';
-	if (port != NULL) {
-		errno = 0;
-		p = strtol(port, &ep, 10);
-		if (*port == '\0' || *ep != '\0' || errno || p < 1 ||
-		    p > 65535)
-			return -1;
-	}
+	if (port != NULL && parse_decimal(port, 1, 65535, &p) == -1)
+		return -1;
 	if (v6) {
 		sa->sin6.sin6_family = AF_INET6;
 		sa->sin6.sin6_port = htons((uint16_t)p);
@@ -520,6 +505,21 @@ sa_len(const union sockaddr_any *sa)
 }
 
 /* A host name as SNI and certificate checks take it: LDH, dots, '_'. */
+/* Digits only: strtol alone would take spaces, signs and "0x". */
+static int
+parse_decimal(const char *s, long min, long max, long *v)
+{
+	size_t	 i, len = strlen(s);
+
+	if (len == 0 || len > 10)
+		return -1;
+	for (i = 0; i < len; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+	*v = strtol(s, NULL, 10);
+	return *v < min || *v > max ? -1 : 0;
+}
+
 static int
 valid_name(const char *name)
 {

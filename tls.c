@@ -7,6 +7,7 @@
  * opportunistic mode.
  */
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -51,6 +52,7 @@ struct tls_conn {
 	int			 tc_fd;
 	int			 tc_offered;	/* a saved session was offered */
 	int			 tc_saw_cert;	/* the server sent its chain */
+	int			 tc_pin_bad;	/* its key matched no pin */
 };
 
 /*
@@ -83,7 +85,8 @@ static int			cacert_loaded;
 static int	bio_send(void *, const unsigned char *, size_t);
 static int	bio_recv(void *, unsigned char *, size_t);
 static void	verify_reason(uint32_t, char *, size_t);
-static int	check_pins(struct tls_conn *, char *, size_t);
+static int	pin_matches(const struct tls_upstream *,
+		    const mbedtls_x509_crt *);
 static void	save_session(struct tls_conn *);
 static int	verify_cb(void *, mbedtls_x509_crt *, int, uint32_t *);
 static int	map_io(struct tls_conn *, int);
@@ -110,8 +113,14 @@ tls_init(void)
 int
 tls_load_ca(const char *file)
 {
-	int	 rv;
+	struct stat	 st;
+	int		 rv;
 
+	/* mbedTLS takes a directory's size for a file's and allocates it. */
+	if (stat(file, &st) == 0 && !S_ISREG(st.st_mode)) {
+		log_error("cannot load CA file %s: not a regular file", file);
+		return -1;
+	}
 	rv = mbedtls_x509_crt_parse_file(&cacert, file);
 	if (rv < 0) {
 		log_error("cannot load CA file %s: %s", file,
@@ -272,12 +281,20 @@ tls_handshake(struct tls_conn *tc, char *why, size_t whylen)
 		    why, whylen);
 		return IO_ERR;
 	}
+	if (rv != 0 && tc->tc_pin_bad) {
+		snprintf(why, whylen, "pin mismatch: server key matches no "
+		    "--pin-sha256");
+		return IO_ERR;
+	}
 	if (rv != 0) {
 		snprintf(why, whylen, "%s", tls_strerror(rv));
 		return IO_ERR;
 	}
-	if (check_pins(tc, why, whylen) == -1)
+	/* A resumed session was pinned when it was first made. */
+	if (tc->tc_up->tu_npins > 0 && !tc->tc_saw_cert && !tc->tc_offered) {
+		snprintf(why, whylen, "pin mismatch: no server certificate");
 		return IO_ERR;
+	}
 	save_session(tc);
 	return 0;
 }
@@ -297,18 +314,23 @@ tls_resumed(struct tls_conn *tc)
 
 /*
  * Called for each certificate of the server's chain, in full handshakes
- * only.  With pins alone the chain itself is not judged: the pins are.
+ * only, the server's own last (depth 0).  With pins alone the chain is
+ * not judged: the pins are, here, so that a wrong key ends the handshake
+ * before we finish it.
  */
 static int
 verify_cb(void *arg, mbedtls_x509_crt *crt, int depth, uint32_t *flags)
 {
 	struct tls_conn	*tc = arg;
 
-	(void)crt;
-	(void)depth;
 	tc->tc_saw_cert = 1;
 	if (tc->tc_up->tu_name == NULL)
 		*flags = 0;
+	if (depth == 0 && tc->tc_up->tu_npins > 0 &&
+	    !pin_matches(tc->tc_up, crt)) {
+		tc->tc_pin_bad = 1;
+		return MBEDTLS_ERR_X509_FATAL_ERROR;
+	}
 	return 0;
 }
 
@@ -394,32 +416,20 @@ verify_reason(uint32_t flags, char *why, size_t len)
 
 /* RFC 7858 4.2: SHA-256 of the SubjectPublicKeyInfo, any pin matches. */
 static int
-check_pins(struct tls_conn *tc, char *why, size_t len)
+pin_matches(const struct tls_upstream *tu, const mbedtls_x509_crt *crt)
 {
-	const mbedtls_x509_crt	*crt;
-	uint8_t			 hash[32];
-	int			 i;
+	uint8_t	 hash[32];
+	int	 i;
 
-	if (tc->tc_up->tu_npins == 0)
-		return 0;
-	crt = mbedtls_ssl_get_peer_cert(&tc->tc_ssl);
-	if (crt == NULL) {
-		/* A resumed session was pinned when it was first made. */
-		if (tc->tc_offered)
-			return 0;
-		snprintf(why, len, "pin mismatch: no server certificate");
-		return -1;
-	}
 #if MBEDTLS_VERSION_MAJOR >= 3
 	mbedtls_sha256(crt->pk_raw.p, crt->pk_raw.len, hash, 0);
 #else
 	mbedtls_sha256_ret(crt->pk_raw.p, crt->pk_raw.len, hash, 0);
 #endif
-	for (i = 0; i < tc->tc_up->tu_npins; i++)
-		if (memcmp(hash, tc->tc_up->tu_pins[i], sizeof(hash)) == 0)
-			return 0;
-	snprintf(why, len, "pin mismatch: server key matches no --pin-sha256");
-	return -1;
+	for (i = 0; i < tu->tu_npins; i++)
+		if (memcmp(hash, tu->tu_pins[i], sizeof(hash)) == 0)
+			return 1;
+	return 0;
 }
 
 static void
