@@ -34,7 +34,8 @@ M3 =		build/mbedtls3
 M3LIB =		$(M3)/usr/lib/$(shell $(CC) -print-multiarch)
 
 DEBS =		build-essential libev-dev libmbedtls-dev ca-certificates
-TEST_DEBS =	unbound python3-dnspython knot-dnsutils openssl mandoc systemd
+TEST_DEBS =	unbound python3-dnspython knot-dnsutils openssl mandoc systemd \
+		dnsmasq-base iproute2
 
 RUN_ARGS =	--bind-udp 127.0.0.1:5353 --bind-tcp 127.0.0.1:5353 \
 		--connect-tls 9.9.9.9\#dns.quad9.net \

@@ -3672,8 +3672,7 @@ def main():
 # Scenarios of the service and of the DNS-over-TLS side, in modules of their
 # own that register into SCENARIOS through this module.
 for _m in ("scen_service", "scen_privacy"):
-    if os.path.exists(os.path.join(HERE, _m + ".py")):
-        __import__(_m).register(sys.modules[__name__])
+    __import__(_m).register(sys.modules[__name__])
 
 if __name__ == "__main__":
     sys.exit(main())
