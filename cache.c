@@ -248,11 +248,10 @@ answer_ttl(const uint8_t *m, size_t len, size_t qend)
 	for (i = 0; i < n; i++) {
 		if (dns_rr_next(m, len, &off, &rr) == -1)
 			return 0;
-		if (rr.rr_type == DNS_TYPE_OPT)
+		/* RFC 2181 8: a TTL with the top bit set is no TTL at all. */
+		if (rr.rr_type == DNS_TYPE_OPT || rr.rr_ttl > TTL_MAX)
 			return 0;
 		if (i < an + ns) {
-			if (rr.rr_ttl > TTL_MAX)
-				return 0;
 			if (rr.rr_ttl < ttl)
 				ttl = rr.rr_ttl;
 			if (i >= an && rr.rr_type == DNS_TYPE_SOA &&

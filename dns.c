@@ -267,8 +267,11 @@ dns_strip_opt(uint8_t *msg, size_t len, size_t qend)
 	for (i = 0; i < n; i++) {
 		if (dns_rr_next(msg, len, &off, &rr) == -1)
 			return 0;
-		if (rr.rr_type != DNS_TYPE_OPT || i < n - ar)
+		if (rr.rr_type != DNS_TYPE_OPT)
 			continue;
+		/* RFC 6891 6.1.1: an OPT elsewhere makes the answer unusable. */
+		if (i < n - ar)
+			return 0;
 		/* An extended RCODE means nothing to a client without OPT. */
 		if (msg[rr.rr_ttloff] != 0)
 			return 0;

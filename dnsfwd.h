@@ -422,7 +422,8 @@ size_t	dns_upstream_query(uint8_t *out, size_t cap, const struct qkey *);
 /*
  * Cuts the additional section of an upstream answer at its OPT, which is
  * hop by hop (RFC 6891); returns the new length, or 0 when the answer
- * cannot be walked or its extended RCODE is not 0.
+ * cannot be walked, has an OPT outside the additional section, or its
+ * extended RCODE is not 0.
  */
 size_t	dns_strip_opt(uint8_t *msg, size_t len, size_t qend);
 /*

@@ -138,9 +138,7 @@ query_shutdown(void)
 	free(q.flights);
 	free(q.cqs);
 	free(q.keys);
-	q.flights = NULL;
-	q.cqs = NULL;
-	q.keys = NULL;
+	memset(&q, 0, sizeof(q));
 }
 
 int
