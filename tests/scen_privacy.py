@@ -176,20 +176,23 @@ def priv_prewarm(t):
     # Idle close, then an immediate reopen without a query.
     it.check(_until(lambda: fu3.stats()["conns"] >= 1, 3),
              "--prewarm --connections 1: no connection at start")
+    # On a slow machine the start-up connection may already have idled
+    # out and been reopened: count from the query on.
     it.expect_a(it.ask_udp(d3.port, "pw3.example."))
     t_q = time.monotonic()
-    it.check(_until(lambda: fu3.stats()["closed"] >= 1, 4),
+    closed0, conns0 = fu3.stats()["closed"], fu3.stats()["conns"]
+    it.check(_until(lambda: fu3.stats()["closed"] > closed0, 4),
              "--idle-timeout 1: the connection was not closed within 4 s")
     t_close = time.monotonic()
-    it.check(_until(lambda: fu3.stats()["conns"] >= 2, 1.0),
+    it.check(_until(lambda: fu3.stats()["conns"] > conns0, 1.0),
              "no new connection within 1 s of the idle close: %s" %
              fu3.stats())
-    t_new = fu3.conn_times[1]
+    t_new = fu3.conn_times[-1]
     it.check(t_new - t_q > 0.6 and t_new - t_close < 0.5,
              "reopened %.2f s after the query and %.2f s after the close "
              "was seen; want right after the idle close (about 1 s)" % (
                  t_new - t_q, t_new - t_close))
-    it.check(_until(lambda: fu3.stats()["handshakes"] >= 2, 2),
+    it.check(_until(lambda: fu3.stats()["handshakes"] >= conns0 + 1, 2),
              "the reopened connection made no TLS handshake")
     it.check(fu3.nqueries() == 1, "the upstream saw %d queries, want 1" %
              fu3.nqueries())
