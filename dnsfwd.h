@@ -344,6 +344,7 @@ void	tls_conn_free(struct tls_conn *, int);
 int	tls_handshake(struct tls_conn *, char *, size_t);
 const char *tls_version(struct tls_conn *);
 int	tls_resumed(struct tls_conn *);
+int	tls_drained(struct tls_conn *);
 int	tls_read(struct tls_conn *, uint8_t *, size_t);
 int	tls_write(struct tls_conn *, const uint8_t *, size_t);
 

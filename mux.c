@@ -92,6 +92,7 @@ struct conn {
 	uint64_t	 c_queued;	/* bytes framed into c_out, ever */
 	uint64_t	 c_written;	/* bytes of them written out */
 	uint32_t	 c_reads;	/* successful reads, to spot silence */
+	int		 c_drained;	/* plain TCP: the last read came up short */
 	uint32_t	 c_replies;	/* replies matched on this connection */
 	int64_t		 c_idle_ms;	/* ours, or within the server's (RFC 7828) */
 	int		 c_write_wants_read;	/* TLS: retry the flush on EV_READ */
@@ -750,7 +751,7 @@ conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void
 conn_input(struct conn *c, int64_t now)
 {
-	int	 n;
+	int	 n, one = 1;
 
 	for (;;) {
 		n = conn_read(c, c->c_in + c->c_inlen, CONN_INCAP - c->c_inlen);
@@ -759,6 +760,9 @@ conn_input(struct conn *c, int64_t now)
 			c->c_reads++;
 			if (conn_frames(c, now) == -1)
 				return;
+			/* A read that must find nothing is a syscall saved. */
+			if (c->c_tls ? tls_drained(c->c_tls) : c->c_drained)
+				break;
 			continue;
 		}
 		if (n == IO_WANT_READ)
@@ -775,6 +779,11 @@ conn_input(struct conn *c, int64_t now)
 		prewarm(c->c_up, now);
 		return;
 	}
+	/*
+	 * Answer at once: a server that leaves Nagle on holds its next
+	 * answer until we acknowledge, and a delayed ACK takes 40 ms.
+	 */
+	(void)setsockopt(c->c_fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 	dispatch(now);
 }
 
@@ -932,6 +941,7 @@ conn_read(struct conn *c, uint8_t *buf, size_t len)
 	if (c->c_tls != NULL)
 		return tls_read(c->c_tls, buf, len);
 	n = recv(c->c_fd, buf, len, 0);
+	c->c_drained = n >= 0 && (size_t)n < len;
 	if (n >= 0)
 		return (int)n;
 	if (errno == EAGAIN || errno == EINTR)

@@ -45,11 +45,24 @@ struct tls_upstream {
 	int			 tu_resume;	/* keep and offer tickets */
 };
 
+/*
+ * Bytes read from the socket ahead of mbedTLS, which asks for each record
+ * in two small reads (header, then body): served from here, a burst of
+ * answers costs one recv instead of two per record.
+ */
+#define TLS_RBUF	16384
+/* Calls that may each stop after a message before the buffer is used. */
+#define RBUF_RETRIES	64
+
 /* Per connection; owned by the mux connection that created it. */
 struct tls_conn {
 	mbedtls_ssl_context	 tc_ssl;
 	struct tls_upstream	*tc_up;
 	int			 tc_fd;
+	size_t			 tc_roff;	/* next unread byte of tc_rbuf */
+	size_t			 tc_rlen;
+	int			 tc_drained;	/* the last recv came up short */
+	uint8_t			 tc_rbuf[TLS_RBUF];
 	int			 tc_offered;	/* a saved session was offered */
 	int			 tc_saw_cert;	/* the server sent its chain */
 	int			 tc_pin_bad;	/* its key matched no pin */
@@ -241,8 +254,7 @@ tls_conn_new(struct tls_upstream *tu, int fd)
 		tls_conn_free(tc, 0);
 		return NULL;
 	}
-	mbedtls_ssl_set_bio(&tc->tc_ssl, &tc->tc_fd, bio_send, bio_recv,
-	    NULL);
+	mbedtls_ssl_set_bio(&tc->tc_ssl, tc, bio_send, bio_recv, NULL);
 	mbedtls_ssl_set_verify(&tc->tc_ssl, verify_cb, tc);
 	if (tu->tu_have_session &&
 	    mbedtls_ssl_set_session(&tc->tc_ssl, &tu->tu_session) == 0)
@@ -269,9 +281,12 @@ tls_conn_free(struct tls_conn *tc, int notify)
 int
 tls_handshake(struct tls_conn *tc, char *why, size_t whylen)
 {
-	int	 rv;
+	int	 rv, tries = 0;
 
-	rv = mbedtls_ssl_handshake(&tc->tc_ssl);
+	do
+		rv = mbedtls_ssl_handshake(&tc->tc_ssl);
+	while (rv == MBEDTLS_ERR_SSL_WANT_READ && tc->tc_roff < tc->tc_rlen &&
+	    ++tries < RBUF_RETRIES);
 	if (rv == MBEDTLS_ERR_SSL_WANT_READ)
 		return IO_WANT_READ;
 	if (rv == MBEDTLS_ERR_SSL_WANT_WRITE)
@@ -303,6 +318,18 @@ const char *
 tls_version(struct tls_conn *tc)
 {
 	return mbedtls_ssl_get_version(&tc->tc_ssl);
+}
+
+/*
+ * Nothing more to read without another recv, which the socket's last
+ * short read says would find nothing: the caller may stop reading.
+ */
+int
+tls_drained(struct tls_conn *tc)
+{
+	return tc->tc_drained && tc->tc_roff == tc->tc_rlen &&
+	    mbedtls_ssl_get_bytes_avail(&tc->tc_ssl) == 0 &&
+	    !mbedtls_ssl_check_pending(&tc->tc_ssl);
 }
 
 /* A resumed handshake is one that offered a ticket and saw no chain. */
@@ -342,10 +369,21 @@ verify_cb(void *arg, mbedtls_x509_crt *crt, int depth, uint32_t *flags)
 int
 tls_read(struct tls_conn *tc, uint8_t *buf, size_t len)
 {
-	int	 rv;
+	int	 rv, tries = 0;
 
-	while ((rv = mbedtls_ssl_read(&tc->tc_ssl, buf, len)) == TICKET)
-		save_session(tc);
+	for (;;) {
+		rv = mbedtls_ssl_read(&tc->tc_ssl, buf, len);
+		if (rv == TICKET)
+			save_session(tc);
+		/*
+		 * After a post-handshake message mbedTLS may want to read
+		 * again while bytes of ours are still unread: the socket is
+		 * empty, so nothing would wake us for them.
+		 */
+		else if (!(rv == MBEDTLS_ERR_SSL_WANT_READ &&
+		    tc->tc_roff < tc->tc_rlen && ++tries < RBUF_RETRIES))
+			break;
+	}
 	return map_io(tc, rv);
 }
 
@@ -449,7 +487,7 @@ bio_send(void *ctx, const unsigned char *buf, size_t len)
 {
 	ssize_t	 n;
 
-	n = send(*(int *)ctx, buf, len, MSG_NOSIGNAL);
+	n = send(((struct tls_conn *)ctx)->tc_fd, buf, len, MSG_NOSIGNAL);
 	if (n >= 0)
 		return (int)n;
 	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -462,11 +500,28 @@ bio_send(void *ctx, const unsigned char *buf, size_t len)
 static int
 bio_recv(void *ctx, unsigned char *buf, size_t len)
 {
-	ssize_t	 n;
+	struct tls_conn	*tc = ctx;
+	ssize_t		 n;
 
-	n = recv(*(int *)ctx, buf, len, 0);
-	if (n >= 0)
-		return (int)n;
+	if (tc->tc_roff == tc->tc_rlen) {
+		n = recv(tc->tc_fd, tc->tc_rbuf, sizeof(tc->tc_rbuf), 0);
+		if (n > 0) {
+			tc->tc_roff = 0;
+			tc->tc_rlen = (size_t)n;
+			tc->tc_drained = (size_t)n < sizeof(tc->tc_rbuf);
+		}
+	} else
+		n = (ssize_t)(tc->tc_rlen - tc->tc_roff);
+	if (n > 0) {
+		if (len > tc->tc_rlen - tc->tc_roff)
+			len = tc->tc_rlen - tc->tc_roff;
+		memcpy(buf, tc->tc_rbuf + tc->tc_roff, len);
+		tc->tc_roff += len;
+		return (int)len;
+	}
+	if (n == 0)
+		return 0;
+	tc->tc_drained = 1;
 	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
 		return MBEDTLS_ERR_SSL_WANT_READ;
 	if (errno == ECONNRESET || errno == EPIPE)

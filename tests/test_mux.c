@@ -18,6 +18,7 @@
 #define tls_read	fake_tls_read
 #define tls_write	fake_tls_write
 #define tls_resumed	fake_tls_resumed
+#define tls_drained	fake_tls_drained
 #define tls_upstream_forget fake_tls_upstream_forget
 #include "../mux.c"
 
@@ -129,6 +130,14 @@ int
 fake_tls_resumed(struct tls_conn *tc)
 {
 	return tc->resumed;
+}
+
+/* Never drained: conn_input reads on until the script says WANT_READ. */
+int
+fake_tls_drained(struct tls_conn *tc)
+{
+	(void)tc;
+	return 0;
 }
 
 void
