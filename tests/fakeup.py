@@ -61,7 +61,10 @@ K times and then revert to "normal" (None: for ever):
   reorder      hold replies on a connection until n are pending, then send
                them in reverse order (one budget unit per batch)
   close_after  on a connection's n-th query, close it, answering none of
-               its queries (one unit per close)
+               its queries (one unit per close); counted in fins
+  rst_after    the same, but abortively: SO_LINGER 0 then close, so the
+               peer sees a RST with its queries held (one unit per close);
+               counted in rsts
   close_mid    answer with the first half of the frame, then close
   wrong_id     reply with the ID plus one and A 198.51.100.66
   wrong_qname  reply for "wrong.invalid." with A 198.51.100.66
@@ -75,10 +78,18 @@ K times and then revert to "normal" (None: for ever):
                its time in conn_times
   refuse       not a mode: use refuse()/unrefuse() to stop/start listening.
 Wrong answers always carry 198.51.100.66 (BAD_ADDR) so tests can spot them.
+
+fu.set(jitter_ms=J) delays each reply by delay_ms plus a random 0..J ms
+(reordering replies on a connection), drawn from fu.rng, a random.Random
+that fu.set(seed=S) reseeds, so a soak can be replayed from its seed.
+fu.stats() counts the connections fakeup closed while queries on them
+were unanswered, with a FIN (fins_held: close_after, close_mid,
+close_all, refuse, ...) or a RST (rsts_held: rst_after).
 """
 
 import heapq
 import itertools
+import random
 import select
 import socket
 import ssl
@@ -98,7 +109,7 @@ GOOD_ADDR = "192.0.2.1"
 BAD_ADDR = "198.51.100.66"
 MODES = {"normal", "silent", "reorder", "close_after", "close_mid",
          "wrong_id", "wrong_qname", "qr0", "garbage", "dup", "stall",
-         "blackhole_first_conn", "reset"}
+         "blackhole_first_conn", "reset", "rst_after"}
 
 
 def big_txt_strings():
@@ -233,6 +244,7 @@ class _Conn:
         self.pending_ids = set()    # IDs received and not yet replied to
         self.closing = False        # close once outbuf is flushed
         self.dead = False
+        self.rst = False            # rst_after: close with SO_LINGER 0
         self.kill = False           # set by other threads: close now
         self.graceful = False
         self.read_at = 0.0          # read_pause_ms: no reading before this
@@ -273,6 +285,8 @@ class _Conn:
             fu.queries.append(rec)
             mode = fu._take_mode(per_query=True, nq=self.nq)
             delay = fu.delay_ms / 1000.0
+            if fu.jitter_ms:
+                delay += fu.rng.uniform(0, fu.jitter_ms) / 1000.0
             n = fu.n
             rule = fu.rules.get(rec["qname"])
             mark = fu.mark_bits
@@ -286,10 +300,15 @@ class _Conn:
             mode = "normal"
         if mode == "silent":
             return
-        if mode == "close_after":
+        if mode in ("close_after", "rst_after"):
             if self.nq >= n:
                 with fu.lock:
                     fu._spend()
+                    if mode == "rst_after":
+                        fu.rsts += 1
+                    else:
+                        fu.fins += 1
+                self.rst = mode == "rst_after"
                 self.dead = True     # drop everything, answer nothing
             return
         # Over TCP the query's EDNS payload size does not bound the reply.
@@ -455,7 +474,16 @@ class _Conn:
             pass
 
     def _close(self):
+        with self.fu.lock:
+            if self.pending_ids and not self.stall:
+                if self.rst:
+                    self.fu.rsts_held += 1
+                else:
+                    self.fu.fins_held += 1
         try:
+            if self.rst:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))
             self.sock.close()
         except OSError:
             pass
@@ -489,6 +517,8 @@ class FakeUpstream:
         self.answer_pad = 0
         self.ecs_answer = False
         self.read_pause_ms = 0
+        self.jitter_ms = 0
+        self.rng = random.Random()
         self.reset_counters()
         self.live = set()
         self.stopping = False
@@ -501,6 +531,12 @@ class FakeUpstream:
             self.conns = 0            # TCP connections accepted
             self.conn_times = []      # time.monotonic() of each accept
             self.resets = 0           # connections reset in "reset" mode
+            self.rsts = 0             # connections reset in "rst_after"
+            self.fins = 0             # connections closed in "close_after"
+            # Connections fakeup closed with queries unanswered: by a FIN
+            # (close_after, close_mid, close_all, refuse, ...) or a RST.
+            self.fins_held = 0
+            self.rsts_held = 0
             self.handshakes = 0       # TLS handshakes completed
             self.handshake_failures = 0
             self.resumed = 0          # handshakes with session_reused
@@ -517,8 +553,13 @@ class FakeUpstream:
     # -- behaviour --
     def set(self, mode=None, n=None, delay_ms=None, budget="keep",
             mark_bits=None, refuse_rd0=None, answer_options=None,
-            answer_pad=None, ecs_answer=None, read_pause_ms=None):
+            answer_pad=None, ecs_answer=None, read_pause_ms=None,
+            jitter_ms=None, seed=None):
         with self.lock:
+            if jitter_ms is not None:
+                self.jitter_ms = jitter_ms
+            if seed is not None:
+                self.rng.seed(seed)
             if read_pause_ms is not None:
                 self.read_pause_ms = read_pause_ms
             if mark_bits is not None:
@@ -713,7 +754,9 @@ class FakeUpstream:
         with self.lock:
             return {"conns": self.conns, "handshakes": self.handshakes,
                     "handshake_failures": self.handshake_failures,
-                    "resets": self.resets,
+                    "resets": self.resets, "rsts": self.rsts,
+                    "fins": self.fins, "fins_held": self.fins_held,
+                    "rsts_held": self.rsts_held,
                     "resumed": self.resumed, "closed": self.closed,
                     "queries": len(self.queries), "replies": self.replies,
                     "id_collisions": self.id_collisions,

@@ -9,6 +9,7 @@ python3) ends with a line `N passed, N failed`; this adds them up.  The
 runs go two at a time, one per core.
 """
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -44,7 +45,7 @@ def main():
     jobs += [("integration " + b,
               ["/usr/bin/python3", "tests/integration.py", "--dnsfwd",
                "./" + b]) for b in builds]
-    jobs += [(s, ["/usr/bin/python3", s]) for s in scripts]
+    jobs += [(s, ["/usr/bin/python3"] + shlex.split(s)) for s in scripts]
     total = [0, 0, 0]
     with ThreadPoolExecutor(max_workers=2) as pool:
         for name, out, counts, secs in pool.map(lambda j: run(*j), jobs):
