@@ -113,7 +113,8 @@ VARIANTS =	dnsfwd dnsfwd-asan dnsfwd-mbedtls3
 check: deps
 	$(MAKE) $(UNIT) $(VARIANTS)
 	mandoc -Tlint -W warning dnsfwd.8
-	$(PY) tests/runall.py $(UNIT) -- $(VARIANTS) -- tests/units.py
+	$(PY) tests/runall.py $(UNIT) -- $(VARIANTS) -- tests/units.py \
+	    "tests/soak.py --short --dnsfwd ./dnsfwd-asan"
 
 run: deps-run
 	$(MAKE) dnsfwd
@@ -146,7 +147,112 @@ uninstall:
 	elif [ -e $(DESTDIR)/etc/default/dnsfwd ]; then \
 	    echo "kept $(DESTDIR)/etc/default/dnsfwd: it was changed"; fi
 
+# Fault-injection soak: 40,000 queries against each build (about 90 s each).
+soak: dnsfwd dnsfwd-asan
+	$(PY) tests/soak.py --dnsfwd ./dnsfwd
+	$(PY) tests/soak.py --dnsfwd ./dnsfwd-asan
+
 clean:
 	rm -f $(VARIANTS) $(UNIT)
 
-.PHONY: all check deps deps-run deps-install run lint install uninstall clean
+.PHONY: all check soak deps deps-run deps-install run lint install uninstall clean
+
+# Fuzzing and memory checking (issue 9).
+# `make fuzz` runs each libFuzzer target of fuzz/ (see the comment at the
+# top of each fuzz/fuzz_*.c) for FUZZ_SECONDS, FUZZ_JOBS at a time, on its
+# seed corpus fuzz/corpus/TARGET and its crash regressions
+# fuzz/regress/TARGET, writing new inputs and crashes under build/fuzz/
+# only; `make fuzz-smoke` does the same for FUZZ_SMOKE_SECONDS each (under
+# a minute in all, for `make check`) and closes with "fuzz: N passed, N
+# failed".  `make fuzz-corpus` remakes the seeds (fuzz/mkcorpus.py).
+# `make valgrind` runs tests/integration.py once more with dnsfwd-vg, an
+# unsanitized build, under valgrind memcheck (fuzz/valgrind_it.py, which
+# lists the scenarios it skips there and why; about 7 minutes), and
+# `make valgrind-quick` a minute's worth of it.  They need clang-14,
+# libclang-rt-14-dev and valgrind, and install nothing.
+FUZZ_CC ?=	clang-14
+FUZZ_SECONDS ?=	60
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_JOBS ?=	2
+FUZZ_TARGETS =	query upstream cache options
+FUZZ_BINS =	$(FUZZ_TARGETS:%=fuzz/%-fuzz)
+FUZZ_CFLAGS =	-std=gnu11 -D_GNU_SOURCE $(WARN) -g -O1 \
+		-fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=undefined -fno-omit-frame-pointer -I.
+# The input, not the system, sets the clocks and the random IDs.
+FUZZ_WRAP =	-Wl,--wrap=now_ms,--wrap=boottime_ms,--wrap=random_bytes
+
+fuzz/query-fuzz: fuzz/fuzz_query.c fuzz/fuzz.h query.c cache.c dns.c log.c \
+	    util.c $(HDRS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_query.c cache.c dns.c \
+	    log.c util.c $(FUZZ_WRAP) -lev -lm
+
+fuzz/upstream-fuzz: fuzz/fuzz_upstream.c fuzz/fuzz.h mux.c dns.c log.c \
+	    util.c $(HDRS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_upstream.c dns.c log.c \
+	    util.c $(FUZZ_WRAP) -lev -lm
+
+fuzz/cache-fuzz: fuzz/fuzz_cache.c fuzz/fuzz.h cache.c dns.c log.c util.c \
+	    $(HDRS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_cache.c dns.c log.c \
+	    util.c $(FUZZ_WRAP) -lm
+
+fuzz/options-fuzz: fuzz/fuzz_options.c fuzz/fuzz.h options.c log.c util.c \
+	    $(HDRS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_options.c options.c \
+	    log.c util.c -Wl,--wrap=exit -lmbedcrypto -lev -lm
+
+fuzz: $(FUZZ_BINS)
+	FUZZ_JOBS=$(FUZZ_JOBS) bash fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-smoke: $(FUZZ_BINS)
+	FUZZ_JOBS=$(FUZZ_JOBS) bash fuzz/run.sh $(FUZZ_SMOKE_SECONDS) \
+	    $(FUZZ_TARGETS)
+
+fuzz-corpus:
+	$(PY) fuzz/mkcorpus.py
+
+dnsfwd-vg: $(SRCS) $(HDRS)
+	$(CC) $(ALL_CFLAGS) -O1 -o $@ $(SRCS) $(LIBS)
+
+valgrind: dnsfwd-vg
+	$(PY) fuzz/valgrind_it.py -j $(FUZZ_JOBS)
+
+valgrind-quick: dnsfwd-vg
+	$(PY) fuzz/valgrind_it.py --quick -j $(FUZZ_JOBS)
+
+fuzz-clean:
+	rm -rf $(FUZZ_BINS) dnsfwd-vg build/fuzz
+
+.PHONY: fuzz fuzz-smoke fuzz-corpus valgrind valgrind-quick fuzz-clean
+
+# Benchmarks (issue 10), not part of make check.
+# `make bench` installs what it lacks from Debian (as root), builds dnsfwd
+# and bench/echo, bench/latency, and runs bench/bench.py in a private
+# network namespace (loopback only): dnsfwd beside stubby, unbound, dnsdist
+# and knot-resolver, all forwarding over DNS-over-TLS to one local unbound,
+# in about 13 minutes.  `BENCH_QUICK=1 make bench` is a two-minute check of
+# the harness; BENCH_UPSTREAM_NODELAY=1 preloads bench/nodelay.so into the
+# upstream.  Writes bench/RESULTS.md and bench/results.png; see
+# bench/README.md.
+BENCH_DEBS =	dnsperf unbound stubby dnsdist knot-resolver gnuplot-nox \
+		openssl iproute2 util-linux python3
+
+bench/echo: bench/echo.c
+	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/echo.c
+
+bench/latency: bench/latency.c
+	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/latency.c -lm
+
+bench/nodelay.so: bench/nodelay.c
+	$(CC) $(ALL_CFLAGS) -fPIC -shared -o $@ bench/nodelay.c -ldl
+
+bench:
+	@$(MAKE) -s deps-install PKGS="$(DEBS) $(BENCH_DEBS)"
+	$(MAKE) dnsfwd bench/echo bench/latency bench/nodelay.so
+	$(PY) bench/bench.py
+
+bench-clean:
+	rm -f bench/echo bench/latency bench/nodelay.so
+
+.PHONY: bench bench-clean
