@@ -102,6 +102,7 @@ dns_reply_matches(const uint8_t *reply, size_t rlen, const uint8_t *query,
 	size_t	end;
 
 	if (rlen < DNS_HDRLEN || (reply[2] & F_QR) == 0 ||
+	    (reply[2] & F_OPCODE) != (query[2] & F_OPCODE) ||
 	    dns_get16(reply + 4) != 1)
 		return 0;
 	/*

@@ -393,8 +393,9 @@ int	dns_parse_query(const uint8_t *, size_t, struct dns_qinfo *);
 size_t	dns_error(uint8_t *out, size_t cap, const uint8_t *q, size_t len,
 	    int rcode);
 /*
- * Returns 1 when the reply (rlen bytes) is a response whose question
- * equals the query's: name compared case-insensitively, type and class.
+ * Returns 1 when the reply (rlen bytes) is a response with the query's
+ * opcode whose question equals the query's: name compared
+ * case-insensitively, type and class.
  */
 int	dns_reply_matches(const uint8_t *reply, size_t rlen,
 	    const uint8_t *query, size_t qend);
