@@ -45,7 +45,8 @@ def main():
     jobs += [("integration " + b,
               ["/usr/bin/python3", "tests/integration.py", "--dnsfwd",
                "./" + b]) for b in builds]
-    jobs += [(s, ["/usr/bin/python3"] + shlex.split(s)) for s in scripts]
+    jobs += [(s, (["/usr/bin/python3"] if s.split()[0].endswith(".py")
+                  else []) + shlex.split(s)) for s in scripts]
     total = [0, 0, 0]
     with ThreadPoolExecutor(max_workers=2) as pool:
         for name, out, counts, secs in pool.map(lambda j: run(*j), jobs):
