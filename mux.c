@@ -779,12 +779,16 @@ conn_input(struct conn *c, int64_t now)
 		prewarm(c->c_up, now);
 		return;
 	}
-	/*
-	 * Answer at once: a server that leaves Nagle on holds its next
-	 * answer until we acknowledge, and a delayed ACK takes 40 ms.
-	 */
-	(void)setsockopt(c->c_fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 	dispatch(now);
+	/*
+	 * A server that leaves Nagle on holds its next answer until we
+	 * acknowledge, and a delayed ACK takes 40 ms.  A query we are about
+	 * to send carries the ACK; without one, acknowledge at once, since
+	 * each quick ACK is a packet of its own.
+	 */
+	if (c->c_state == CONN_READY && c->c_inflight > 0 && !c->c_dirty)
+		(void)setsockopt(c->c_fd, IPPROTO_TCP, TCP_QUICKACK, &one,
+		    sizeof(one));
 }
 
 static int
