@@ -347,6 +347,7 @@ int	tls_resumed(struct tls_conn *);
 int	tls_drained(struct tls_conn *);
 int	tls_read(struct tls_conn *, uint8_t *, size_t);
 int	tls_write(struct tls_conn *, const uint8_t *, size_t);
+int	tls_flush(struct tls_conn *);
 
 /* log.c */
 void	log_init(enum log_level);

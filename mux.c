@@ -154,6 +154,7 @@ static void	 conn_input(struct conn *, int64_t);
 static int	 conn_frames(struct conn *, int64_t);
 static int	 conn_reply(struct conn *, uint8_t *, size_t, int64_t);
 static void	 conn_flush(struct conn *);
+static int	 conn_write_next(struct conn *);
 static void	 conn_idle_check(struct conn *);
 static void	 conn_keepalive(struct conn *, const uint8_t *, size_t);
 static void	 prewarm(struct upstream *, int64_t);
@@ -892,49 +893,56 @@ prewarm(struct upstream *up, int64_t now)
 			return;
 }
 
-/*
- * Writes what is queued.  A TLS write that wanted to wait must be
- * repeated with the same length, so that length is remembered; it waits
- * for whichever direction TLS asked for.
- */
+/* Writes what is queued; it waits for whichever direction TLS asked for. */
 static void
 conn_flush(struct conn *c)
+{
+	int	 n;
+
+	c->c_write_wants_read = 0;
+	while ((n = conn_write_next(c)) > 0) {
+		c->c_outoff += (size_t)n;
+		c->c_outlen -= (size_t)n;
+		c->c_written += (size_t)n;
+	}
+	if (n == IO_WANT_READ) {
+		/* The read watcher is always on when ready. */
+		c->c_write_wants_read = 1;
+		if (!c->c_read_wants_write)
+			ev_io_stop(mux.loop, &c->c_wio);
+	} else if (n == IO_WANT_WRITE)
+		ev_io_start(mux.loop, &c->c_wio);
+	else if (n == 0) {
+		c->c_outoff = 0;
+		if (!c->c_read_wants_write)
+			ev_io_stop(mux.loop, &c->c_wio);
+	} else {
+		conn_close(c, "write failed");
+		dispatch(now_ms());
+	}
+}
+
+/*
+ * Bytes of the queue written, 0 once the queue and the record tls.c
+ * still holds are out, or an IO_* code.  A TLS write that wanted to wait
+ * is repeated with the same length, as mbedTLS asks.
+ */
+static int
+conn_write_next(struct conn *c)
 {
 	size_t	 len;
 	int	 n;
 
-	c->c_write_wants_read = 0;
-	while (c->c_outlen > 0) {
-		len = c->c_tlslen;
-		if (len == 0)
-			len = c->c_tls && c->c_outlen > TLS_RECORD ?
-			    TLS_RECORD : c->c_outlen;
-		n = conn_write(c, c->c_out + c->c_outoff, len);
-		if (n > 0) {
-			c->c_tlslen = 0;
-			c->c_outoff += (size_t)n;
-			c->c_outlen -= (size_t)n;
-			c->c_written += (size_t)n;
-			continue;
-		}
-		if (n == IO_WANT_WRITE || n == IO_WANT_READ) {
-			c->c_tlslen = c->c_tls ? len : 0;
-			if (n == IO_WANT_READ) {
-				/* The read watcher is always on when ready. */
-				c->c_write_wants_read = 1;
-				if (!c->c_read_wants_write)
-					ev_io_stop(mux.loop, &c->c_wio);
-			} else
-				ev_io_start(mux.loop, &c->c_wio);
-			return;
-		}
-		conn_close(c, "write failed");
-		dispatch(now_ms());
-		return;
-	}
-	c->c_outoff = 0;
-	if (!c->c_read_wants_write)
-		ev_io_stop(mux.loop, &c->c_wio);
+	if (c->c_outlen == 0)
+		return c->c_tls != NULL ? tls_flush(c->c_tls) : 0;
+	len = c->c_tlslen;
+	if (len == 0)
+		len = c->c_tls && c->c_outlen > TLS_RECORD ?
+		    TLS_RECORD : c->c_outlen;
+	n = conn_write(c, c->c_out + c->c_outoff, len);
+	c->c_tlslen = c->c_tls && (n == IO_WANT_WRITE || n == IO_WANT_READ) ?
+	    len : 0;
+	return n == 0 ? IO_ERR : n;
 }
 
 static int

@@ -54,15 +54,29 @@ struct tls_upstream {
 /* Calls that may each stop after a message before the buffer is used. */
 #define RBUF_RETRIES	64
 
+/*
+ * Ciphertext the socket did not take, once the handshake is done.  A
+ * record mbedTLS held back itself would be flushed by the next read that
+ * meets a TLS 1.3 post-handshake message (a session ticket), after which
+ * the write, repeated as mbedTLS asks, would send the record twice.  So
+ * records are taken whole here, one at a time, and sent from here; there
+ * is room for one record and an alert.
+ */
+#define TLS_WBUF	(16384 + 1024)
+
 /* Per connection; owned by the mux connection that created it. */
 struct tls_conn {
 	mbedtls_ssl_context	 tc_ssl;
 	struct tls_upstream	*tc_up;
 	int			 tc_fd;
+	int			 tc_open;	/* handshake done */
 	size_t			 tc_roff;	/* next unread byte of tc_rbuf */
 	size_t			 tc_rlen;
 	int			 tc_drained;	/* the last recv came up short */
 	uint8_t			 tc_rbuf[TLS_RBUF];
+	uint8_t			*tc_wbuf;	/* TLS_WBUF, on first need */
+	size_t			 tc_woff;	/* next unsent byte of tc_wbuf */
+	size_t			 tc_wlen;
 	int			 tc_offered;	/* a saved session was offered */
 	int			 tc_saw_cert;	/* the server sent its chain */
 	int			 tc_pin_bad;	/* its key matched no pin */
@@ -268,9 +282,12 @@ tls_conn_free(struct tls_conn *tc, int notify)
 {
 	if (tc == NULL)
 		return;
-	if (notify)
+	if (notify) {
 		(void)mbedtls_ssl_close_notify(&tc->tc_ssl);
+		(void)tls_flush(tc);
+	}
 	mbedtls_ssl_free(&tc->tc_ssl);
+	free(tc->tc_wbuf);
 	free(tc);
 }
 
@@ -311,6 +328,7 @@ tls_handshake(struct tls_conn *tc, char *why, size_t whylen)
 		return IO_ERR;
 	}
 	save_session(tc);
+	tc->tc_open = 1;
 	return 0;
 }
 
@@ -387,14 +405,35 @@ tls_read(struct tls_conn *tc, uint8_t *buf, size_t len)
 	return map_io(tc, rv);
 }
 
+/* Once what tls.c holds is sent, a record of up to len bytes is taken. */
 int
 tls_write(struct tls_conn *tc, const uint8_t *buf, size_t len)
 {
 	int	 rv;
 
+	if ((rv = tls_flush(tc)) != 0)
+		return rv;
 	while ((rv = mbedtls_ssl_write(&tc->tc_ssl, buf, len)) == TICKET)
 		save_session(tc);
 	return map_io(tc, rv);
+}
+
+/* 0 once nothing is held back, else IO_WANT_WRITE or IO_ERR. */
+int
+tls_flush(struct tls_conn *tc)
+{
+	ssize_t	 n;
+
+	while (tc->tc_wlen > tc->tc_woff) {
+		n = send(tc->tc_fd, tc->tc_wbuf + tc->tc_woff,
+		    tc->tc_wlen - tc->tc_woff, MSG_NOSIGNAL);
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR ?
+			    IO_WANT_WRITE : IO_ERR;
+		tc->tc_woff += (size_t)n;
+	}
+	tc->tc_woff = tc->tc_wlen = 0;
+	return 0;
 }
 
 static int
@@ -482,19 +521,35 @@ save_session(struct tls_conn *tc)
 		tu->tu_have_session = 1;
 }
 
+/*
+ * During the handshake mbedTLS keeps what the socket does not take and
+ * repeats itself; after it, what is left goes to tc_wbuf (see TLS_WBUF),
+ * behind anything already there.
+ */
 static int
 bio_send(void *ctx, const unsigned char *buf, size_t len)
 {
-	ssize_t	 n;
+	struct tls_conn	*tc = ctx;
+	ssize_t		 n = 0;
 
-	n = send(((struct tls_conn *)ctx)->tc_fd, buf, len, MSG_NOSIGNAL);
-	if (n >= 0)
-		return (int)n;
-	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-		return MBEDTLS_ERR_SSL_WANT_WRITE;
-	if (errno == ECONNRESET || errno == EPIPE)
-		return MBEDTLS_ERR_NET_CONN_RESET;
-	return MBEDTLS_ERR_NET_SEND_FAILED;
+	if (tc->tc_wlen == 0) {
+		n = send(tc->tc_fd, buf, len, MSG_NOSIGNAL);
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return errno == ECONNRESET || errno == EPIPE ?
+			    MBEDTLS_ERR_NET_CONN_RESET :
+			    MBEDTLS_ERR_NET_SEND_FAILED;
+		if (n < 0)
+			n = 0;
+	}
+	if ((size_t)n == len || !tc->tc_open)
+		return n > 0 ? (int)n : MBEDTLS_ERR_SSL_WANT_WRITE;
+	if (tc->tc_wbuf == NULL && (tc->tc_wbuf = malloc(TLS_WBUF)) == NULL)
+		return MBEDTLS_ERR_NET_SEND_FAILED;
+	if (len - (size_t)n > TLS_WBUF - tc->tc_wlen)
+		return MBEDTLS_ERR_NET_SEND_FAILED;
+	memcpy(tc->tc_wbuf + tc->tc_wlen, buf + n, len - (size_t)n);
+	tc->tc_wlen += len - (size_t)n;
+	return (int)len;
 }
 
 static int

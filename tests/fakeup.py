@@ -374,7 +374,12 @@ class _Conn:
                 sock = fu.ctx.wrap_socket(sock, server_side=True,
                                           do_handshake_on_connect=False)
                 self.sock = sock
+                if fu.handshake_pause_ms:
+                    self._pause_in_handshake(sock, fu.handshake_pause_ms)
                 sock.do_handshake()
+                if fu.handshake_pause_ms:
+                    self.read_at = (time.monotonic() +
+                                    fu.handshake_pause_ms / 1000.0)
             except (ssl.SSLError, OSError) as e:
                 with fu.lock:
                     fu.handshake_failures += 1
@@ -423,6 +428,20 @@ class _Conn:
                 self._write()
         if self.kill and self.graceful:
             self._flush_and_shutdown()
+
+    @staticmethod
+    def _pause_in_handshake(sock, ms):
+        """Sends the server's flight, then reads nothing for ms, and again
+        for ms once the handshake is done.  A TLS 1.3 client is writing by
+        then; the session tickets reach it between the pauses, while its
+        writes are blocked on our full receive buffer."""
+        sock.setblocking(False)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        time.sleep(ms / 1000.0)
+        sock.settimeout(5)
 
     def _read(self):
         """Reads what is there; returns False on EOF."""
@@ -517,6 +536,7 @@ class FakeUpstream:
         self.answer_pad = 0
         self.ecs_answer = False
         self.read_pause_ms = 0
+        self.handshake_pause_ms = 0
         self.jitter_ms = 0
         self.rng = random.Random()
         self.reset_counters()
@@ -554,8 +574,10 @@ class FakeUpstream:
     def set(self, mode=None, n=None, delay_ms=None, budget="keep",
             mark_bits=None, refuse_rd0=None, answer_options=None,
             answer_pad=None, ecs_answer=None, read_pause_ms=None,
-            jitter_ms=None, seed=None):
+            jitter_ms=None, seed=None, handshake_pause_ms=None):
         with self.lock:
+            if handshake_pause_ms is not None:
+                self.handshake_pause_ms = handshake_pause_ms
             if jitter_ms is not None:
                 self.jitter_ms = jitter_ms
             if seed is not None:

@@ -2824,18 +2824,52 @@ def tls_stress_pipelined(t):
                     bad.append("%s: %d strings" % (q.question[0].name,
                                                    len(_txts(m))))
             elif _a_of(m) != [GOOD_ADDR]:
-                bad.append("%s: %s" % (q.question[0].name, _a_of(m)))
+                bad.append("%s: %s %s" % (q.question[0].name.labels[0],
+                                          dns.rcode.to_text(m.rcode()),
+                                          _a_of(m)))
         return len(frames), bad, len(byid)
     t0 = time.monotonic()
     res = parallel(client, range(8), workers=8)
     el = time.monotonic() - t0
     got = sum(r[0] for r in res)
     bad = [b for r in res for b in r[1]]
-    check(not bad, "%d wrong answers, e.g. %s" % (len(bad), bad[:3]))
+    check(not bad, "%d wrong answers in %.1f s, e.g. %s; upstream saw %d "
+          "queries, sent %d replies, errors %s" % (
+              len(bad), el, bad[:3], fu.nqueries(), fu.stats()["replies"],
+              fu.errors[:3]))
     check(got == 512 and sum(r[2] for r in res) == 0,
           "%d of 512 answers in %.1f s (upstream saw %d queries, sent %d)" %
           (got, el, fu.nqueries(), fu.stats()["replies"]))
     t.note("512 answers in %.2f s" % el)
+
+
+@scenario
+def tls_ticket_during_blocked_write(t):
+    """TLS 1.3 session tickets that arrive while a write waits for the socket (the upstream, with 4 KB buffers and a 536-byte MSS, reads nothing for 300 ms before and after the handshake's last step, so dnsfwd's burst of 480 queries from 8 TCP clients is blocked when they come): reading them must not send the waiting record twice.  Every query is answered, and the upstream sees each exactly once."""
+    fu = t.fakeup(sock_buf=4096, mss=536)
+    fu.set(handshake_pause_ms=300)
+    d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--max-inflight", "500",
+                 "--timeout", "5000", "--cache-size", "0")
+    tail = ".".join(c * 60 for c in "wxy") + ".example."
+
+    def client(ci):
+        qs = [make_query("t%d-%d.%s" % (ci, i, tail), qid=i)
+              for i in range(60)]
+        with tcp_connect(d.port) as s:
+            s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
+            frames = tcp_read_frames(s, len(qs), 8)
+        good = 0
+        for f in frames:
+            m = dns.message.from_wire(f)
+            if m.id < len(qs) and m.question == qs[m.id].question and \
+                    _a_of(m) == [GOOD_ADDR]:
+                good += 1
+        return good
+    good = sum(parallel(client, range(8), workers=8))
+    seen = fu.nqueries()
+    check(good == 480 and seen == 480, "%d of 480 answered, upstream saw %d "
+          "queries (%s, TLS %s)" % (good, seen, fu.errors[:2], fu.versions))
+    t.note("TLS %s" % fu.versions)
 
 
 # ---------------------------------------------------------------- cache

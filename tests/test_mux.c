@@ -17,6 +17,7 @@
 #define tls_version	fake_tls_version
 #define tls_read	fake_tls_read
 #define tls_write	fake_tls_write
+#define tls_flush	fake_tls_flush
 #define tls_resumed	fake_tls_resumed
 #define tls_drained	fake_tls_drained
 #define tls_upstream_forget fake_tls_upstream_forget
@@ -76,6 +77,7 @@ struct tls_conn {
 	int	 rs[16], nrs;
 	int	 ws[16], nws;
 	int	 hs[16], nhs;
+	int	 fs[16], nfs;		/* tls_flush: what tls.c holds */
 	size_t	 wlen[64];
 	int	 nwlen;
 	int	 frees, notified, fail_new, resumed;
@@ -166,6 +168,13 @@ fake_tls_read(struct tls_conn *tc, uint8_t *buf, size_t len)
 	if (n >= 0)
 		return (int)n;
 	return errno == EAGAIN ? IO_WANT_READ : IO_ERR;
+}
+
+/* Scripted like the rest; by default nothing is held back. */
+int
+fake_tls_flush(struct tls_conn *tc)
+{
+	return script_pop(tc->fs, &tc->nfs);
 }
 
 int
@@ -1771,6 +1780,41 @@ test_want_directions(void)
 	teardown();
 }
 
+/*
+ * A record tls.c holds after the queue is written keeps the write
+ * watcher on until it is out; a write first sends what is held.
+ */
+static void
+test_tls_held_record(void)
+{
+	struct conn	*c;
+	struct rec	*a;
+
+	setup(1, 1, 64);
+	c = &mux.ups[0].up_conns[0];
+	fake_tls_on(c);
+	a = sendname(1, "held");
+	ftc.fs[ftc.nfs++] = IO_WANT_WRITE;
+	flush_cb(loop, NULL, 0);
+	CHECK(c->c_outlen == 0 && c->c_written == c->c_queued);
+	CHECK(ev_is_active(&c->c_wio) && c->c_tlslen == 0);
+	/* Still held at the next writability: the watcher stays. */
+	ftc.fs[ftc.nfs++] = IO_WANT_WRITE;
+	conn_write_cb(loop, &c->c_wio, EV_WRITE);
+	CHECK(ev_is_active(&c->c_wio) && ftc.nfs == 0);
+	/* Out: the watcher goes, and the answer comes. */
+	conn_write_cb(loop, &c->c_wio, EV_WRITE);
+	CHECK(!ev_is_active(&c->c_wio));
+	CHECK(answer_all(0, 0) == 1 && a->calls == 1);
+	/* A failure to send it closes the connection; the query is resent. */
+	a = sendname(2, "lost");
+	ftc.fs[ftc.nfs++] = IO_ERR;
+	flush_cb(loop, NULL, 0);
+	CHECK(c->c_state != CONN_READY || c->c_written == 0);
+	CHECK(a->calls == 0);
+	teardown();
+}
+
 /* Over TLS, no write is longer than a record, and a close says goodbye. */
 static void
 test_tls_records(void)
@@ -1950,6 +1994,7 @@ main(void)
 	test_hash();
 	test_chain();
 	test_want_directions();
+	test_tls_held_record();
 	test_tls_records();
 	test_handshake();
 	test_end_to_end();
