@@ -46,6 +46,13 @@
 #define KEEPALIVE_MARGIN_MS 500
 /* Sends of one query before a connection loss is blamed on the query. */
 #define PQ_MAX_SENDS	3
+/*
+ * Queries written to a connection this often (seconds between, averaged)
+ * will carry the ACK of its answers soon: the quick ACK is left to a
+ * timer of ACK_LATE, the shortest the loop keeps, as a safety net.
+ */
+#define ACK_GAP		0.0002
+#define ACK_LATE	0.001
 
 /* A query on its way upstream; lives from mux_send to its callback. */
 struct pq {
@@ -97,7 +104,12 @@ struct conn {
 	int64_t		 c_idle_ms;	/* ours, or within the server's (RFC 7828) */
 	int		 c_write_wants_read;	/* TLS: retry the flush on EV_READ */
 	int		 c_read_wants_write;	/* TLS: retry the read on EV_WRITE */
-	int		 c_dirty;
+	int		 c_dirty;	/* on mux.dirty: flush before sleeping */
+	int		 c_ackdue;	/* answers read, more due: ACK them */
+	ev_timer	 c_acktimer;	/* ACK_LATE, if no query carries it */
+	size_t		 c_ackmark;	/* c_written when it was started */
+	ev_tstamp	 c_lastw;	/* loop time of the last write */
+	ev_tstamp	 c_gap;		/* between writes, averaged */
 	int		 c_slow;	/* dialling for over half a timeout */
 	TAILQ_ENTRY(conn) c_dirtylink;
 };
@@ -154,6 +166,10 @@ static void	 conn_input(struct conn *, int64_t);
 static int	 conn_frames(struct conn *, int64_t);
 static int	 conn_reply(struct conn *, uint8_t *, size_t, int64_t);
 static void	 conn_flush(struct conn *);
+static void	 conn_flush_ack(struct conn *);
+static void	 conn_ack_cb(struct ev_loop *, ev_timer *, int);
+static void	 conn_quickack(struct conn *);
+static void	 conn_dirty(struct conn *);
 static int	 conn_write_next(struct conn *);
 static void	 conn_idle_check(struct conn *);
 static void	 conn_keepalive(struct conn *, const uint8_t *, size_t);
@@ -212,6 +228,7 @@ upstream_init(struct upstream *up, const struct upstream_cfg *uc, int idx)
 		ev_init(&c->c_rio, conn_read_cb);
 		ev_init(&c->c_wio, conn_write_cb);
 		ev_init(&c->c_timer, conn_timer_cb);
+		ev_init(&c->c_acktimer, conn_ack_cb);
 	}
 }
 
@@ -574,6 +591,8 @@ conn_ready(struct conn *c, int64_t now)
 
 	c->c_state = CONN_READY;
 	c->c_slow = 0;
+	c->c_lastw = ev_now(mux.loop);
+	c->c_gap = 1.;		/* no rate yet: acknowledge at once */
 	ev_io_stop(mux.loop, &c->c_wio);
 	ev_io_start(mux.loop, &c->c_rio);
 	ev_timer_stop(mux.loop, &c->c_timer);
@@ -612,6 +631,7 @@ conn_close(struct conn *c, const char *why)
 	ev_io_stop(mux.loop, &c->c_rio);
 	ev_io_stop(mux.loop, &c->c_wio);
 	ev_timer_stop(mux.loop, &c->c_timer);
+	ev_timer_stop(mux.loop, &c->c_acktimer);
 	tls_conn_free(c->c_tls, c->c_state == CONN_READY);
 	c->c_tls = NULL;
 	close(c->c_fd);
@@ -752,7 +772,7 @@ conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void
 conn_input(struct conn *c, int64_t now)
 {
-	int	 n, one = 1;
+	int	 n;
 
 	for (;;) {
 		n = conn_read(c, c->c_in + c->c_inlen, CONN_INCAP - c->c_inlen);
@@ -781,15 +801,11 @@ conn_input(struct conn *c, int64_t now)
 		return;
 	}
 	dispatch(now);
-	/*
-	 * A server that leaves Nagle on holds its next answer until we
-	 * acknowledge, and a delayed ACK takes 40 ms.  A query we are about
-	 * to send carries the ACK; without one, acknowledge at once, since
-	 * each quick ACK is a packet of its own.
-	 */
-	if (c->c_state == CONN_READY && c->c_inflight > 0 && !c->c_dirty)
-		(void)setsockopt(c->c_fd, IPPROTO_TCP, TCP_QUICKACK, &one,
-		    sizeof(one));
+	/* Answers still due: acknowledge before the loop sleeps. */
+	if (c->c_state == CONN_READY && c->c_inflight > 0) {
+		c->c_ackdue = 1;
+		conn_dirty(c);
+	}
 }
 
 static int
@@ -999,7 +1015,73 @@ flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	while ((c = TAILQ_FIRST(&mux.dirty)) != NULL) {
 		TAILQ_REMOVE(&mux.dirty, c, c_dirtylink);
 		c->c_dirty = 0;
-		conn_flush(c);
+		conn_flush_ack(c);
+	}
+}
+
+/*
+ * A server that leaves Nagle on holds each answer until we acknowledge
+ * the one before, and a delayed ACK waits for our next query or 40 ms: a
+ * lag that, once begun, delays every answer by the gap between queries.
+ * A query written in this loop iteration carries the ACK.  Without one,
+ * acknowledge now, unless queries come so often that the next will carry
+ * it: each quick ACK is a packet of its own, and answers that need none
+ * leave the server together.
+ */
+static void
+conn_flush_ack(struct conn *c)
+{
+	size_t		 written = c->c_written;
+	ev_tstamp	 now;
+	int		 due = c->c_ackdue;
+
+	c->c_ackdue = 0;
+	conn_flush(c);
+	if (c->c_state != CONN_READY)
+		return;
+	if (c->c_written != written) {
+		now = ev_now(mux.loop);
+		c->c_gap += (now - c->c_lastw - c->c_gap) / 8;
+		c->c_lastw = now;
+	} else if (due && c->c_inflight > 0) {
+		if (c->c_gap >= ACK_GAP)
+			conn_quickack(c);
+		else if (!ev_is_active(&c->c_acktimer)) {
+			c->c_ackmark = c->c_written;
+			ev_timer_set(&c->c_acktimer, ACK_LATE, 0.);
+			ev_timer_start(mux.loop, &c->c_acktimer);
+		}
+	}
+}
+
+/* The safety net: no query has carried the ACK since the timer began. */
+static void
+conn_ack_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct conn	*c = CONN_OF(w, c_acktimer);
+
+	(void)loop;
+	(void)revents;
+	if (c->c_state == CONN_READY && c->c_written == c->c_ackmark &&
+	    c->c_inflight > 0)
+		conn_quickack(c);
+}
+
+static void
+conn_quickack(struct conn *c)
+{
+	int	 one = 1;
+
+	(void)setsockopt(c->c_fd, IPPROTO_TCP, TCP_QUICKACK, &one,
+	    sizeof(one));
+}
+
+static void
+conn_dirty(struct conn *c)
+{
+	if (!c->c_dirty) {
+		c->c_dirty = 1;
+		TAILQ_INSERT_TAIL(&mux.dirty, c, c_dirtylink);
 	}
 }
 
@@ -1031,10 +1113,7 @@ pq_send(struct pq *pq, struct conn *c, int64_t now)
 	c->c_outlen += 2u + pq->pq_len;
 	c->c_queued += 2u + pq->pq_len;
 	pq->pq_end = c->c_queued;
-	if (!c->c_dirty) {
-		c->c_dirty = 1;
-		TAILQ_INSERT_TAIL(&mux.dirty, c, c_dirtylink);
-	}
+	conn_dirty(c);
 }
 
 /* Takes a pq off its connection or the wait queue, and the deadlines. */

@@ -289,6 +289,8 @@ class _Conn:
                 delay += fu.rng.uniform(0, fu.jitter_ms) / 1000.0
             n = fu.n
             rule = fu.rules.get(rec["qname"])
+            if rule is not None:
+                delay += rule.get("delay_ms", 0) / 1000.0
             mark = fu.mark_bits
             extra = dict(ecs=fu.ecs_answer, refuse_rd0=fu.refuse_rd0)
             aopts, apad = fu.answer_options, fu.answer_pad
@@ -513,8 +515,10 @@ class _Conn:
 
 class FakeUpstream:
     def __init__(self, certfile=None, keyfile=None, tls=True, tls_max=None,
-                 host="127.0.0.1", port=0, sock_buf=None, mss=None):
+                 host="127.0.0.1", port=0, sock_buf=None, mss=None,
+                 nagle=False):
         self.host, self.port = host, port
+        self.nagle = nagle      # leave Nagle on, as unbound 1.17 does
         self.sock_buf, self.mss = sock_buf, mss
         self.ctx = None
         if tls:
@@ -605,12 +609,14 @@ class FakeUpstream:
             if budget != "keep":
                 self.budget = budget
 
-    def rule(self, name, ttl=None, rcode=None, soa=None, tc=False):
+    def rule(self, name, ttl=None, rcode=None, soa=None, tc=False,
+             delay_ms=0):
         """Answers for name (absolute or not, any case) from now on: TTL
         ttl (default 60), rcode an RCODE name or "NODATA", soa (TTL,
-        MINIMUM) in the authority of an NXDOMAIN/NODATA answer, tc: TC."""
+        MINIMUM) in the authority of an NXDOMAIN/NODATA answer, tc: TC,
+        delay_ms: added to the answer's delay."""
         name = name.lower() if name.endswith(".") else name.lower() + "."
-        r = {"rcode": rcode, "soa": soa, "tc": tc}
+        r = {"rcode": rcode, "soa": soa, "tc": tc, "delay_ms": delay_ms}
         if ttl is not None:
             r["ttl"] = ttl
         with self.lock:
@@ -683,7 +689,8 @@ class FakeUpstream:
                 s, _ = self._lsock.accept()
             except OSError:
                 continue
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self.nagle:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.lock:
                 self.conns += 1
                 self.conn_times.append(time.monotonic())

@@ -2872,6 +2872,32 @@ def tls_ticket_during_blocked_write(t):
     t.note("TLS %s" % fu.versions)
 
 
+@scenario
+def upstream_nagle_no_stall(t):
+    """An upstream that leaves Nagle on (as unbound 1.17 does) holds an answer until its previous one is acknowledged, and a delayed ACK takes 40 ms.  Two queries at once, the second answered 5 ms after the first: the second answer is not held for our delayed ACK (under 30 ms in at least 4 of 6 rounds, each after 10 sequential queries that put the connection in delayed-ACK mode)."""
+    fu = t.fakeup(nagle=True)
+    d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--cache-size", "0")
+    took = []
+    for rnd in range(6):
+        # Queries that follow answers closely put the connection in
+        # delayed-ACK ("interactive") mode; a delayed ACK leaves it.
+        for i in range(10):
+            r = ask_udp(d.port, make_query("w%d-%d.nagle.example." % (rnd, i)))
+            check(r.msg is not None, "warm-up query: %s" % r.describe())
+        slow = "slow%d.nagle.example." % rnd
+        fu.rule(slow, delay_ms=5)
+        qs = [make_query("fast%d.nagle.example." % rnd, qid=2 * rnd),
+              make_query(slow, qid=2 * rnd + 1)]
+        raw, el = _blast_udp(d.port, qs)[1]
+        check(raw and _a_of(dns.message.from_wire(raw)) == [GOOD_ADDR],
+              "round %d: no answer for %s" % (rnd, slow))
+        took.append(el)
+    fast = sum(1 for x in took if x < 0.030)
+    check(fast >= 4, "the delayed answer took %s ms" % [
+        round(x * 1000) for x in took])
+    t.note("delayed answer took %s ms" % [round(x * 1000, 1) for x in took])
+
+
 # ---------------------------------------------------------------- cache
 
 CACHE_KEYS = {"cache_hits", "cache_misses", "cache_entries",
