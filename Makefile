@@ -246,6 +246,9 @@ BENCH_DEBS =	dnsperf unbound stubby dnsdist knot-resolver gnuplot-nox \
 bench/echo: bench/echo.c
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/echo.c
 
+bench/relay: bench/relay.c
+	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/relay.c
+
 bench/latency: bench/latency.c
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/latency.c -lm
 
@@ -254,10 +257,10 @@ bench/nodelay.so: bench/nodelay.c
 
 bench:
 	@$(MAKE) -s deps-install PKGS="$(DEBS) $(BENCH_DEBS)"
-	$(MAKE) dnsfwd bench/echo bench/latency bench/nodelay.so
+	$(MAKE) dnsfwd bench/echo bench/relay bench/latency bench/nodelay.so
 	$(PY) bench/bench.py
 
 bench-clean:
-	rm -f bench/echo bench/latency bench/nodelay.so
+	rm -f bench/echo bench/relay bench/latency bench/nodelay.so
 
 .PHONY: bench bench-clean

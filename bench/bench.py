@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DNSFWD = os.path.join(ROOT, "dnsfwd")
 ECHO = os.path.join(HERE, "echo")
+RELAY = os.path.join(HERE, "relay")
 LATENCY = os.path.join(HERE, "latency")
 MKCERTS = os.path.join(ROOT, "tests", "mkcerts.sh")
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -383,6 +384,10 @@ def setup_echo(ctx, d, port):
     return [ECHO, LO, str(port)], None
 
 
+def setup_relay(ctx, d, port):
+    return [RELAY, LO, str(port), LO, str(UP_UDP)], None
+
+
 def setup_dnsfwd(ctx, d, port, extra=()):
     return [DNSFWD, "--bind-udp", "%s:%d" % (LO, port),
             "--connect-tls", "%s:%d#%s" % (LO, UP_TLS, ctx["tls_name"]),
@@ -548,6 +553,8 @@ def dnsfwd_stats(proc, logfile):
 CONTENDERS = [
     Contender("echo", "echo (ceiling)", 5390, setup_echo, ref=True, uses_dot=False),
     Contender("upstream", "upstream, plain UDP", UP_UDP, None, ref=True, uses_dot=False),
+    Contender("relay", "UDP relay (forwarder floor)", 5391, setup_relay, ref=True,
+              uses_dot=False),
     Contender("dnsfwd", "dnsfwd", 5301, setup_dnsfwd),
     Contender("dnsfwd-nc", "dnsfwd --cache-size 0", 5302,
               lambda ctx, d, p: setup_dnsfwd(ctx, d, p, ["--cache-size", "0"])),
@@ -831,6 +838,9 @@ def summarize(results):
             "miss_qps_vs_best_peer": ratio_best_peer("MISS", "ok_qps", a, max),
             "hit_cpu_vs_echo": ratio("HIT", "cpu_per_100k", a, "echo"),
             "lat_avg_vs_echo": ratio("LATENCY", "avg_us", a, "echo"),
+            "miss_cpu_vs_relay": ratio("MISS", "cpu_per_100k", a, "relay"),
+            "lat_avg_vs_relay": ratio("LATENCY", "avg_us", a, "relay"),
+            "relay_lat_avg_vs_echo": ratio("LATENCY", "avg_us", "relay", "echo"),
         }
         for p in PEERS:
             ratios[a]["miss_cpu_vs_" + p] = ratio("MISS", "cpu_per_100k", a, p)
@@ -1062,6 +1072,13 @@ def write_results(ctx, results, fq, sysmem, elapsed):
     L.append("|---|--:|---|")
     L.extend(T)
     L.append("")
+    L.append("Against the UDP relay, which forwards over plain UDP from the same core "
+             "and so pays what every forwarder here pays before doing anything of its "
+             "own (two more crossings between the cores than echo): dnsfwd's MISS CPU "
+             "%s the relay's, its LATENCY average %s the relay's; the relay's LATENCY "
+             "average is itself %s echo's.\n" % (
+                 fmt(rd["miss_cpu_vs_relay"], "%.2fx"), fmt(rd["lat_avg_vs_relay"], "%.2fx"),
+                 fmt(rd["relay_lat_avg_vs_echo"], "%.2fx")))
     L.append("dnsfwd against each peer under MISS (within-run ratios, dnsfwd / peer): "
              + "; ".join("%s CPU %s, q/s %s" % (p, fmt(rd["miss_cpu_vs_" + p], "%.2fx"),
                                                  fmt(rd["miss_qps_vs_" + p], "%.2fx"))
@@ -1108,7 +1125,7 @@ def main():
         # Not yet in our own network namespace: make one (loopback only).
         os.environ["BENCH_NETNS"] = "1"
         os.execvp("unshare", ["unshare", "-n", sys.executable] + sys.argv)
-    for f in (DNSFWD, ECHO, LATENCY) + ((NODELAY_SO,) if UPSTREAM_NODELAY else ()):
+    for f in (DNSFWD, ECHO, RELAY, LATENCY) + ((NODELAY_SO,) if UPSTREAM_NODELAY else ()):
         if not os.access(f, os.R_OK):
             die("%s missing: run `make bench`" % f)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
