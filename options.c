@@ -113,7 +113,7 @@ static const struct optdef opts[] = {
 	    "/etc/ssl/certs/ca-certificates.crt", "trust anchors"),
 	OPT_NUM("connections", "N", cf_connections, 1, 16, "2",
 	    "connections per upstream"),
-	OPT_NUM("max-inflight", "N", cf_max_inflight, 1, 4096, "100",
+	OPT_NUM("max-inflight", "N", cf_max_inflight, 1, 4096, "256",
 	    "queries in flight per connection"),
 	OPT_NUM("timeout", "MS", cf_timeout_ms, 10, 60000, "2000",
 	    "per-query deadline, then SERVFAIL"),
