@@ -7,6 +7,7 @@
  * opportunistic mode.
  */
 #include <sys/socket.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include <errno.h>
@@ -15,7 +16,6 @@
 #include <string.h>
 
 #include <mbedtls/ctr_drbg.h>
-#include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/sha256.h>
@@ -104,7 +104,6 @@ static const int suites[] = {
 	0
 };
 
-static mbedtls_entropy_context	entropy;
 static mbedtls_ctr_drbg_context	drbg;
 static mbedtls_x509_crt		cacert;
 static int			cacert_loaded;
@@ -117,6 +116,7 @@ static int	pin_matches(const struct tls_upstream *,
 static void	save_session(struct tls_conn *);
 static int	verify_cb(void *, mbedtls_x509_crt *, int, uint32_t *);
 static int	map_io(struct tls_conn *, int);
+static int	kernel_entropy(void *, unsigned char *, size_t);
 
 void
 tls_init(void)
@@ -127,13 +127,36 @@ tls_init(void)
 	if (psa_crypto_init() != PSA_SUCCESS)
 		fatalx(EXIT_SETUP, "psa_crypto_init failed");
 #endif
-	mbedtls_entropy_init(&entropy);
 	mbedtls_ctr_drbg_init(&drbg);
 	mbedtls_x509_crt_init(&cacert);
-	rv = mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy,
+	rv = mbedtls_ctr_drbg_seed(&drbg, kernel_entropy, NULL,
 	    (const unsigned char *)"dnsfwd", 6);
 	if (rv != 0)
 		fatalx(EXIT_SETUP, "random generator: %s", tls_strerror(rv));
+}
+
+/*
+ * The DRBG's seed, and its reseeds, come from getrandom(2) itself: the
+ * kernel's generator is already a pool of every source mbedTLS's entropy
+ * module would gather, and that module's 37 KB of state go unused.  A
+ * failure fails the handshake that asked, not the daemon.
+ */
+static int
+kernel_entropy(void *arg, unsigned char *buf, size_t len)
+{
+	ssize_t	 n;
+
+	(void)arg;
+	while (len > 0) {
+		n = getrandom(buf, len, 0);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
 }
 
 /* Loads the trust anchors; only needed when an upstream has a name. */
@@ -166,7 +189,6 @@ tls_shutdown(void)
 {
 	mbedtls_x509_crt_free(&cacert);
 	mbedtls_ctr_drbg_free(&drbg);
-	mbedtls_entropy_free(&entropy);
 #if MBEDTLS_VERSION_MAJOR >= 3
 	mbedtls_psa_crypto_free();
 #endif
