@@ -236,7 +236,7 @@ fuzz-clean:
 # and bench/echo, bench/latency, and runs bench/bench.py in a private
 # network namespace (loopback only): dnsfwd beside stubby, unbound, dnsdist
 # and knot-resolver, all forwarding over DNS-over-TLS to one local unbound,
-# in about 13 minutes.  `BENCH_QUICK=1 make bench` is a two-minute check of
+# in about 14 minutes.  `BENCH_QUICK=1 make bench` is a two-minute check of
 # the harness; BENCH_UPSTREAM_NODELAY=1 preloads bench/nodelay.so into the
 # upstream.  Writes bench/RESULTS.md and bench/results.png; see
 # bench/README.md.
