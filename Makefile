@@ -232,9 +232,9 @@ fuzz-clean:
 .PHONY: fuzz fuzz-smoke fuzz-corpus valgrind valgrind-quick fuzz-clean
 
 # Benchmarks (issue 10), not part of make check.
-# `make bench` installs what it lacks from Debian (as root), builds dnsfwd
-# and bench/echo, bench/latency, and runs bench/bench.py in a private
-# network namespace (loopback only): dnsfwd beside stubby, unbound, dnsdist
+# `make bench` installs what it lacks from Debian (as root), builds dnsfwd,
+# bench/echo, bench/relay and bench/latency, and runs bench/bench.py in a
+# private network namespace (loopback only): dnsfwd beside stubby, unbound, dnsdist
 # and knot-resolver, all forwarding over DNS-over-TLS to one local unbound,
 # in about 14 minutes.  `BENCH_QUICK=1 make bench` is a two-minute check of
 # the harness; BENCH_UPSTREAM_NODELAY=1 preloads bench/nodelay.so into the

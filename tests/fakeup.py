@@ -24,7 +24,8 @@ Per-name answers (fu.rule(name, ...), name matched case-insensitively)
 override the above for that name: ttl=N for the answer records (A, or
 TXT "fakeup"), rcode= any RCODE name ("NXDOMAIN", "SERVFAIL", "REFUSED",
 "FORMERR", ...) or "NODATA", soa=(TTL, MINIMUM) for an SOA in the
-authority section of an NXDOMAIN or NODATA answer, tc=True to set TC.
+authority section of an NXDOMAIN or NODATA answer, tc=True to set TC,
+delay_ms=N to answer that name N ms later than the others.
 With fu.set(mark_bits=True), A answers say which of the query's DO and
 CD bits were set: 192.0.2.1 neither, .2 DO, .3 CD, .4 both (marked_addr).
 Queries are recorded with their "do", "cd" and "rd" bits, whether they had
@@ -49,7 +50,12 @@ TCP_MAXSEG, which keeps the peer's kernel send buffer small too) on
 accepted connections (through the listening socket), and
 fu.set(read_pause_ms=N) makes each connection leave its socket unread
 for N ms after every read, so that a peer's TLS reads and writes hit
-would-block often.
+would-block often.  fu.set(handshake_pause_ms=N) reads nothing for N ms
+before the handshake's last step and N ms after it, so that a TLS 1.3
+client's session tickets reach it while its first writes are blocked.
+FakeUpstream(nagle=True) leaves Nagle's algorithm on for accepted
+connections, as unbound 1.17 does: an answer written while the previous
+one is unacknowledged waits for the client's ACK.
 
 Modes (set(mode=...)); "budget" (set(budget=K)) makes a special mode apply
 K times and then revert to "normal" (None: for ever):
