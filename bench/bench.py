@@ -162,6 +162,19 @@ def mem_kib(pids):
     return out
 
 
+def pss_kib(pid):
+    """Proportional set size: shared pages (libc's text) divided among the
+    processes that map them, so it tells what this one costs the machine."""
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def upstream_conns(pids):
     """ESTABLISHED TCP connections from these processes to the upstream's TLS port."""
     inodes = set()
@@ -817,6 +830,7 @@ def dnsfwd_idle_memory(ctx):
         if p.poll() is not None:
             die("dnsfwd with the system CA bundle exited:\n" + tail(lf))
         m = mem_kib([p.pid])
+        m["pss"] = pss_kib(p.pid)
         with open("/proc/%d/status" % p.pid) as f:
             m["status"] = {k: v.strip() for k, v in
                            (line.split(":", 1) for line in f)
@@ -1036,12 +1050,17 @@ def write_results(ctx, results, fq, sysmem, elapsed):
     L.append("|---|--:|--:|--:|")
     L.append("| idle, system CA bundle, upstream never contacted | %.2f MiB | %.2f MiB | %.2f MiB |"
              % (mib(sysmem["rss"]), mib(sysmem["anon"]), mib(sysmem["hwm"])))
+    pss_line = ("Idle with the system CA bundle, its proportional set size (PSS, shared "
+                "pages divided among the processes mapping them) is %.2f MiB.\n"
+                % mib(sysmem["pss"])) if sysmem.get("pss") else ""
     for s, lab in ((dm, "dnsfwd"), (dn, "dnsfwd --cache-size 0")):
         L.append("| %s, test CA, after its first query | %.2f MiB | %.2f MiB | – |"
                  % (lab, mib(s["idle_rss_kib"]), mib(s["idle_anon_kib"])))
         L.append("| %s, after MISS | %.2f MiB | %.2f MiB | %.2f MiB |"
                  % (lab, mib(s["rss_kib"]), mib(s["anon_kib"]), mib(s["peak_rss_kib"])))
     L.append("")
+    if pss_line:
+        L.append(pss_line)
 
     # Targets.
     rd = ratios["dnsfwd"]
