@@ -95,7 +95,6 @@ struct conn {
 	size_t		 c_outoff;
 	size_t		 c_outlen;
 	size_t		 c_outcap;
-	size_t		 c_tlslen;	/* length of a TLS write to repeat */
 	uint64_t	 c_queued;	/* bytes framed into c_out, ever */
 	uint64_t	 c_written;	/* bytes of them written out */
 	uint32_t	 c_reads;	/* successful reads, to spot silence */
@@ -523,7 +522,7 @@ conn_dial(struct upstream *up, int64_t now)
 	c->c_fd = fd;
 	c->c_state = CONN_CONNECTING;
 	c->c_slow = 0;
-	c->c_inlen = c->c_outoff = c->c_outlen = c->c_tlslen = 0;
+	c->c_inlen = c->c_outoff = c->c_outlen = 0;
 	c->c_queued = c->c_written = 0;
 	c->c_replies = 0;
 	c->c_idle_ms = mux.cf->cf_idle_timeout_s * 1000LL;
@@ -940,24 +939,21 @@ conn_flush(struct conn *c)
 
 /*
  * Bytes of the queue written, 0 once the queue and the record tls.c
- * still holds are out, or an IO_* code.  A TLS write that wanted to wait
- * is repeated with the same length, as mbedTLS asks.
+ * still holds are out, or an IO_* code.  A TLS write takes a record or
+ * nothing (tls.c keeps what the socket refuses), so it may be retried
+ * with whatever is queued by then.
  */
 static int
 conn_write_next(struct conn *c)
 {
-	size_t	 len;
+	size_t	 len = c->c_outlen;
 	int	 n;
 
-	if (c->c_outlen == 0)
-		return c->c_tls != NULL ? tls_flush(c->c_tls) : 0;
-	len = c->c_tlslen;
 	if (len == 0)
-		len = c->c_tls && c->c_outlen > TLS_RECORD ?
-		    TLS_RECORD : c->c_outlen;
+		return c->c_tls != NULL ? tls_flush(c->c_tls) : 0;
+	if (c->c_tls != NULL && len > TLS_RECORD)
+		len = TLS_RECORD;
 	n = conn_write(c, c->c_out + c->c_outoff, len);
-	c->c_tlslen = c->c_tls && (n == IO_WANT_WRITE || n == IO_WANT_READ) ?
-	    len : 0;
 	return n == 0 ? IO_ERR : n;
 }
 

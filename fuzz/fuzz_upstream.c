@@ -193,7 +193,7 @@ connect_pair(int i)
 	peer[i] = sp[1];
 	c->c_state = CONN_READY;
 	c->c_slow = 0;
-	c->c_inlen = c->c_outoff = c->c_outlen = c->c_tlslen = 0;
+	c->c_inlen = c->c_outoff = c->c_outlen = 0;
 	c->c_queued = c->c_written = 0;
 	c->c_write_wants_read = c->c_read_wants_write = 0;
 	c->c_replies = 0;
