@@ -69,12 +69,12 @@ tests/test_mux: tests/test_mux.c tests/check.h mux.c dns.c log.c util.c \
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_mux.c dns.c \
 	    log.c util.c tls.c $(LIBS)
 
-tests/test_cache: tests/test_cache.c tests/check.h tests/mb.h cache.c dns.c log.c \
+tests/test_cache: tests/test_cache.c tests/check.h tests/mb.h tests/walk.h cache.c dns.c log.c \
 	    util.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_cache.c dns.c \
 	    log.c util.c
 
-tests/test_query: tests/test_query.c tests/check.h tests/mb.h query.c cache.c dns.c \
+tests/test_query: tests/test_query.c tests/check.h tests/mb.h tests/walk.h query.c cache.c dns.c \
 	    log.c util.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_query.c cache.c \
 	    dns.c log.c util.c $(LIBS)

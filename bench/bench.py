@@ -322,13 +322,8 @@ def wait_answer(port, name, within, proc=None):
 
 # --- the upstream ----------------------------------------------------------
 
-def start_upstream(ctx):
-    """unbound, one thread, DoT on UP_TLS and plain DNS on UP_UDP, on core 1."""
-    d = os.path.join(ctx["dir"], "upstream")
-    os.makedirs(d)
-    conf = os.path.join(d, "unbound.conf")
-    with open(conf, "w") as f:
-        f.write("""server:
+# Both unbounds here: in the foreground, in their own directory, one thread.
+UNBOUND_SERVER = """server:
     do-daemonize: no
     username: ""
     chroot: ""
@@ -338,7 +333,16 @@ def start_upstream(ctx):
     use-syslog: no
     verbosity: 0
     num-threads: 1
-    interface: %(lo)s@%(tls)d
+"""
+
+
+def start_upstream(ctx):
+    """unbound, one thread, DoT on UP_TLS and plain DNS on UP_UDP, on core 1."""
+    d = os.path.join(ctx["dir"], "upstream")
+    os.makedirs(d)
+    conf = os.path.join(d, "unbound.conf")
+    with open(conf, "w") as f:
+        f.write((UNBOUND_SERVER + """    interface: %(lo)s@%(tls)d
     interface: %(lo)s@%(udp)d
     tls-port: %(tls)d
     tls-service-key: "%(key)s"
@@ -357,7 +361,7 @@ def start_upstream(ctx):
     local-zone: "." refuse
     local-zone: "bench." redirect
     local-data: "bench. 300 IN A %(answer)s"
-""" % dict(d=d, lo=LO, tls=UP_TLS, udp=UP_UDP, key=ctx["certs"] + "/server.key",
+""") % dict(d=d, lo=LO, tls=UP_TLS, udp=UP_UDP, key=ctx["certs"] + "/server.key",
            pem=ctx["certs"] + "/server.pem", answer=ANSWER))
     env = None
     if UPSTREAM_NODELAY:
@@ -435,17 +439,7 @@ upstream_recursive_servers:
 def setup_unbound(ctx, d, port):
     conf = os.path.join(d, "unbound.conf")
     with open(conf, "w") as f:
-        f.write("""server:
-    do-daemonize: no
-    username: ""
-    chroot: ""
-    directory: "%(d)s"
-    pidfile: ""
-    logfile: ""
-    use-syslog: no
-    verbosity: 0
-    num-threads: 1
-    interface: %(lo)s@%(port)d
+        f.write((UNBOUND_SERVER + """    interface: %(lo)s@%(port)d
     do-ip6: no
     so-reuseport: no
     access-control: 127.0.0.0/8 allow
@@ -458,7 +452,7 @@ forward-zone:
     name: "."
     forward-tls-upstream: yes
     forward-addr: %(lo)s@%(tls)d#%(name)s
-""" % dict(d=d, lo=LO, port=port, ca=ctx["certs"] + "/ca.pem", tls=UP_TLS,
+""") % dict(d=d, lo=LO, port=port, ca=ctx["certs"] + "/ca.pem", tls=UP_TLS,
            name=ctx["tls_name"]))
     return ["unbound", "-d", "-c", conf], d
 

@@ -71,6 +71,40 @@ fin_take(struct fin *f, size_t want, const uint8_t **out)
 	return n;
 }
 
+/*
+ * Writes a question name at p: with 0x10 in nb, labels straight from the
+ * input (the parser judges them); else one of eight names, upper-cased
+ * with 8 in nb.  Returns the bytes written, at most 2 + 64 + 16.
+ */
+static inline size_t
+fin_name(struct fin *f, uint8_t nb, uint8_t *p)
+{
+	static const char *const names[8] = { "example.com", "a.example",
+	    "www.example.org", "x", "nx.example", "cname.example",
+	    "big.example", "mid.example" };
+	const uint8_t	*in;
+	const char	*s, *dot;
+	size_t		 n = 0, l, i;
+
+	if (nb & 0x10) {
+		l = fin_take(f, fin_u8(f) % 64, &in);
+		memcpy(p, in, l);
+		n = l;
+	} else
+		for (s = names[nb & 7]; ; s += l + 1) {
+			dot = strchr(s, '.');
+			l = dot ? (size_t)(dot - s) : strlen(s);
+			p[n++] = (uint8_t)l;
+			for (i = 0; i < l; i++)
+				p[n++] = (uint8_t)((nb & 8) ? s[i] & ~0x20 :
+				    s[i]);
+			if (dot == NULL)
+				break;
+		}
+	p[n++] = 0;
+	return n;
+}
+
 /* ---- the clock and the random source ---- */
 
 static int64_t	 fz_now = 1000000000;	/* monotonic ms */

@@ -66,19 +66,13 @@ static struct {
 	int		 ok;
 } cur;
 
-static const char *const names[8] = { "example.com", "a.example",
-    "www.example.org", "x", "nx.example", "cname.example",
-    "big.example", "mid.example" };
-
 /* A query: the name, type, class IN, flags; EDNS options from the flags. */
 static void
 make_key(struct fin *f)
 {
 	uint8_t		 flags = fin_u8(f), nb = fin_u8(f), *p = cur.q;
 	uint16_t	 type = fin_u8(f);
-	const uint8_t	*in;
-	const char	*s, *dot;
-	size_t		 l, n, i, rd;
+	size_t		 n, i, rd;
 	int		 rc;
 
 	memset(p, 0, DNS_HDRLEN);
@@ -87,25 +81,7 @@ make_key(struct fin *f)
 	p[3] = (flags & 2) ? F_CD : 0;
 	dns_put16(p + 4, 1);
 	n = DNS_HDRLEN;
-	if (nb & 0x10) {
-		/* Labels straight from the input: dns_parse_query judges. */
-		l = fin_take(f, fin_u8(f) % 64, &in);
-		memcpy(p + n, in, l);
-		n += l;
-		p[n++] = 0;
-	} else {
-		for (s = names[nb & 7]; *s != '\0'; s += l + (dot != NULL)) {
-			dot = strchr(s, '.');
-			l = dot ? (size_t)(dot - s) : strlen(s);
-			p[n++] = (uint8_t)l;
-			for (i = 0; i < l; i++)
-				p[n++] = (uint8_t)((nb & 8) ? s[i] & ~0x20 :
-				    s[i]);
-			if (dot == NULL)
-				break;
-		}
-		p[n++] = 0;
-	}
+	n += fin_name(f, nb, p + n);
 	dns_put16(p + n, type == 0 ? 1 : type);
 	dns_put16(p + n + 2, 1);
 	n += 4;

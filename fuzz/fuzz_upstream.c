@@ -244,39 +244,17 @@ drain(int i)
 static void
 op_send(struct fin *f)
 {
-	static const char *const names[8] = { "example.com", "a.example",
-	    "www.example.org", "x", "nx.example", "cname.example",
-	    "big.example", "mid.example" };
 	uint8_t		 q[UPQUERY_MAX + 64], nb = fin_u8(f);
 	uint16_t	 type = fin_u8(f), id = fin_u16(f);
 	int64_t		 deadline = fz_now + 1 + 20 * fin_u8(f);
 	uint8_t		 pad = fin_u8(f), resend = fin_u8(f) & 1;
-	const uint8_t	*in;
-	const char	*s, *dot;
-	size_t		 n = DNS_HDRLEN, l, i;
+	size_t		 n = DNS_HDRLEN, l;
 
 	memset(q, 0, DNS_HDRLEN);
 	dns_put16(q, id);
 	q[2] = F_RD;
 	dns_put16(q + 4, 1);
-	if (nb & 0x10) {
-		l = fin_take(f, fin_u8(f) % 64, &in);
-		memcpy(q + n, in, l);
-		n += l;
-		q[n++] = 0;
-	} else {
-		for (s = names[nb & 7]; ; s += l + 1) {
-			dot = strchr(s, '.');
-			l = dot ? (size_t)(dot - s) : strlen(s);
-			q[n++] = (uint8_t)l;
-			for (i = 0; i < l; i++)
-				q[n++] = (uint8_t)((nb & 8) ? s[i] & ~0x20 :
-				    s[i]);
-			if (dot == NULL)
-				break;
-		}
-		q[n++] = 0;
-	}
+	n += fin_name(f, nb, q + n);
 	dns_put16(q + n, type);
 	dns_put16(q + n + 2, 1);
 	n += 4;

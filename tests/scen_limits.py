@@ -39,30 +39,15 @@ import dns.edns
 import dns.message
 import dns.rcode
 
+import scen
+
 it = None                  # the integration module, set by register()
-_SCENARIOS = []
-
-
-def scenario(fn):
-    _SCENARIOS.append(fn)
-    return fn
-
-
-def slow(fn):
-    fn.slow_here = True
-    return fn
+_reg = scen.Registry(__name__)
+scenario, slow = _reg.scenario, _reg.slow
 
 
 def register(mod):
-    """Adds this module's scenarios to integration.py's list, in order."""
-    global it
-    if it is not None:
-        return
-    it = mod
-    for fn in _SCENARIOS:
-        if getattr(fn, "slow_here", False):
-            it.slow(fn)
-        it.scenario(fn)
+    _reg.register(mod)
 
 
 # ---------------------------------------------------------------- helpers

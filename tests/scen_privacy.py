@@ -20,33 +20,18 @@ import time
 
 import dns.rcode
 
+import scen
 import scen_service as svc
 
 it = None
-_SCENARIOS = []
-
-
-def scenario(fn):
-    _SCENARIOS.append(fn)
-    return fn
-
-
-def slow(fn):
-    fn.slow_here = True
-    return fn
+_reg = scen.Registry(__name__)
+scenario, slow = _reg.scenario, _reg.slow
 
 
 def register(mod):
-    global it
-    if it is not None:
-        return
-    it = mod
     if svc.it is None:
         svc.it = mod        # its helpers, without registering its scenarios
-    for fn in _SCENARIOS:
-        if getattr(fn, "slow_here", False):
-            it.slow(fn)
-        it.scenario(fn)
+    _reg.register(mod)
 
 
 OPT_KEEPALIVE = 11

@@ -28,35 +28,20 @@ import time
 
 import dns.rcode
 
-it = None                  # the integration module, set by register()
-_SCENARIOS = []
-_NAMES = itertools.count()
+import scen
 
+it = None                  # the integration module, set by register()
+_reg = scen.Registry(__name__)
+scenario, slow = _reg.scenario, _reg.slow
+
+_NAMES = itertools.count()
 CLONE_NEWNET = 0x40000000
 SYS_PIDFD_GETFD = 438      # the same number on every Linux architecture
 TCP_USER_TIMEOUT = 18
 
 
-def scenario(fn):
-    _SCENARIOS.append(fn)
-    return fn
-
-
-def slow(fn):
-    fn.slow_here = True
-    return fn
-
-
 def register(mod):
-    """Adds this module's scenarios to integration.py's list, in order."""
-    global it
-    if it is not None:
-        return
-    it = mod
-    for fn in _SCENARIOS:
-        if getattr(fn, "slow_here", False):
-            it.slow(fn)
-        it.scenario(fn)
+    _reg.register(mod)
 
 
 # ---------------------------------------------------------------- helpers

@@ -1,0 +1,38 @@
+"""What a module of integration scenarios needs to join integration.py.
+
+    it = None                       # integration.py, once registered
+    _reg = scen.Registry(__name__)
+    scenario, slow = _reg.scenario, _reg.slow
+
+    def register(mod):
+        _reg.register(mod)
+
+integration.py imports each such module and calls its register() with
+itself: the module's `it` is set, so its helpers can use integration.py's,
+and its scenarios are added to the list, in order, slow ones marked.
+"""
+import sys
+
+
+class Registry:
+    def __init__(self, module_name):
+        self.module = sys.modules[module_name]
+        self.fns = []
+
+    def scenario(self, fn):
+        self.fns.append(fn)
+        return fn
+
+    @staticmethod
+    def slow(fn):
+        fn.slow_here = True
+        return fn
+
+    def register(self, it):
+        if self.module.it is not None:
+            return
+        self.module.it = it
+        for fn in self.fns:
+            if getattr(fn, "slow_here", False):
+                it.slow(fn)
+            it.scenario(fn)
