@@ -695,6 +695,26 @@ def pool_two_connections(t):
 
 
 @scenario
+def pool_second_only_when_full(t):
+    """A second upstream connection opens only when the first is full: with --connections 2 --max-inflight 8 and a 500 ms upstream, 8 queries at once use one connection, 16 at once two; with the default (256 in flight), 200 at once use one."""
+    for extra, n, want in ((["--max-inflight", "8"], 8, 1),
+                           (["--max-inflight", "8"], 16, 2), ([], 200, 1)):
+        fu = t.fakeup()
+        fu.set(delay_ms=500)
+        d = t.dnsfwd(*tls_up(fu), "--connections", "2", "--timeout", "4000",
+                     *extra)
+        rs = parallel(lambda i: ask_udp(d.port, "w%d-%d.example." % (n, i)),
+                      range(n), workers=n)
+        for r in rs:
+            expect_a(r)
+        st = fu.stats()
+        check(st["conns"] == want, "%d queries at once with %s: %d upstream "
+              "connections, want %d" % (n, extra or "the defaults",
+                                        st["conns"], want))
+        d.stop_and_check()
+
+
+@scenario
 def queries_share_tls_records(t):
     """Queries that arrive together (40 pipelined in one TCP write) go upstream together in one TLS record, not one record each."""
     fu = t.fakeup()
