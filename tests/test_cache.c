@@ -340,51 +340,6 @@ lru_pos(const struct query *q)
 	return -1;
 }
 
-/* The last octet of the first A record rendered, or -1. */
-static int
-got_a(void)
-{
-	struct rrv	 rr[64];
-	int		 n, k;
-
-	if ((n = walk(got.m, got.len, rr, 64)) < 0)
-		return -1;
-	for (k = 0; k < n && k < 64; k++)
-		if (rr[k].type == T_A && rr[k].rdlen == 4)
-			return got.m[rr[k].rdata + 3];
-	return -1;
-}
-
-/* The TTL of the first A record rendered, or -1. */
-static long long
-got_a_ttl(void)
-{
-	struct rrv	 rr[64];
-	int		 n, k;
-
-	if ((n = walk(got.m, got.len, rr, 64)) < 0)
-		return -1;
-	for (k = 0; k < n && k < 64; k++)
-		if (rr[k].type == T_A)
-			return rr[k].ttl;
-	return -1;
-}
-
-/* 1 when every record rendered has TTL ttl. */
-static int
-got_all_ttls(uint32_t ttl)
-{
-	struct rrv	 rr[64];
-	int		 n, k;
-
-	if ((n = walk(got.m, got.len, rr, 64)) < 0 || n > 64)
-		return 0;
-	for (k = 0; k < n; k++)
-		if (rr[k].ttl != ttl)
-			return 0;
-	return 1;
-}
-
 static void
 setup(int size, int min_ttl, int stale)
 {
@@ -417,10 +372,10 @@ test_key_name_type_class(void)
 	CHECK(cache_entries() == 1);
 
 	qa(&q2, 2, "ExAmPlE.CoM", Q_RD);
-	CHECK(get(&q2, T0 + 1) == CACHE_FRESH && got_a() == 1);
+	CHECK(get(&q2, T0 + 1) == CACHE_FRESH && a_of(got.m, got.len) == 1);
 	CHECK(entry_of(&q2) == e);
 	qa(&q2, 3, "EXAMPLE.COM", 0);	/* RD is not in the key */
-	CHECK(get(&q2, T0 + 2) == CACHE_FRESH && got_a() == 1);
+	CHECK(get(&q2, T0 + 2) == CACHE_FRESH && a_of(got.m, got.len) == 1);
 
 	mkq(&q2, 4, "example.com", T_AAAA, C_IN, Q_RD);
 	CHECK(get(&q2, T0 + 3) == CACHE_MISS && got.len == 0);
@@ -458,7 +413,7 @@ test_key_name_type_class(void)
 	CHECK(store(&q, &r, T0) != NULL);
 	qa(&q2, 5, "{.example", Q_RD);
 	CHECK(get(&q2, T0) == CACHE_MISS);
-	CHECK(get(&q, T0) == CACHE_FRESH && got_a() == 2);
+	CHECK(get(&q, T0) == CACHE_FRESH && a_of(got.m, got.len) == 2);
 	cache_free();
 }
 
@@ -479,15 +434,15 @@ test_key_do(void)
 	CHECK(cache_entries() == 1);
 	CHECK(get(&qd0, T0) == CACHE_MISS);	/* DO=0: not the DO=1 one */
 	CHECK(get(&qno, T0) == CACHE_MISS);
-	CHECK(get(&qd1, T0) == CACHE_FRESH && got_a() == 1);
+	CHECK(get(&qd1, T0) == CACHE_FRESH && a_of(got.m, got.len) == 1);
 
 	resp_init(&r, &qd0, 0);
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 300, 2);
 	store(&qd0, &r, T0);
 	CHECK(cache_entries() == 2);
-	CHECK(get(&qd0, T0) == CACHE_FRESH && got_a() == 2);
-	CHECK(get(&qno, T0) == CACHE_FRESH && got_a() == 2);
-	CHECK(get(&qd1, T0) == CACHE_FRESH && got_a() == 1);
+	CHECK(get(&qd0, T0) == CACHE_FRESH && a_of(got.m, got.len) == 2);
+	CHECK(get(&qno, T0) == CACHE_FRESH && a_of(got.m, got.len) == 2);
+	CHECK(get(&qd1, T0) == CACHE_FRESH && a_of(got.m, got.len) == 1);
 	cache_free();
 
 	/* The other way round: only a DO=0 answer is there. */
@@ -497,7 +452,7 @@ test_key_do(void)
 	store(&qno, &r, T0);
 	CHECK(cache_entries() == 1);
 	CHECK(get(&qd1, T0) == CACHE_MISS);
-	CHECK(get(&qd0, T0) == CACHE_FRESH && got_a() == 3);
+	CHECK(get(&qd0, T0) == CACHE_FRESH && a_of(got.m, got.len) == 3);
 	cache_free();
 }
 
@@ -518,9 +473,9 @@ test_key_cd(void)
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 300, 2);
 	store(&q1, &r, T0);
 	CHECK(cache_entries() == 2);
-	CHECK(get(&q1, T0) == CACHE_FRESH && got_a() == 2);
+	CHECK(get(&q1, T0) == CACHE_FRESH && a_of(got.m, got.len) == 2);
 	CHECK(got.len > 3 && (got.m[3] & 0x10));
-	CHECK(get(&q0, T0) == CACHE_FRESH && got_a() == 1);
+	CHECK(get(&q0, T0) == CACHE_FRESH && a_of(got.m, got.len) == 1);
 	CHECK(got.len > 3 && !(got.m[3] & 0x10));
 	cache_free();
 
@@ -547,13 +502,13 @@ test_key_opt(void)
 	resp_init(&r, &qo, 0);
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 300, 1);
 	store(&qo, &r, T0);
-	CHECK(get(&qn, T0) == CACHE_FRESH && got_a() == 1);
+	CHECK(get(&qn, T0) == CACHE_FRESH && a_of(got.m, got.len) == 1);
 	resp_init(&r, &qn, 0);
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 300, 2);
 	store(&qn, &r, T0);
 	CHECK(cache_entries() == 1);
 	CHECK(lru_count() == 1);
-	CHECK(get(&qo, T0) == CACHE_FRESH && got_a() == 2);
+	CHECK(get(&qo, T0) == CACHE_FRESH && a_of(got.m, got.len) == 2);
 	cache_free();
 }
 
@@ -587,7 +542,7 @@ test_key_ecs(void)
 	CHECK(get(&q1w, T0) == CACHE_MISS);	/* another prefix length */
 	CHECK(get(&qn, T0) == CACHE_MISS);	/* no ECS at all */
 	CHECK(get(&qd, T0) == CACHE_MISS);	/* same subnet, DO=1 */
-	CHECK(get(&q1b, T0) == CACHE_FRESH && got_a() == 1);
+	CHECK(get(&q1b, T0) == CACHE_FRESH && a_of(got.m, got.len) == 1);
 	resp_init(&r, &q2, 0);
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 300, 2);
 	CHECK(store(&q2, &r, T0) != NULL);
@@ -595,11 +550,11 @@ test_key_ecs(void)
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 300, 3);
 	CHECK(store(&qn, &r, T0) != NULL);
 	CHECK(cache_entries() == 3);
-	CHECK(get(&q2, T0) == CACHE_FRESH && got_a() == 2);
-	CHECK(get(&q1, T0) == CACHE_FRESH && got_a() == 1);
-	CHECK(get(&qn, T0) == CACHE_FRESH && got_a() == 3);
+	CHECK(get(&q2, T0) == CACHE_FRESH && a_of(got.m, got.len) == 2);
+	CHECK(get(&q1, T0) == CACHE_FRESH && a_of(got.m, got.len) == 1);
+	CHECK(get(&qn, T0) == CACHE_FRESH && a_of(got.m, got.len) == 3);
 	/* the stored ECS is a copy, not the freed query's bytes */
-	CHECK(get(&q1b, T0) == CACHE_FRESH && got_a() == 1);
+	CHECK(get(&q1b, T0) == CACHE_FRESH && a_of(got.m, got.len) == 1);
 	cache_free();
 
 	/* Without --keep-ecs every subnet shares one entry. */
@@ -607,15 +562,15 @@ test_key_ecs(void)
 	resp_init(&r, &q1, 0);
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 300, 1);
 	CHECK(store(&q1, &r, T0) != NULL);
-	CHECK(get(&q2, T0) == CACHE_FRESH && got_a() == 1);
-	CHECK(get(&qn, T0) == CACHE_FRESH && got_a() == 1);
-	CHECK(get(&q1w, T0) == CACHE_FRESH && got_a() == 1);
+	CHECK(get(&q2, T0) == CACHE_FRESH && a_of(got.m, got.len) == 1);
+	CHECK(get(&qn, T0) == CACHE_FRESH && a_of(got.m, got.len) == 1);
+	CHECK(get(&q1w, T0) == CACHE_FRESH && a_of(got.m, got.len) == 1);
 	CHECK(get(&qd, T0) == CACHE_MISS);	/* DO still counts */
 	resp_init(&r, &q2, 0);
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 300, 2);
 	CHECK(store(&q2, &r, T0) != NULL);
 	CHECK(cache_entries() == 1);
-	CHECK(get(&q1, T0) == CACHE_FRESH && got_a() == 2);
+	CHECK(get(&q1, T0) == CACHE_FRESH && a_of(got.m, got.len) == 2);
 	cache_free();
 }
 
@@ -749,8 +704,8 @@ test_ttl_positive(void)
 	mb_a(&r, AR, "x.pos.example", 0, 7, 3);
 	store(&q, &r, T0);
 	CHECK(lifetime(&q) == 60);
-	CHECK(get(&q, T0) == CACHE_FRESH && got_all_ttls(60));
-	CHECK(get(&q, T0 + SEC(45)) == CACHE_FRESH && got_all_ttls(15));
+	CHECK(get(&q, T0) == CACHE_FRESH && all_ttls(got.m, got.len, 60));
+	CHECK(get(&q, T0 + SEC(45)) == CACHE_FRESH && all_ttls(got.m, got.len, 15));
 	cfg.cf_min_ttl = 0;
 
 	/* Cut to --max-ttl, every record with it. */
@@ -762,8 +717,8 @@ test_ttl_positive(void)
 	mb_a(&r, AR, "x.pos.example", 0, 90000, 3);
 	store(&q, &r, T0);
 	CHECK(lifetime(&q) == 3600);
-	CHECK(get(&q, T0) == CACHE_FRESH && got_all_ttls(3600));
-	CHECK(get(&q, T0 + SEC(3599)) == CACHE_FRESH && got_all_ttls(1));
+	CHECK(get(&q, T0) == CACHE_FRESH && all_ttls(got.m, got.len, 3600));
+	CHECK(get(&q, T0 + SEC(3599)) == CACHE_FRESH && all_ttls(got.m, got.len, 1));
 	CHECK(get(&q, T0 + SEC(3600)) == CACHE_MISS);
 
 	/* The largest TTL allowed, 2^31 - 1, is kept (and cut). */
@@ -806,7 +761,7 @@ test_ttl_negative(void)
 	mb_soa(&r, NS, NULL, 16, 900, 300);
 	store(&q, &r, T0);
 	CHECK(lifetime(&q) == 100);	/* --neg-max-ttl */
-	CHECK(get(&q, T0) == CACHE_FRESH && got_all_ttls(100));
+	CHECK(get(&q, T0) == CACHE_FRESH && all_ttls(got.m, got.len, 100));
 	cfg.cf_neg_max_ttl = 3600;
 
 	/* NODATA: NOERROR, empty answer, SOA in authority. */
@@ -925,7 +880,7 @@ test_ttl_cname_negative(void)
 	mb_soa(&r, NS, "example.net", 0, 3600, 60);
 	CHECK(store(&q, &r, T0) != NULL);
 	CHECK(lifetime(&q) == 60);
-	CHECK(get(&q, T0) == CACHE_FRESH && got_all_ttls(60));
+	CHECK(get(&q, T0) == CACHE_FRESH && all_ttls(got.m, got.len, 60));
 
 	cfg.cf_neg_max_ttl = 600;
 	mkq(&q, 2, "alias2.example.com", T_AAAA, C_IN, Q_RD);
@@ -947,7 +902,7 @@ test_ttl_cname_negative(void)
 	CHECK(store(&q, &r, T0) != NULL);
 	CHECK(lifetime(&q) == 120);
 	CHECK(get(&q, T0) == CACHE_FRESH &&
-	    (got.m[3] & 0x0f) == RC_NXDOMAIN && got_all_ttls(120));
+	    (got.m[3] & 0x0f) == RC_NXDOMAIN && all_ttls(got.m, got.len, 120));
 
 	/* A CNAME shorter than the SOA's negative TTL bounds it. */
 	qa(&q, 4, "alias4.example.com", Q_RD);
@@ -1157,15 +1112,15 @@ test_uncacheable_keeps_entry(void)
 	CHECK(store(&q, &r, T0) != NULL);
 	resp_init(&r, &q, RC_SERVFAIL);
 	CHECK(store(&q, &r, T0 + SEC(10)) == NULL);
-	CHECK(get(&q, T0 + SEC(10)) == CACHE_FRESH && got_a() == 1 &&
-	    got_a_ttl() == 90);
+	CHECK(get(&q, T0 + SEC(10)) == CACHE_FRESH && a_of(got.m, got.len) == 1 &&
+	    a_ttl(got.m, got.len) == 90);
 	resp_init(&r, &q, 0);
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 0, 2);
 	CHECK(store(&q, &r, T0 + SEC(20)) == NULL);
-	CHECK(get(&q, T0 + SEC(20)) == CACHE_FRESH && got_a() == 1);
+	CHECK(get(&q, T0 + SEC(20)) == CACHE_FRESH && a_of(got.m, got.len) == 1);
 	resp_init(&r, &q, RC_REFUSED);
 	CHECK(store(&q, &r, T0 + SEC(110)) == NULL);
-	CHECK(get(&q, T0 + SEC(110)) == CACHE_STALE && got_a() == 1);
+	CHECK(get(&q, T0 + SEC(110)) == CACHE_STALE && a_of(got.m, got.len) == 1);
 	CHECK(cache_entries() == 1);
 	cache_free();
 }
@@ -1352,7 +1307,7 @@ test_render(void)
 	flen = got.len;
 
 	/* 2.9 s: still 2 whole seconds */
-	CHECK(get(&q, T0 + 2900) == CACHE_FRESH && got_a_ttl() == 98);
+	CHECK(get(&q, T0 + 2900) == CACHE_FRESH && a_ttl(got.m, got.len) == 98);
 	render(e, T0 + SEC(50), 0);
 	n = walk(got.m, got.len, rr, 8);
 	CHECK(n == 2 && rr[0].ttl == 50 && rr[1].ttl == 0);	/* not -45 */
@@ -1367,7 +1322,7 @@ test_render(void)
 	CHECK(got.len == flen && memcmp(got.m, first, flen) == 0);
 	/* stale: every TTL pinned, whatever its own */
 	render(e, T0 + SEC(5), 1);
-	CHECK(got_all_ttls(STALE_TTL));
+	CHECK(all_ttls(got.m, got.len, STALE_TTL));
 	render(e, T0, 0);
 	CHECK(got.len == flen && memcmp(got.m, first, flen) == 0);
 
@@ -1397,8 +1352,8 @@ test_expiry(void)
 	resp_init(&r, &q, 0);
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 100, 1);
 	store(&q, &r, T0);
-	CHECK(get(&qc, T0 + SEC(99)) == CACHE_FRESH && got_a_ttl() == 1);
-	CHECK(get(&qc, T0 + SEC(100) - 1) == CACHE_FRESH && got_a_ttl() == 1);
+	CHECK(get(&qc, T0 + SEC(99)) == CACHE_FRESH && a_ttl(got.m, got.len) == 1);
+	CHECK(get(&qc, T0 + SEC(100) - 1) == CACHE_FRESH && a_ttl(got.m, got.len) == 1);
 	CHECK(cache_entries() == 1);
 	CHECK(get(&qc, T0 + SEC(100)) == CACHE_MISS && got.len == 0);
 	CHECK(cache_entries() == 0);	/* dropped */
@@ -1407,7 +1362,7 @@ test_expiry(void)
 	/* and the slot is reused without an eviction */
 	CHECK(store(&q, &r, T0 + SEC(101)) != NULL);
 	CHECK(cache_entries() == 1 && stats.st_cache_evictions == 0);
-	CHECK(get(&q, T0 + SEC(101)) == CACHE_FRESH && got_a_ttl() == 100);
+	CHECK(get(&q, T0 + SEC(101)) == CACHE_FRESH && a_ttl(got.m, got.len) == 100);
 	cache_free();
 
 	/* Long after: gone too, whatever the serve-stale window was. */
@@ -1437,14 +1392,14 @@ test_stale(void)
 	store(&q, &r, T0);
 
 	CHECK(get(&qc, T0 + SEC(100) - 1) == CACHE_FRESH);
-	CHECK(got_a_ttl() == 1);
+	CHECK(a_ttl(got.m, got.len) == 1);
 	CHECK(get(&qc, T0 + SEC(100)) == CACHE_STALE);
-	CHECK(got_all_ttls(STALE_TTL));
+	CHECK(all_ttls(got.m, got.len, STALE_TTL));
 	n = walk(got.m, got.len, rr, 8);
 	CHECK(n == 4 && rr[3].type == T_A && rr[3].ttl == STALE_TTL);
-	CHECK(got_a() == 1);
+	CHECK(a_of(got.m, got.len) == 1);
 	CHECK(cache_entries() == 1);
-	CHECK(get(&qc, T0 + SEC(130)) == CACHE_STALE && got_all_ttls(30));
+	CHECK(get(&qc, T0 + SEC(130)) == CACHE_STALE && all_ttls(got.m, got.len, 30));
 	CHECK(get(&q, T0 + SEC(160) - 1) == CACHE_STALE);	/* 59.999 s */
 	CHECK(cache_entries() == 1);
 	CHECK(get(&q, T0 + SEC(160)) == CACHE_MISS);		/* 60 s: gone */
@@ -1460,8 +1415,8 @@ test_stale(void)
 	mb_a(&r, AN, NULL, DNS_HDRLEN, 300, 9);
 	CHECK(store(&q, &r, T0 + SEC(121)) != NULL);
 	CHECK(cache_entries() == 1);
-	CHECK(get(&qc, T0 + SEC(121)) == CACHE_FRESH && got_a() == 9 &&
-	    got_a_ttl() == 300);
+	CHECK(get(&qc, T0 + SEC(121)) == CACHE_FRESH && a_of(got.m, got.len) == 9 &&
+	    a_ttl(got.m, got.len) == 300);
 	cache_free();
 
 	/* Without --serve-stale, expired is gone at once. */
@@ -1543,7 +1498,7 @@ hits(const char *name, int x, int64_t now)
 	struct query	 q;
 
 	qa(&q, 2, name, Q_RD);
-	return get(&q, now) == CACHE_FRESH && (x == 0 || got_a() == x);
+	return get(&q, now) == CACHE_FRESH && (x == 0 || a_of(got.m, got.len) == x);
 }
 
 /* The state of name at now, without a side effect. */
@@ -1673,8 +1628,8 @@ test_replace(void)
 	CHECK(e != NULL);
 	CHECK(cache_entries() == 1 && lru_count() == 1);
 	CHECK(lifetime(&q) == 600);
-	CHECK(get(&q, T0 + SEC(100)) == CACHE_FRESH && got_a() == 2 &&
-	    got_a_ttl() == 600);
+	CHECK(get(&q, T0 + SEC(100)) == CACHE_FRESH && a_of(got.m, got.len) == 2 &&
+	    a_ttl(got.m, got.len) == 600);
 	CHECK(dns_get16(got.m + 6) == 2);
 	CHECK(get(&q, T0 + SEC(650)) == CACHE_FRESH);	/* not 300 s after T0 */
 	CHECK(get(&q, T0 + SEC(700)) == CACHE_MISS);

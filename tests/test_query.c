@@ -259,51 +259,6 @@ ede_of(const uint8_t *m, size_t len)
 	return off == end ? -1 : -3;
 }
 
-/* The last octet of m's first A record, or -1. */
-static int
-a_of(const uint8_t *m, size_t len)
-{
-	struct rrv	 rr[64];
-	int		 n, k;
-
-	if ((n = walk(m, len, rr, 64)) < 0)
-		return -1;
-	for (k = 0; k < n && k < 64; k++)
-		if (rr[k].type == T_A && rr[k].rdlen == 4)
-			return m[rr[k].rdata + 3];
-	return -1;
-}
-
-/* The TTL of m's first A record, or -1. */
-static long long
-a_ttl(const uint8_t *m, size_t len)
-{
-	struct rrv	 rr[64];
-	int		 n, k;
-
-	if ((n = walk(m, len, rr, 64)) < 0)
-		return -1;
-	for (k = 0; k < n && k < 64; k++)
-		if (rr[k].type == T_A)
-			return rr[k].ttl;
-	return -1;
-}
-
-/* 1 when every non-OPT record of m has TTL ttl. */
-static int
-all_ttls(const uint8_t *m, size_t len, uint32_t ttl)
-{
-	struct rrv	 rr[64];
-	int		 n, k;
-
-	if ((n = walk(m, len, rr, 64)) < 0 || n > 64)
-		return 0;
-	for (k = 0; k < n; k++)
-		if (rr[k].type != DNS_TYPE_OPT && rr[k].ttl != ttl)
-			return 0;
-	return 1;
-}
-
 /* ---- the fake mux ---- */
 
 static struct config	 cfg;

@@ -1,7 +1,7 @@
 /*
  * Reading DNS messages for the unit tests, independently of dns.c: the
  * records of every section, where their TTLs and rdata start.  Included
- * after mb.h (for MB_FN).
+ * after mb.h (for MB_FN) and the T_ codes.
  */
 #ifndef TESTS_WALK_H
 #define TESTS_WALK_H
@@ -99,6 +99,51 @@ opt_count(const uint8_t *m, size_t len)
 	for (i = 0; i < n; i++)
 		k += rr[i].type == DNS_TYPE_OPT;
 	return k;
+}
+
+/* The last octet of m's first A record, or -1. */
+MB_FN int
+a_of(const uint8_t *m, size_t len)
+{
+	struct rrv	 rr[64];
+	int		 n, k;
+
+	if ((n = walk(m, len, rr, 64)) < 0)
+		return -1;
+	for (k = 0; k < n && k < 64; k++)
+		if (rr[k].type == T_A && rr[k].rdlen == 4)
+			return m[rr[k].rdata + 3];
+	return -1;
+}
+
+/* The TTL of m's first A record, or -1. */
+MB_FN long long
+a_ttl(const uint8_t *m, size_t len)
+{
+	struct rrv	 rr[64];
+	int		 n, k;
+
+	if ((n = walk(m, len, rr, 64)) < 0)
+		return -1;
+	for (k = 0; k < n && k < 64; k++)
+		if (rr[k].type == T_A)
+			return rr[k].ttl;
+	return -1;
+}
+
+/* 1 when every non-OPT record of m has TTL ttl. */
+MB_FN int
+all_ttls(const uint8_t *m, size_t len, uint32_t ttl)
+{
+	struct rrv	 rr[64];
+	int		 n, k;
+
+	if ((n = walk(m, len, rr, 64)) < 0 || n > 64)
+		return 0;
+	for (k = 0; k < n; k++)
+		if (rr[k].type != DNS_TYPE_OPT && rr[k].ttl != ttl)
+			return 0;
+	return 1;
 }
 
 #endif
