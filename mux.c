@@ -42,6 +42,8 @@
 #define TCP_USER_MIN_MS	1000
 /* With --prewarm, connections are kept while queries came this recently. */
 #define PREWARM_RECENT_MS (5 * 60 * 1000)
+/* Unanswered keepalive probes before the kernel gives up on a path. */
+#define WARM_PROBES	3
 /* We close before a server's announced idle timeout by this much. */
 #define KEEPALIVE_MARGIN_MS 500
 /* Sends of one query before a connection loss is blamed on the query. */
@@ -101,6 +103,7 @@ struct conn {
 	int		 c_drained;	/* plain TCP: the last read came up short */
 	uint32_t	 c_replies;	/* replies matched on this connection */
 	int64_t		 c_idle_ms;	/* ours, or within the server's (RFC 7828) */
+	int		 c_server_idle;	/* the server announced its idle timeout */
 	int		 c_write_wants_read;	/* TLS: retry the flush on EV_READ */
 	int		 c_read_wants_write;	/* TLS: retry the read on EV_WRITE */
 	int		 c_dirty;	/* on mux.dirty: flush before sleeping */
@@ -173,6 +176,8 @@ static int	 conn_write_next(struct conn *);
 static void	 conn_idle_check(struct conn *);
 static void	 conn_keepalive(struct conn *, const uint8_t *, size_t);
 static void	 prewarm(struct upstream *, int64_t);
+static int	 keep_warm(const struct conn *, int64_t);
+static void	 warm_probes(int);
 static int	 conn_read(struct conn *, uint8_t *, size_t);
 static int	 conn_write(struct conn *, const uint8_t *, size_t);
 static void	 conn_read_cb(struct ev_loop *, ev_io *, int);
@@ -512,6 +517,8 @@ conn_dial(struct upstream *up, int64_t now)
 	/* The kernel too gives up on a dead path, not after many minutes. */
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
 	    sizeof(user_timeout));
+	if (mux.cf->cf_prewarm)
+		warm_probes(fd);
 	if (connect(fd, &uc->uc_addr.sa, uc->uc_addrlen) == -1 &&
 	    errno != EINPROGRESS) {
 		upstream_failed(up, strerror(errno), now);
@@ -526,6 +533,7 @@ conn_dial(struct upstream *up, int64_t now)
 	c->c_queued = c->c_written = 0;
 	c->c_replies = 0;
 	c->c_idle_ms = mux.cf->cf_idle_timeout_s * 1000LL;
+	c->c_server_idle = 0;
 	c->c_write_wants_read = c->c_read_wants_write = 0;
 	ev_io_set(&c->c_rio, fd, EV_READ);
 	ev_io_set(&c->c_wio, fd, EV_WRITE);
@@ -762,6 +770,10 @@ conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	else if (c->c_state == CONN_HANDSHAKE)
 		conn_failed(c, "TLS handshake timed out", now);
 	else if (c->c_state == CONN_READY && c->c_inflight == 0) {
+		if (keep_warm(c, now)) {
+			conn_idle_check(c);
+			return;
+		}
 		conn_close(c, "idle");
 		prewarm(c->c_up, now);
 	}
@@ -876,6 +888,7 @@ conn_keepalive(struct conn *c, const uint8_t *msg, size_t len)
 	if (ka < 0)
 		return;
 	ms = ka * 100LL - KEEPALIVE_MARGIN_MS;
+	c->c_server_idle = 1;
 	if (ms < c->c_idle_ms)
 		c->c_idle_ms = ms > 0 ? ms : 0;
 	log_debug("%s c%d: server keeps idle connections %d ms",
@@ -893,19 +906,59 @@ conn_idle_check(struct conn *c)
 }
 
 /*
- * --prewarm: every connection is opened at start-up, and one closed for
- * idleness is opened again at once while queries came recently, so that
- * the first query after a quiet minute pays no handshake.
+ * --prewarm: while queries came recently, each upstream keeps one
+ * connection open, so that the first query after a quiet spell pays no
+ * handshake.  One is enough: a second opens only when the first is full.
  */
 static void
 prewarm(struct upstream *up, int64_t now)
 {
+	int	 i;
+
 	if (!mux.cf->cf_prewarm || now - mux.last_send > PREWARM_RECENT_MS)
 		return;
-	while (idle_conn(up) != NULL && (up->up_fails == 0 ||
-	    now >= up->up_retry_at))
-		if (conn_dial(up, now) == -1)
+	if (up->up_fails > 0 && now < up->up_retry_at)
+		return;
+	for (i = 0; i < mux.cf->cf_connections; i++)
+		if (up->up_conns[i].c_state != CONN_IDLE)
 			return;
+	(void)conn_dial(up, now);
+}
+
+/*
+ * The warm connection outlives our idle timeout: closing it only to open
+ * it again would cost a handshake and spare the server nothing.  It
+ * still goes when the server asked for that (RFC 7828), or closes it.
+ */
+static int
+keep_warm(const struct conn *c, int64_t now)
+{
+	const struct upstream *up = c->c_up;
+	int	 i;
+
+	if (!mux.cf->cf_prewarm || now - mux.last_send > PREWARM_RECENT_MS ||
+	    c->c_server_idle)
+		return 0;
+	for (i = 0; i < c->c_idx; i++)
+		if (up->up_conns[i].c_state == CONN_READY)
+			return 0;
+	return 1;
+}
+
+/*
+ * An idle connection that is kept must not die unnoticed behind a NAT
+ * that forgot it: the kernel probes it after our idle timeout, and one
+ * unanswered for TCP_USER_TIMEOUT closes it, to be opened again.
+ */
+static void
+warm_probes(int fd)
+{
+	int	 one = 1, idle = mux.cf->cf_idle_timeout_s, n = WARM_PROBES;
+
+	(void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &n, sizeof(n));
 }
 
 /* Writes what is queued; it waits for whichever direction TLS asked for. */

@@ -140,7 +140,7 @@ static const struct optdef opts[] = {
 	    "never resume TLS sessions: each connection makes a full "
 	    "handshake"),
 	OPT_FLAG("prewarm", cf_prewarm,
-	    "keep the upstream connections open from start-up and while "
+	    "keep one connection per upstream open from start-up, while "
 	    "queries arrive"),
 	OPT_CALL("allow", "CIDR", opt_allow, NULL, MANY,
 	    "also answer clients from this network; only loopback clients "

@@ -15,6 +15,7 @@ scen_service.
 import select
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -137,52 +138,103 @@ def _until(pred, timeout, step=0.02):
     return pred()
 
 
+def _keepalive_timer(port):
+    """dnsfwd's TCP sockets to port: True where the kernel's keepalive timer
+    runs (ss -o shows timer:(keepalive,...)), False where it does not."""
+    out = subprocess.run(["ss", "-tnoH", "state", "established", "dport",
+                          "= :%d" % port], capture_output=True, text=True,
+                         check=True).stdout
+    return ["timer:(keepalive" in line for line in out.splitlines()]
+
+
 @scenario
 @slow
 def priv_prewarm(t):
-    """--prewarm opens --connections connections at start-up before any query, and reopens one at once after an idle close; without it nothing is opened before a query."""
+    """--prewarm opens one connection per upstream at start-up (not --connections of them) before any query, keeps it past --idle-timeout with the kernel probing it and reopens it at once when the server closes it; without --prewarm nothing is opened before a query and an idle connection closes."""
     fu1, fu2, fu3 = t.fakeup(), t.fakeup(), t.fakeup()
     d1 = t.dnsfwd(*it.tls_up(fu1), "--prewarm", "--connections", "2",
                   "--timeout", "2000")
-    d2 = t.dnsfwd(*it.tls_up(fu2), "--connections", "2", "--timeout", "2000")
-    d3 = t.dnsfwd(*it.tls_up(fu3), "--prewarm", "--connections", "1",
+    d2 = t.dnsfwd(*it.tls_up(fu2), "--connections", "2", "--idle-timeout",
+                  "1", "--timeout", "2000")
+    d3 = t.dnsfwd(*it.tls_up(fu3), "--prewarm", "--connections", "2",
                   "--idle-timeout", "1", "--timeout", "2000")
-    it.check(_until(lambda: fu1.stats()["handshakes"] >= 2, 3),
-             "--prewarm --connections 2: %d handshakes within 3 s of start, "
-             "want 2" % fu1.stats()["handshakes"])
+    it.check(_until(lambda: fu1.stats()["handshakes"] >= 1, 3),
+             "--prewarm: no handshake within 3 s of start")
+    time.sleep(0.5)
+    it.check(fu1.stats()["conns"] == 1, "--prewarm --connections 2 opened "
+             "%d connections, want 1: %s" % (fu1.stats()["conns"],
+                                             fu1.stats()))
     it.check(fu1.nqueries() == 0, "queries before any client asked")
-    time.sleep(0.3)
     it.check(fu2.stats()["conns"] == 0, "without --prewarm a connection "
              "was opened before any query: %s" % fu2.stats())
     it.expect_a(it.ask_udp(d1.port, "pw1.example."))
-    it.check(fu1.stats()["conns"] == 2, "the query did not use a prewarmed "
-             "connection: %s" % fu1.stats())
+    it.check(fu1.stats()["conns"] == 1, "the query did not use the "
+             "prewarmed connection: %s" % fu1.stats())
+    it.check(_keepalive_timer(fu1.port) == [True], "the warm connection "
+             "has no keepalive timer: %s" % _keepalive_timer(fu1.port))
+
+    # Past --idle-timeout 1 the warm connection stays, the other goes.
     it.expect_a(it.ask_udp(d2.port, "pw2.example."))
-    # Idle close, then an immediate reopen without a query.
+    it.check(_keepalive_timer(fu2.port) == [False], "without --prewarm "
+             "the kernel probes the connection: %s" %
+             _keepalive_timer(fu2.port))
     it.check(_until(lambda: fu3.stats()["conns"] >= 1, 3),
-             "--prewarm --connections 1: no connection at start")
-    # On a slow machine the start-up connection may already have idled
-    # out and been reopened: count from the query on.
+             "--prewarm --idle-timeout 1: no connection at start")
     it.expect_a(it.ask_udp(d3.port, "pw3.example."))
     t_q = time.monotonic()
-    closed0, conns0 = fu3.stats()["closed"], fu3.stats()["conns"]
-    it.check(_until(lambda: fu3.stats()["closed"] > closed0, 4),
-             "--idle-timeout 1: the connection was not closed within 4 s")
+    s3 = fu3.stats()
+    it.check(_until(lambda: fu2.stats()["closed"] >= 1, 3),
+             "without --prewarm the idle connection was still open 3 s "
+             "after its query (--idle-timeout 1)")
+    time.sleep(max(0.0, t_q + 3.5 - time.monotonic()))
+    it.check(fu3.stats()["closed"] == s3["closed"] and
+             fu3.stats()["handshakes"] == s3["handshakes"],
+             "--prewarm: the warm connection was closed or reopened within "
+             "3.5 s of idling: before %s, after %s" % (s3, fu3.stats()))
+    it.expect_a(it.ask_udp(d3.port, "pw3b.example."))
+    it.check(fu3.stats()["conns"] == s3["conns"], "the query after the "
+             "quiet spell did not use the warm connection: %s" % fu3.stats())
+
+    # The server closes it: reopened at once, without a query.
+    conns0 = fu3.stats()["conns"]
+    fu3.close_all()
     t_close = time.monotonic()
     it.check(_until(lambda: fu3.stats()["conns"] > conns0, 1.0),
-             "no new connection within 1 s of the idle close: %s" %
+             "no new connection within 1 s of the server's close: %s" %
              fu3.stats())
-    t_new = fu3.conn_times[-1]
-    it.check(t_new - t_q > 0.6 and t_new - t_close < 0.5,
-             "reopened %.2f s after the query and %.2f s after the close "
-             "was seen; want right after the idle close (about 1 s)" % (
-                 t_new - t_q, t_new - t_close))
-    it.check(_until(lambda: fu3.stats()["handshakes"] >= conns0 + 1, 2),
-             "the reopened connection made no TLS handshake")
-    it.check(fu3.nqueries() == 1, "the upstream saw %d queries, want 1" %
+    it.check(fu3.conn_times[-1] - t_close < 0.5, "reopened %.2f s after "
+             "the server's close; want at once" %
+             (fu3.conn_times[-1] - t_close))
+    it.check(_until(lambda: fu3.stats()["handshakes"] > s3["handshakes"],
+                    2), "the reopened connection made no TLS handshake")
+    it.check(fu3.nqueries() == 2, "the upstream saw %d queries, want 2" %
              fu3.nqueries())
     for d in (d1, d2, d3):
         it.check(d.proc.poll() is None, "a dnsfwd exited")
+
+
+@scenario
+@slow
+def priv_prewarm_server_idle(t):
+    """With --prewarm, a server that announces edns-tcp-keepalive 1.5 s still has its idle timeout kept: dnsfwd closes the connection at about 1 s and opens the next at once, before any query."""
+    fu = t.fakeup()
+    fu.set(answer_options=[(OPT_KEEPALIVE, b"\x00\x0f")])
+    d = t.dnsfwd(*it.tls_up(fu), "--prewarm", "--idle-timeout", "10",
+                 "--timeout", "2000")
+    it.check(_until(lambda: fu.stats()["handshakes"] >= 1, 3),
+             "--prewarm: no handshake within 3 s of start")
+    it.expect_a(it.ask_udp(d.port, "pws.example."))
+    t0 = time.monotonic()
+    it.check(_until(lambda: fu.stats()["closed"] >= 1, 4), "the connection "
+             "was still open 4 s after the answer (server said 1.5 s)")
+    dt = time.monotonic() - t0
+    it.check(dt <= 1.45, "closed %.2f s after the answer; want before the "
+             "server's 1.5 s" % dt)
+    it.check(_until(lambda: fu.stats()["conns"] >= 2, 1.0), "no connection "
+             "opened within 1 s of the close: %s" % fu.stats())
+    it.check(fu.nqueries() == 1, "the upstream saw %d queries, want 1" %
+             fu.nqueries())
+    it.check(d.proc.poll() is None, "dnsfwd exited")
 
 
 # ---------------------------------------------------------------- keepalive

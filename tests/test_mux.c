@@ -1628,6 +1628,50 @@ test_suspend_in_send(void)
 	teardown();
 }
 
+/*
+ * --prewarm keeps each upstream's first ready connection past the idle
+ * timeout while queries came recently, unless the server announced its
+ * own; it lets it go after that, and dials one connection, not all.
+ */
+static void
+test_keep_warm(void)
+{
+	struct conn	*c0, *c1;
+	int64_t		 now = now_ms();
+
+	setup(1, 2, 8);
+	c0 = &mux.ups[0].up_conns[0];
+	c1 = &mux.ups[0].up_conns[1];
+	mux.last_send = now;
+	CHECK(!keep_warm(c0, now));		/* not without --prewarm */
+	cfg.cf_prewarm = 1;
+	CHECK(keep_warm(c0, now) && !keep_warm(c1, now));
+	CHECK(keep_warm(c0, now + PREWARM_RECENT_MS));
+	CHECK(!keep_warm(c0, now + PREWARM_RECENT_MS + 1));
+	c0->c_server_idle = 1;
+	CHECK(!keep_warm(c0, now));
+	c0->c_server_idle = 0;
+
+	/* The idle timer keeps the first ready one and closes the rest. */
+	make_idle(0, 0);
+	conn_timer_cb(loop, &c1->c_timer, EV_TIMER);
+	CHECK(c1->c_state == CONN_READY && ev_is_active(&c1->c_timer));
+	CHECK(c0->c_state == CONN_IDLE);	/* not dialled: c1 is warm */
+	mux.last_send = now_ms() - PREWARM_RECENT_MS - 1;
+	conn_timer_cb(loop, &c1->c_timer, EV_TIMER);
+	CHECK(c1->c_state == CONN_IDLE && c0->c_state == CONN_IDLE);
+
+	/* Queries came lately: one dial, whatever the pool's size. */
+	mux.last_send = now_ms();
+	prewarm(&mux.ups[0], now_ms());
+	CHECK(c0->c_state == CONN_CONNECTING && c1->c_state == CONN_IDLE);
+	prewarm(&mux.ups[0], now_ms());
+	CHECK(c1->c_state == CONN_IDLE);
+	CHECK(accept_dial(0) == c0);
+	cfg.cf_prewarm = 0;
+	teardown();
+}
+
 /* The ID hash finds, refuses duplicates and removes from chains. */
 static void
 test_hash(void)
@@ -2038,6 +2082,7 @@ main(void)
 	test_rtt_choice();
 	test_slow_dial();
 	test_suspend();
+	test_keep_warm();
 	test_suspend_in_send();
 	test_hash();
 	test_chain();
