@@ -1149,6 +1149,39 @@ def write_results(ctx, results, fq, sysmem, elapsed):
                 summ["HIT"][c.key]["cpu_per_100k"] or 0))
     subprocess.run(["gnuplot", "-e", "title='%s'" % ("QUICK MODE: " if QUICK else ""),
                     os.path.join(HERE, "plot.gp")], cwd=HERE, check=True)
+    if not QUICK:
+        update_readme(summ, v["date"])
+
+
+README_BEGIN = "<!-- make bench: table begins -->"
+README_END = "<!-- make bench: table ends -->"
+
+
+def update_readme(summ, date):
+    """The headline figures of a full run, between the README's markers."""
+    L = [README_BEGIN, "",
+         "| %s | MISS answers/s | MISS CPU s/100k | HIT CPU s/100k | LATENCY p50 "
+         "| p99 | max | idle RSS |" % ("last full run, " + date),
+         "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for c in CONTENDERS:
+        if c.key == "upstream":
+            continue
+        m, h, lat = summ["MISS"][c.key], summ["HIT"][c.key], summ["LATENCY"][c.key]
+        L.append("| %s | %s | %s | %s | %s µs | %s µs | %s µs | %s |" % (
+            c.label, fmt(m["ok_qps"]), fmt(m["cpu_per_100k"], "%.2f"),
+            fmt(h["cpu_per_100k"], "%.2f"), fmt(lat["p50_us"]), fmt(lat["p99_us"]),
+            fmt(lat["max_us"]),
+            fmt(mib(m["idle_rss_kib"]), "%.1f MiB") if c.setup else "–"))
+    L += ["", README_END]
+    path = os.path.join(ROOT, "README.md")
+    with open(path) as f:
+        text = f.read()
+    a, b = text.find(README_BEGIN), text.find(README_END)
+    if a < 0 or b < a:
+        log("README.md has no table markers; its table was not updated")
+        return
+    with open(path, "w") as f:
+        f.write(text[:a] + "\n".join(L) + text[b + len(README_END):])
 
 
 # --- main ------------------------------------------------------------------
