@@ -144,6 +144,7 @@ static struct {
 	struct pqlist	 deadlines;
 	int		 kick;		/* sends wait for dispatch */
 	ev_timer	 deadline_timer;
+	ev_timer	 warm_timer;	/* --prewarm, once a backoff ends */
 	ev_prepare	 flush_prep;
 	TAILQ_HEAD(, conn) dirty;
 	uint16_t	 ids[256];
@@ -177,6 +178,7 @@ static void	 conn_idle_check(struct conn *);
 static void	 conn_keepalive(struct conn *, const uint8_t *, size_t);
 static void	 prewarm(struct upstream *, int64_t);
 static int	 keep_warm(const struct conn *, int64_t);
+static void	 warm_cb(struct ev_loop *, ev_timer *, int);
 static void	 warm_probes(int);
 static int	 conn_read(struct conn *, uint8_t *, size_t);
 static int	 conn_write(struct conn *, const uint8_t *, size_t);
@@ -256,6 +258,7 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 	for (i = 0; i < mux.nup; i++)
 		upstream_init(&mux.ups[i], &cf->cf_up[i], i);
 	ev_init(&mux.deadline_timer, deadline_cb);
+	ev_init(&mux.warm_timer, warm_cb);
 	ev_prepare_init(&mux.flush_prep, flush_cb);
 	/* Before the listeners' own prepare writes out what we answered. */
 	ev_set_priority(&mux.flush_prep, EV_MAXPRI);
@@ -288,6 +291,7 @@ mux_shutdown(void)
 		tls_upstream_free(up->up_tls);
 	}
 	ev_timer_stop(mux.loop, &mux.deadline_timer);
+	ev_timer_stop(mux.loop, &mux.warm_timer);
 	ev_ref(mux.loop);
 	ev_prepare_stop(mux.loop, &mux.flush_prep);
 	free(mux.pool);
@@ -678,6 +682,7 @@ conn_failed(struct conn *c, const char *why, int64_t now)
 	conn_close(c, why);
 	upstream_failed(up, why, now);
 	dispatch(now);
+	prewarm(up, now);
 }
 
 static void
@@ -917,12 +922,29 @@ prewarm(struct upstream *up, int64_t now)
 
 	if (!mux.cf->cf_prewarm || now - mux.last_send > PREWARM_RECENT_MS)
 		return;
-	if (up->up_fails > 0 && now < up->up_retry_at)
-		return;
 	for (i = 0; i < mux.cf->cf_connections; i++)
 		if (up->up_conns[i].c_state != CONN_IDLE)
 			return;
-	(void)conn_dial(up, now);
+	if (up->up_fails == 0 || now >= up->up_retry_at)
+		(void)conn_dial(up, now);
+	/* Failing: try again when the backoff allows, not at the next query. */
+	if (up->up_fails > 0 && (!ev_is_active(&mux.warm_timer) ||
+	    ev_timer_remaining(mux.loop, &mux.warm_timer) * 1000 >
+	    (double)(up->up_retry_at - now)))
+		timer_arm(&mux.warm_timer, up->up_retry_at, now);
+}
+
+static void
+warm_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	int64_t	 now = now_ms();
+	int	 i;
+
+	(void)loop;
+	(void)revents;
+	ev_timer_stop(mux.loop, w);
+	for (i = 0; i < mux.nup; i++)
+		prewarm(&mux.ups[i], now);
 }
 
 /*
@@ -1318,8 +1340,10 @@ check_suspend(int64_t now, int64_t boot)
 		return;
 	mux.boot_offset = boot - now;
 	log_info("resumed from suspend: reconnecting to upstreams");
-	for (i = 0; i < mux.nup; i++)
+	for (i = 0; i < mux.nup; i++) {
 		upstream_reset(&mux.ups[i], "suspend");
+		prewarm(&mux.ups[i], now);
+	}
 }
 
 void
@@ -1335,6 +1359,8 @@ mux_netchange(uint32_t moved, int64_t now)
 		else if (mux.ups[i].up_tls != NULL)
 			tls_upstream_forget(mux.ups[i].up_tls);
 	dispatch(now);
+	for (i = 0; i < mux.nup; i++)
+		prewarm(&mux.ups[i], now);
 }
 
 /*

@@ -237,6 +237,43 @@ def priv_prewarm_server_idle(t):
     it.check(d.proc.poll() is None, "dnsfwd exited")
 
 
+@scenario
+@slow
+def priv_prewarm_recovers(t):
+    """With --prewarm, a network change replaces the warm connection at once, before any query (with a full handshake: the old network's ticket is forgotten), and an upstream that refuses connections is dialled again as its backoff ends, not only when a query comes."""
+    def body():
+        fu = t.fakeup()
+        d = t.dnsfwd(*it.tls_up(fu), "--prewarm", "--connections", "1",
+                     "--timeout", "2000")
+        it.check(_until(lambda: fu.stats()["handshakes"] >= 1, 3),
+                 "--prewarm: no handshake within 3 s of start")
+        it.expect_a(it.ask_udp(d.port, "pwr1.example."))
+        svc.ip("addr", "add", "10.66.0.4/32", "dev", "lo")
+        it.check(_until(lambda: fu.stats()["handshakes"] >= 2, 2),
+                 "no new connection within 2 s of the network change: %s"
+                 % fu.stats())
+        it.check(fu.stats()["resumed"] == 0, "the connection after the "
+                 "change resumed the old network's session: %s" % fu.stats())
+        fu.refuse()
+        time.sleep(1.0)
+        refused = fu.stats()["conns"]
+        fu.unrefuse()
+        t0 = time.monotonic()
+        it.check(_until(lambda: fu.stats()["handshakes"] >= 3, 5),
+                 "no connection within 5 s of the upstream accepting again, "
+                 "without a query: %s" % fu.stats())
+        it.check(fu.stats()["conns"] == refused + 1, "connections: %d "
+                 "before accepting again, %d after; want one more" %
+                 (refused, fu.stats()["conns"]))
+        it.check(fu.nqueries() == 1, "the upstream saw %d queries, want 1" %
+                 fu.nqueries())
+        t.note("reconnected %.2f s after the upstream accepted again" %
+               (time.monotonic() - t0))
+        it.check(d.proc.poll() is None, "dnsfwd exited")
+
+    svc.in_netns(body)
+
+
 # ---------------------------------------------------------------- keepalive
 
 

@@ -1672,6 +1672,38 @@ test_keep_warm(void)
 	teardown();
 }
 
+static int
+conn_busy(const void *arg)
+{
+	return ((const struct conn *)arg)->c_state != CONN_IDLE;
+}
+
+/* --prewarm on a failing upstream dials again when its backoff ends. */
+static void
+test_warm_backoff(void)
+{
+	struct upstream	*up;
+	struct conn	*c;
+	int64_t		 t0;
+
+	setup(1, 1, 8);
+	up = &mux.ups[0];
+	c = &up->up_conns[0];
+	cfg.cf_prewarm = 1;
+	make_idle(0, 0);
+	t0 = now_ms();
+	mux.last_send = t0;
+	up->up_fails = 1;
+	up->up_retry_at = t0 + 200;
+	prewarm(up, t0);
+	CHECK(c->c_state == CONN_IDLE && ev_is_active(&mux.warm_timer));
+	CHECK(spin_until(conn_busy, c, 2000));
+	CHECK(now_ms() - t0 >= 190);
+	CHECK(accept_dial(0) == c);
+	cfg.cf_prewarm = 0;
+	teardown();
+}
+
 /* The ID hash finds, refuses duplicates and removes from chains. */
 static void
 test_hash(void)
@@ -2083,6 +2115,7 @@ main(void)
 	test_slow_dial();
 	test_suspend();
 	test_keep_warm();
+	test_warm_backoff();
 	test_suspend_in_send();
 	test_hash();
 	test_chain();
