@@ -18,7 +18,7 @@ QR=0 replies, duplicates and garbage frames, and stall handshakes:
   nocache  --cache-size 0: every query has a name of its own
            (nocache-SEQ.uSOCK.xSEED.soak. or ...tSOCK..., naming the
            client socket or TCP connection that asks it)
-  cache    --cache-size 256: runs of 4 queries, going to 4 different
+  cache    --cache-size 256 --prewarm: runs of 4 queries, going to 4 different
            clients at once, share a name, each in its own letter case,
            and 1 in 5 repeats an earlier name (a hit, or a miss once
            evicted)
@@ -329,6 +329,9 @@ class Phase:
                  str(CONNECTIONS), "--max-inflight", str(MAX_INFLIGHT),
                  "--idle-timeout", "1",
                  "--cache-size", str(CACHE_SIZE if self.cache else 0)]
+        if self.cache:
+            # Its warm connections, dialled again through every fault.
+            args.append("--prewarm")
         env = None
         if self.asan:
             # A bounded quarantine, so that VmRSS has a bound to meet.
@@ -619,9 +622,10 @@ class Phase:
                    st.get("pending") == 0,
                    "inflight=%s pending=%s 10 s after the traffic" % (
                        st.get("inflight"), st.get("pending")))
-        # Descriptors back to idle (upstreams close after 1 s idle).
+        # Descriptors back to idle (upstreams close after 1 s idle; with
+        # --prewarm one each stays, or is being dialled, as at start).
         deadline = time.monotonic() + 8
-        while time.monotonic() < deadline and fd_count(pid) > self.fds_idle:
+        while time.monotonic() < deadline and fd_count(pid) != self.fds_idle:
             time.sleep(0.1)
         fds = fd_count(pid)
         self.fds_end = fds
