@@ -42,8 +42,6 @@
 #define TCP_USER_MIN_MS	1000
 /* With --prewarm, connections are kept while queries came this recently. */
 #define PREWARM_RECENT_MS (5 * 60 * 1000)
-/* Unanswered keepalive probes before the kernel gives up on a path. */
-#define WARM_PROBES	3
 /* We close before a server's announced idle timeout by this much. */
 #define KEEPALIVE_MARGIN_MS 500
 /* Sends of one query before a connection loss is blamed on the query. */
@@ -178,6 +176,7 @@ static void	 conn_idle_check(struct conn *);
 static void	 conn_keepalive(struct conn *, const uint8_t *, size_t);
 static void	 prewarm(struct upstream *, int64_t);
 static int	 keep_warm(const struct conn *, int64_t);
+static void	 warm_later(int64_t, int64_t);
 static void	 warm_cb(struct ev_loop *, ev_timer *, int);
 static void	 warm_probes(int);
 static int	 conn_read(struct conn *, uint8_t *, size_t);
@@ -928,10 +927,19 @@ prewarm(struct upstream *up, int64_t now)
 	if (up->up_fails == 0 || now >= up->up_retry_at)
 		(void)conn_dial(up, now);
 	/* Failing: try again when the backoff allows, not at the next query. */
-	if (up->up_fails > 0 && (!ev_is_active(&mux.warm_timer) ||
-	    ev_timer_remaining(mux.loop, &mux.warm_timer) * 1000 >
-	    (double)(up->up_retry_at - now)))
-		timer_arm(&mux.warm_timer, up->up_retry_at, now);
+	if (up->up_fails > 0)
+		warm_later(up->up_retry_at, now);
+}
+
+/* The warm timer fires at the earliest backoff end asked for. */
+static void
+warm_later(int64_t at, int64_t now)
+{
+	if (ev_is_active(&mux.warm_timer) &&
+	    ev_timer_remaining(mux.loop, &mux.warm_timer) * 1000 <=
+	    (double)(at - now))
+		return;
+	timer_arm(&mux.warm_timer, at, now);
 }
 
 static void
@@ -969,18 +977,18 @@ keep_warm(const struct conn *c, int64_t now)
 
 /*
  * An idle connection that is kept must not die unnoticed behind a NAT
- * that forgot it: the kernel probes it after our idle timeout, and one
- * unanswered for TCP_USER_TIMEOUT closes it, to be opened again.
+ * that forgot it: the kernel probes it every idle timeout, and once a
+ * probe went unanswered it closes it at the next (TCP_USER_TIMEOUT, being
+ * set, overrides the probe count), to be opened again.
  */
 static void
 warm_probes(int fd)
 {
-	int	 one = 1, idle = mux.cf->cf_idle_timeout_s, n = WARM_PROBES;
+	int	 one = 1, idle = mux.cf->cf_idle_timeout_s;
 
 	(void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle));
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &n, sizeof(n));
 }
 
 /* Writes what is queued; it waits for whichever direction TLS asked for. */
