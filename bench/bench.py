@@ -1023,8 +1023,9 @@ def write_results(ctx, results, fq, sysmem, elapsed):
              "query. Medians over the rounds; first / steady is the median of each "
              "round's ratio; handshakes are counted over all rounds. Echo and the "
              "relay are asked first after each silence. dnsfwd closes idle "
-             "connections after %s; the peers keep their own defaults (see "
-             "bench/README.md).\n" % (REPS, "2 s (quick mode)" if QUICK else "10 s"))
+             "connections after %s, but with --prewarm keeps one open; the peers "
+             "keep their own defaults (see bench/README.md).\n"
+             % (REPS, "2 s (quick mode)" if QUICK else "10 s"))
     L.append("| contender | steady p50 | first query | first / steady | "
              "conns before | TLS full / resumed during the test |")
     L.append("|---|--:|--:|--:|--:|--:|")
