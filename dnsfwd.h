@@ -312,6 +312,8 @@ int	mux_send(const uint8_t *, size_t, int64_t, mux_done_fn *, void *,
 	    int64_t);
 /* Moves a send's deadline later. */
 void	mux_extend(int, int64_t, int64_t);
+/* A client asked, answered from the cache or not: --prewarm stays warm. */
+void	mux_active(int64_t);
 /*
  * The network changed: connections to the upstreams whose bit is set in
  * the mask are replaced (their queries resent), backoff is cleared and

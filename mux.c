@@ -148,7 +148,7 @@ static struct {
 	uint16_t	 ids[256];
 	int		 nids;
 	int64_t		 boot_offset;
-	int64_t		 last_send;	/* for --prewarm */
+	int64_t		 last_active;	/* a client's query, for --prewarm */
 	int64_t		 overload_warned;
 } mux;
 
@@ -264,9 +264,9 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 	ev_prepare_start(loop, &mux.flush_prep);
 	ev_unref(loop);		/* the flush watcher alone keeps nothing alive */
 	mux.boot_offset = boottime_ms() - now_ms();
-	mux.last_send = now_ms();
+	mux.last_active = now_ms();
 	for (i = 0; i < mux.nup; i++)
-		prewarm(&mux.ups[i], mux.last_send);
+		prewarm(&mux.ups[i], mux.last_active);
 }
 
 void
@@ -316,7 +316,7 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 	struct pq	*pq;
 	size_t		 qend;
 
-	mux.last_send = now;
+	mux.last_active = now;
 	if (len > sizeof(pq->pq_query) ||
 	    (qend = dns_question_end(msg, len)) == 0)
 		return -1;
@@ -909,6 +909,12 @@ conn_idle_check(struct conn *c)
 	ev_timer_again(mux.loop, &c->c_timer);
 }
 
+void
+mux_active(int64_t now)
+{
+	mux.last_active = now;
+}
+
 /*
  * --prewarm: while queries came recently, each upstream keeps one
  * connection open, so that the first query after a quiet spell pays no
@@ -919,7 +925,7 @@ prewarm(struct upstream *up, int64_t now)
 {
 	int	 i;
 
-	if (!mux.cf->cf_prewarm || now - mux.last_send > PREWARM_RECENT_MS)
+	if (!mux.cf->cf_prewarm || now - mux.last_active > PREWARM_RECENT_MS)
 		return;
 	for (i = 0; i < mux.cf->cf_connections; i++)
 		if (up->up_conns[i].c_state != CONN_IDLE)
@@ -966,7 +972,7 @@ keep_warm(const struct conn *c, int64_t now)
 	const struct upstream *up = c->c_up;
 	int	 i;
 
-	if (!mux.cf->cf_prewarm || now - mux.last_send > PREWARM_RECENT_MS ||
+	if (!mux.cf->cf_prewarm || now - mux.last_active > PREWARM_RECENT_MS ||
 	    c->c_server_idle)
 		return 0;
 	for (i = 0; i < c->c_idx; i++)

@@ -167,6 +167,7 @@ query_ask(const struct client_ref *cr, const uint8_t *msg, size_t len,
 		return 0;
 	}
 	stats.st_queries++;
+	mux_active(now);
 	dns_key(&k, msg, &qi, q.cf->cf_keep_ecs, q.seed);
 	return ask(cr, msg, &qi, &k, now);
 }

@@ -214,6 +214,12 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 }
 
 void
+mux_active(int64_t now)
+{
+	FZ_CHECK(now == fz_now);
+}
+
+void
 mux_extend(int h, int64_t deadline, int64_t now)
 {
 	FZ_CHECK(h >= 0 && h < nsends && sends[h].open);

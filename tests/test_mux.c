@@ -1642,7 +1642,7 @@ test_keep_warm(void)
 	setup(1, 2, 8);
 	c0 = &mux.ups[0].up_conns[0];
 	c1 = &mux.ups[0].up_conns[1];
-	mux.last_send = now;
+	mux_active(now);
 	CHECK(!keep_warm(c0, now));		/* not without --prewarm */
 	cfg.cf_prewarm = 1;
 	CHECK(keep_warm(c0, now) && !keep_warm(c1, now));
@@ -1657,12 +1657,15 @@ test_keep_warm(void)
 	conn_timer_cb(loop, &c1->c_timer, EV_TIMER);
 	CHECK(c1->c_state == CONN_READY && ev_is_active(&c1->c_timer));
 	CHECK(c0->c_state == CONN_IDLE);	/* not dialled: c1 is warm */
-	mux.last_send = now_ms() - PREWARM_RECENT_MS - 1;
+	mux_active(now_ms() - PREWARM_RECENT_MS + 1000);
+	conn_timer_cb(loop, &c1->c_timer, EV_TIMER);
+	CHECK(c1->c_state == CONN_READY);	/* a client asked lately */
+	mux_active(now_ms() - PREWARM_RECENT_MS - 1);
 	conn_timer_cb(loop, &c1->c_timer, EV_TIMER);
 	CHECK(c1->c_state == CONN_IDLE && c0->c_state == CONN_IDLE);
 
 	/* Queries came lately: one dial, whatever the pool's size. */
-	mux.last_send = now_ms();
+	mux_active(now_ms());
 	prewarm(&mux.ups[0], now_ms());
 	CHECK(c0->c_state == CONN_CONNECTING && c1->c_state == CONN_IDLE);
 	prewarm(&mux.ups[0], now_ms());
@@ -1692,7 +1695,7 @@ test_warm_backoff(void)
 	cfg.cf_prewarm = 1;
 	make_idle(0, 0);
 	t0 = now_ms();
-	mux.last_send = t0;
+	mux_active(t0);
 	up->up_fails = 1;
 	up->up_retry_at = t0 + 200;
 	prewarm(up, t0);

@@ -402,6 +402,14 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 	return nsends++;
 }
 
+static int64_t	 active_at = -1;	/* the last mux_active */
+
+void
+mux_active(int64_t now)
+{
+	active_at = now;
+}
+
 void
 mux_extend(int h, int64_t deadline, int64_t now)
 {
@@ -1358,6 +1366,8 @@ test_cache(void)
 	mkq(&qu, 2, "CACHED.example", T_A, 0);
 	b = asknow(&qu, clk + SEC(1) + 50);		/* 1 s after storing */
 	CHECK(nsends == 1);
+	/* A hit is client activity too, for --prewarm. */
+	CHECK(active_at == clk + SEC(1) + 50);
 	CHECK(got_a(b, 1) && got_ttl(b) == 299);
 	CHECK(stats.st_cache_hits == 1 && stats.st_cache_misses == 1);
 	d = answer_of(b);
