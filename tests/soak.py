@@ -18,10 +18,10 @@ QR=0 replies, duplicates and garbage frames, and stall handshakes:
   nocache  --cache-size 0: every query has a name of its own
            (nocache-SEQ.uSOCK.xSEED.soak. or ...tSOCK..., naming the
            client socket or TCP connection that asks it)
-  cache    --cache-size 256 --prewarm: runs of 4 queries, going to 4 different
-           clients at once, share a name, each in its own letter case,
-           and 1 in 5 repeats an earlier name (a hit, or a miss once
-           evicted)
+  cache    --cache-size 256 --prewarm: runs of 4 queries, going to 4
+           different clients at once, share a name, each in its own
+           letter case, and 1 in 5 repeats an earlier name (a hit, or a
+           miss once evicted)
 
 Each phase sends half the queries (default 40,000 in all; --short 4,000)
 from 64 UDP sockets (8 queries outstanding each) and 16 TCP connections
