@@ -163,6 +163,7 @@ static void	 conn_handshake(struct conn *, int64_t);
 static void	 conn_ready(struct conn *, int64_t);
 static void	 conn_close(struct conn *, const char *);
 static void	 conn_failed(struct conn *, const char *, int64_t);
+static void	 conn_lost(struct conn *, const char *, int64_t);
 static void	 conn_input(struct conn *, int64_t);
 static int	 conn_frames(struct conn *, int64_t);
 static int	 conn_reply(struct conn *, uint8_t *, size_t, int64_t);
@@ -672,6 +673,20 @@ conn_close(struct conn *c, const char *why)
 	}
 }
 
+/*
+ * A connection that was up went away: its queries go elsewhere, or to
+ * its replacement, which --prewarm dials even when none are waiting.
+ */
+static void
+conn_lost(struct conn *c, const char *why, int64_t now)
+{
+	struct upstream	*up = c->c_up;
+
+	conn_close(c, why);
+	dispatch(now);
+	prewarm(up, now);
+}
+
 /* A dial or handshake that failed: the upstream backs off. */
 static void
 conn_failed(struct conn *c, const char *why, int64_t now)
@@ -778,8 +793,7 @@ conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			conn_idle_check(c);
 			return;
 		}
-		conn_close(c, "idle");
-		prewarm(c->c_up, now);
+		conn_lost(c, "idle", now);
 	}
 }
 
@@ -810,9 +824,7 @@ conn_input(struct conn *c, int64_t now)
 			break;
 		}
 		/* A close between queries is normal: redial on demand. */
-		conn_close(c, n == 0 ? "closed by server" : "read failed");
-		dispatch(now);
-		prewarm(c->c_up, now);
+		conn_lost(c, n == 0 ? "closed by server" : "read failed", now);
 		return;
 	}
 	dispatch(now);
@@ -859,8 +871,7 @@ conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 		stats.st_bad_replies++;
 		log_ratelimited(&up->up_warned, "%s: not a DNS response, "
 		    "closing the connection", up->up_label);
-		conn_close(c, "garbage from upstream");
-		dispatch(now);
+		conn_lost(c, "garbage from upstream", now);
 		return -1;
 	}
 	pq = hash_find(c, dns_get16(msg));
@@ -1020,10 +1031,8 @@ conn_flush(struct conn *c)
 		c->c_outoff = 0;
 		if (!c->c_read_wants_write)
 			ev_io_stop(mux.loop, &c->c_wio);
-	} else {
-		conn_close(c, "write failed");
-		dispatch(now_ms());
-	}
+	} else
+		conn_lost(c, "write failed", now_ms());
 }
 
 /*
@@ -1331,7 +1340,7 @@ deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		if (silent) {
 			log_info("%s c%d: silent past a query deadline, "
 			    "replacing it", c->c_up->up_label, c->c_idx);
-			conn_close(c, "silent");
+			conn_lost(c, "silent", now);
 		}
 	}
 	if ((pq = TAILQ_FIRST(&mux.deadlines)) != NULL)

@@ -622,14 +622,16 @@ class Phase:
                    st.get("pending") == 0,
                    "inflight=%s pending=%s 10 s after the traffic" % (
                        st.get("inflight"), st.get("pending")))
-        # Descriptors back to idle (upstreams close after 1 s idle; with
-        # --prewarm one each stays, or is being dialled, as at start).
+        # Descriptors back to idle (upstreams close after 1 s idle).  With
+        # --prewarm each upstream keeps one, as at start, unless the chaos
+        # left it in a backoff longer than the wait: then one fewer.
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline and fd_count(pid) != self.fds_idle:
             time.sleep(0.1)
         fds = fd_count(pid)
         self.fds_end = fds
-        self.check("fds", fds == self.fds_idle,
+        self.check("fds", fds <= self.fds_idle if self.cache else
+                   fds == self.fds_idle,
                    "%d descriptors, %d before any traffic: %s" % (
                        fds, self.fds_idle, fd_links(pid)))
         # Memory.

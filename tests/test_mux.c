@@ -1681,6 +1681,12 @@ conn_busy(const void *arg)
 	return ((const struct conn *)arg)->c_state != CONN_IDLE;
 }
 
+static int
+conn_ready_p(const void *arg)
+{
+	return ((const struct conn *)arg)->c_state == CONN_READY;
+}
+
 /* --prewarm on a failing upstream dials again when its backoff ends. */
 static void
 test_warm_backoff(void)
@@ -1702,6 +1708,42 @@ test_warm_backoff(void)
 	CHECK(c->c_state == CONN_IDLE && ev_is_active(&mux.warm_timer));
 	CHECK(spin_until(conn_busy, c, 2000));
 	CHECK(now_ms() - t0 >= 190);
+	CHECK(accept_dial(0) == c);
+	cfg.cf_prewarm = 0;
+	teardown();
+}
+
+/*
+ * --prewarm replaces a connection that went away however it went: here
+ * one silent past a deadline, and one that sent garbage.
+ */
+static void
+test_warm_replaced(void)
+{
+	struct conn	*c;
+	struct rec	*a;
+	struct pq	*pq;
+
+	setup(1, 1, 8);
+	c = &mux.ups[0].up_conns[0];
+	cfg.cf_prewarm = 1;
+	mux_active(now_ms());
+	a = sendname(44, "silent");
+	flush_cb(loop, NULL, 0);
+	TAILQ_FOREACH(pq, &mux.deadlines, pq_dlink)
+		pq->pq_deadline = now_ms() - 1;
+	deadline_cb(loop, &mux.deadline_timer, EV_TIMER);
+	CHECK(a->calls == 1 && a->st == MUX_TIMEOUT);
+	CHECK(c->c_state == CONN_CONNECTING);	/* dialled again at once */
+	CHECK(accept_dial(0) == c);
+	CHECK(spin_until(conn_ready_p, c, 2000));
+
+	a = sendname(45, "garbage");
+	flush_cb(loop, NULL, 0);
+	CHECK(read_frames(peer[0][0]) == 1);
+	reply(peer[0][0], fr.m[0], fr.len[0], dns_get16(fr.m[0]), 0);	/* QR=0 */
+	conn_input(c, now_ms());
+	CHECK(c->c_state == CONN_CONNECTING && a->calls == 0);
 	CHECK(accept_dial(0) == c);
 	cfg.cf_prewarm = 0;
 	teardown();
@@ -2119,6 +2161,7 @@ main(void)
 	test_suspend();
 	test_keep_warm();
 	test_warm_backoff();
+	test_warm_replaced();
 	test_suspend_in_send();
 	test_hash();
 	test_chain();
