@@ -176,6 +176,7 @@ static int	 conn_write_next(struct conn *);
 static void	 conn_idle_check(struct conn *);
 static void	 conn_keepalive(struct conn *, const uint8_t *, size_t);
 static void	 prewarm(struct upstream *, int64_t);
+static int	 warm_wanted(int64_t);
 static int	 keep_warm(const struct conn *, int64_t);
 static void	 warm_later(int64_t, int64_t);
 static void	 warm_cb(struct ev_loop *, ev_timer *, int);
@@ -200,7 +201,7 @@ static void	 fail_waiting(int64_t);
 static void	 deadline_cb(struct ev_loop *, ev_timer *, int);
 static void	 flush_cb(struct ev_loop *, ev_prepare *, int);
 static void	 check_suspend(int64_t, int64_t);
-static void	 upstream_reset(struct upstream *, const char *);
+static void	 upstream_reset(struct upstream *, const char *, int64_t);
 
 #define PQ_INDEX(pq)	((int32_t)((pq) - mux.pool))
 #define CONN_OF(w, f)	((struct conn *)((char *)(w) - offsetof(struct conn, f)))
@@ -317,7 +318,6 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 	struct pq	*pq;
 	size_t		 qend;
 
-	mux.last_active = now;
 	if (len > sizeof(pq->pq_query) ||
 	    (qend = dns_question_end(msg, len)) == 0)
 		return -1;
@@ -926,6 +926,13 @@ mux_active(int64_t now)
 	mux.last_active = now;
 }
 
+/* --prewarm, and a client asked within PREWARM_RECENT_MS. */
+static int
+warm_wanted(int64_t now)
+{
+	return mux.cf->cf_prewarm && now - mux.last_active <= PREWARM_RECENT_MS;
+}
+
 /*
  * --prewarm: while queries came recently, each upstream keeps one
  * connection open, so that the first query after a quiet spell pays no
@@ -936,7 +943,7 @@ prewarm(struct upstream *up, int64_t now)
 {
 	int	 i;
 
-	if (!mux.cf->cf_prewarm || now - mux.last_active > PREWARM_RECENT_MS)
+	if (!warm_wanted(now))
 		return;
 	for (i = 0; i < mux.cf->cf_connections; i++)
 		if (up->up_conns[i].c_state != CONN_IDLE)
@@ -983,8 +990,7 @@ keep_warm(const struct conn *c, int64_t now)
 	const struct upstream *up = c->c_up;
 	int	 i;
 
-	if (!mux.cf->cf_prewarm || now - mux.last_active > PREWARM_RECENT_MS ||
-	    c->c_server_idle)
+	if (!warm_wanted(now) || c->c_server_idle)
 		return 0;
 	for (i = 0; i < c->c_idx; i++)
 		if (up->up_conns[i].c_state == CONN_READY)
@@ -1363,10 +1369,8 @@ check_suspend(int64_t now, int64_t boot)
 		return;
 	mux.boot_offset = boot - now;
 	log_info("resumed from suspend: reconnecting to upstreams");
-	for (i = 0; i < mux.nup; i++) {
-		upstream_reset(&mux.ups[i], "suspend");
-		prewarm(&mux.ups[i], now);
-	}
+	for (i = 0; i < mux.nup; i++)
+		upstream_reset(&mux.ups[i], "suspend", now);
 }
 
 void
@@ -1378,20 +1382,19 @@ mux_netchange(uint32_t moved, int64_t now)
 	    moved == (1u << mux.nup) - 1 ? "every upstream" : "some upstreams");
 	for (i = 0; i < mux.nup; i++)
 		if (moved & (1u << i))
-			upstream_reset(&mux.ups[i], "network changed");
+			upstream_reset(&mux.ups[i], "network changed", now);
 		else if (mux.ups[i].up_tls != NULL)
 			tls_upstream_forget(mux.ups[i].up_tls);
 	dispatch(now);
-	for (i = 0; i < mux.nup; i++)
-		prewarm(&mux.ups[i], now);
 }
 
 /*
  * Its connections may be dead without knowing it, its backoff is about
  * another network, and a ticket would link this machine across networks.
+ * --prewarm dials the replacement at once.
  */
 static void
-upstream_reset(struct upstream *up, const char *why)
+upstream_reset(struct upstream *up, const char *why, int64_t now)
 {
 	int	 j;
 
@@ -1403,4 +1406,5 @@ upstream_reset(struct upstream *up, const char *why)
 	up->up_retry_at = 0;
 	if (up->up_tls != NULL)
 		tls_upstream_forget(up->up_tls);
+	prewarm(up, now);
 }

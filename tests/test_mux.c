@@ -1593,6 +1593,13 @@ test_suspend(void)
 	mux.ups[0].up_tls = (struct tls_upstream *)&fake_tu;
 	check_suspend(now, now + mux.boot_offset + 60000);
 	CHECK(forgets == 1 && mux.ups[0].up_conns[0].c_state == CONN_IDLE);
+	/* --prewarm dials the replacement without waiting for a query. */
+	cfg.cf_prewarm = 1;
+	mux_active(now);
+	check_suspend(now, now + mux.boot_offset + 60000);
+	CHECK(mux.ups[0].up_conns[0].c_state == CONN_CONNECTING);
+	CHECK(accept_dial(0) == &mux.ups[0].up_conns[0]);
+	cfg.cf_prewarm = 0;
 	teardown();
 }
 
