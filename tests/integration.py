@@ -188,6 +188,14 @@ def tcp_connect(port, host="127.0.0.1", timeout=3.0):
     return s
 
 
+def tcp_pipeline(port, qs, timeout):
+    """Sends every query of qs at once on one TCP connection; returns the
+    answer frames read within timeout (as many as there were queries)."""
+    with tcp_connect(port) as s:
+        s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
+        return tcp_read_frames(s, len(qs), timeout)
+
+
 def tcp_read_frames(s, count, timeout):
     """Reads up to count length-framed messages within timeout."""
     out, buf = [], b""
@@ -722,9 +730,7 @@ def queries_share_tls_records(t):
     d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--timeout", "3000")
     expect_a(ask_udp(d.port, "warm.example."))
     qs = [make_query("rec%d.example." % i, qid=i) for i in range(40)]
-    with tcp_connect(d.port) as s:
-        s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
-        frames = tcp_read_frames(s, 40, 4)
+    frames = tcp_pipeline(d.port, qs, 4)
     check(len(frames) == 40, "got %d of 40 answers" % len(frames))
     longest = max(len(q.to_wire()) for q in qs) + 2
     st = fu.stats()
@@ -1161,9 +1167,7 @@ def tcp_client_pipelined(t):
     fu.set(mode="reorder", n=10)
     d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--timeout", "3000")
     qs = [make_query("pipe%d.example." % i, qid=1000 + i) for i in range(10)]
-    with tcp_connect(d.port) as s:
-        s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
-        frames = tcp_read_frames(s, 10, 4)
+    frames = tcp_pipeline(d.port, qs, 4)
     check(len(frames) == 10, "got %d of 10 replies (fakeup saw %d)" %
           (len(frames), fu.nqueries()))
     byid = {q.id: q for q in qs}
@@ -1186,9 +1190,7 @@ def tcp_client_past_pipeline_limit(t):
     fu.set(delay_ms=200)
     d = t.dnsfwd(*tls_up(fu), "--timeout", "3000")
     qs = [make_query("p%d.example." % i, qid=2000 + i) for i in range(80)]
-    with tcp_connect(d.port) as s:
-        s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
-        frames = tcp_read_frames(s, 80, 4)
+    frames = tcp_pipeline(d.port, qs, 4)
     ids = sorted(dns.message.from_wire(f).id for f in frames)
     check(ids == sorted(q.id for q in qs), "got %d of 80 replies (fakeup "
           "saw %d)" % (len(frames), fu.nqueries()))
@@ -2829,9 +2831,7 @@ def tls_stress_pipelined(t):
             else:
                 qs.append(make_query("s%d-%d.%s" % (ci, j, long_tail),
                                      qid=j))
-        with tcp_connect(d.port) as s:
-            s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
-            frames = tcp_read_frames(s, 64, 6)
+        frames = tcp_pipeline(d.port, qs, 6)
         bad = []
         byid = {q.id: q for q in qs}
         for f in frames:
@@ -2875,9 +2875,7 @@ def tls_ticket_during_blocked_write(t):
     def client(ci):
         qs = [make_query("t%d-%d.%s" % (ci, i, tail), qid=i)
               for i in range(60)]
-        with tcp_connect(d.port) as s:
-            s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
-            frames = tcp_read_frames(s, len(qs), 8)
+        frames = tcp_pipeline(d.port, qs, 8)
         good = 0
         for f in frames:
             m = dns.message.from_wire(f)

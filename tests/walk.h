@@ -101,9 +101,9 @@ opt_count(const uint8_t *m, size_t len)
 	return k;
 }
 
-/* The last octet of m's first A record, or -1. */
+/* m's first A record (four octets of address) into *a: 0, or -1. */
 MB_FN int
-a_of(const uint8_t *m, size_t len)
+first_a(const uint8_t *m, size_t len, struct rrv *a)
 {
 	struct rrv	 rr[64];
 	int		 n, k;
@@ -111,24 +111,29 @@ a_of(const uint8_t *m, size_t len)
 	if ((n = walk(m, len, rr, 64)) < 0)
 		return -1;
 	for (k = 0; k < n && k < 64; k++)
-		if (rr[k].type == T_A && rr[k].rdlen == 4)
-			return m[rr[k].rdata + 3];
+		if (rr[k].type == T_A && rr[k].rdlen == 4) {
+			*a = rr[k];
+			return 0;
+		}
 	return -1;
+}
+
+/* The last octet of m's first A record, or -1. */
+MB_FN int
+a_of(const uint8_t *m, size_t len)
+{
+	struct rrv	 a;
+
+	return first_a(m, len, &a) == 0 ? m[a.rdata + 3] : -1;
 }
 
 /* The TTL of m's first A record, or -1. */
 MB_FN long long
 a_ttl(const uint8_t *m, size_t len)
 {
-	struct rrv	 rr[64];
-	int		 n, k;
+	struct rrv	 a;
 
-	if ((n = walk(m, len, rr, 64)) < 0)
-		return -1;
-	for (k = 0; k < n && k < 64; k++)
-		if (rr[k].type == T_A)
-			return rr[k].ttl;
-	return -1;
+	return first_a(m, len, &a) == 0 ? (long long)a.ttl : -1;
 }
 
 /* 1 when every non-OPT record of m has TTL ttl. */
