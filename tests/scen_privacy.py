@@ -12,6 +12,7 @@ through that module, `it`, and network-namespace helpers come from
 scen_service.
 """
 
+import re
 import select
 import socket
 import struct
@@ -139,12 +140,18 @@ def _until(pred, timeout, step=0.02):
 
 
 def _keepalive_timer(port):
-    """dnsfwd's TCP sockets to port: True where the kernel's keepalive timer
-    runs (ss -o shows timer:(keepalive,...)), False where it does not."""
+    """dnsfwd's TCP sockets to port: for each, the seconds left on the
+    kernel's keepalive timer (ss -o shows timer:(keepalive,9.8sec,0)), or
+    None where it does not run."""
     out = subprocess.run(["ss", "-tnoH", "state", "established", "dport",
                           "= :%d" % port], capture_output=True, text=True,
                          check=True).stdout
-    return ["timer:(keepalive" in line for line in out.splitlines()]
+    left = []
+    for line in out.splitlines():
+        m = re.search(r"timer:\(keepalive,([0-9.]+)(ms|sec|min)", line)
+        left.append(None if m is None else float(m.group(1)) *
+                    {"ms": 0.001, "sec": 1, "min": 60}[m.group(2)])
+    return left
 
 
 @scenario
@@ -170,12 +177,14 @@ def priv_prewarm(t):
     it.expect_a(it.ask_udp(d1.port, "pw1.example."))
     it.check(fu1.stats()["conns"] == 1, "the query did not use the "
              "prewarmed connection: %s" % fu1.stats())
-    it.check(_keepalive_timer(fu1.port) == [True], "the warm connection "
-             "has no keepalive timer: %s" % _keepalive_timer(fu1.port))
+    ka = _keepalive_timer(fu1.port)
+    it.check(len(ka) == 1 and ka[0] is not None and 0 < ka[0] <= 10,
+             "the warm connection has no keepalive probe due within the "
+             "idle timeout (10 s): %s" % ka)
 
     # Past --idle-timeout 1 the warm connection stays, the other goes.
     it.expect_a(it.ask_udp(d2.port, "pw2.example."))
-    it.check(_keepalive_timer(fu2.port) == [False], "without --prewarm "
+    it.check(_keepalive_timer(fu2.port) == [None], "without --prewarm "
              "the kernel probes the connection: %s" %
              _keepalive_timer(fu2.port))
     it.check(_until(lambda: fu3.stats()["conns"] >= 1, 3),

@@ -1729,7 +1729,6 @@ test_warm_replaced(void)
 {
 	struct conn	*c;
 	struct rec	*a;
-	struct pq	*pq;
 
 	setup(1, 1, 8);
 	c = &mux.ups[0].up_conns[0];
@@ -1737,9 +1736,7 @@ test_warm_replaced(void)
 	mux_active(now_ms());
 	a = sendname(44, "silent");
 	flush_cb(loop, NULL, 0);
-	TAILQ_FOREACH(pq, &mux.deadlines, pq_dlink)
-		pq->pq_deadline = now_ms() - 1;
-	deadline_cb(loop, &mux.deadline_timer, EV_TIMER);
+	drain();
 	CHECK(a->calls == 1 && a->st == MUX_TIMEOUT);
 	CHECK(c->c_state == CONN_CONNECTING);	/* dialled again at once */
 	CHECK(accept_dial(0) == c);
