@@ -320,6 +320,23 @@ class Proc:
             return ""
 
 
+def _start_front(t, argv_for):
+    """Starts a front (unbound, dnsmasq) on a free port, argv_for(port)
+    giving its command line; another port when it lost the race for one,
+    as Dnsfwd does.  Returns (port, Proc) once it answers."""
+    for _attempt in range(3):
+        port = it.udp_tcp_free_port("127.0.0.1")
+        p = Proc(t, argv_for(port), os.path.join(t.dir, "front.log"))
+        try:
+            _wait_answer(port, "warmup.example.", p)
+            return port, p
+        except it.Fail:
+            if p.p.poll() is None or "in use" not in p.tail():
+                raise
+    raise it.Fail("the front lost the race for a port 3 times: %s" %
+                  p.tail())
+
+
 def _wait_answer(port, name, proc, timeout=10.0):
     """Polls until a UDP query to port gets a reply (the front is up)."""
     deadline = time.monotonic() + timeout
@@ -972,18 +989,7 @@ def svc_tcp_user_timeout(t):
 
 # ---------------------------------------------------------------- sidecars
 
-@scenario
-def svc_sidecar_unbound(t):
-    """README's sidecar recipe: unbound forwarding '.' to dnsfwd on 127.0.0.1 (do-not-query-localhost: no) answers with what dnsfwd's DoT upstream said."""
-    ub = "/usr/sbin/unbound"
-    if not os.access(ub, os.X_OK):
-        raise it.Skip("unbound not installed")
-    fu = t.fakeup()
-    d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000")
-    port = it.udp_tcp_free_port("127.0.0.1")
-    conf = os.path.join(t.dir, "front-unbound.conf")
-    with open(conf, "w") as f:
-        f.write("""server:
+UNBOUND_FRONT = """server:
     do-daemonize: no
     username: ""
     chroot: ""
@@ -1005,9 +1011,25 @@ remote-control:
 forward-zone:
     name: "."
     forward-addr: 127.0.0.1@%(dport)d
-""" % {"dir": t.dir, "port": port, "dport": d.port})
-    p = Proc(t, [ub, "-d", "-c", conf], os.path.join(t.dir, "front.log"))
-    _wait_answer(port, "warmup.example.", p)
+"""
+
+
+@scenario
+def svc_sidecar_unbound(t):
+    """README's sidecar recipe: unbound forwarding '.' to dnsfwd on 127.0.0.1 (do-not-query-localhost: no) answers with what dnsfwd's DoT upstream said."""
+    ub = "/usr/sbin/unbound"
+    if not os.access(ub, os.X_OK):
+        raise it.Skip("unbound not installed")
+    fu = t.fakeup()
+    d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000")
+    conf = os.path.join(t.dir, "front-unbound.conf")
+
+    def argv_for(port):
+        with open(conf, "w") as f:
+            f.write(UNBOUND_FRONT % {"dir": t.dir, "port": port,
+                                     "dport": d.port})
+        return [ub, "-d", "-c", conf]
+    port, _ = _start_front(t, argv_for)
     r = it.ask_udp(port, "sidecar-unbound.example.")
     it.expect_a(r, what="query to unbound in front of dnsfwd")
     r = it.ask_tcp(port, "sidecar-unbound-tcp.example.")
@@ -1025,15 +1047,12 @@ def svc_sidecar_dnsmasq(t):
         raise it.Skip("dnsmasq not installed (package dnsmasq-base)")
     fu = t.fakeup()
     d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000")
-    port = it.udp_tcp_free_port("127.0.0.1")
-    p = Proc(t, [dm, "--keep-in-foreground", "--conf-file=/dev/null",
-                 "--port=%d" % port, "--no-resolv", "--no-hosts",
-                 "--server=127.0.0.1#%d" % d.port,
-                 "--listen-address=127.0.0.1", "--bind-interfaces",
-                 "--pid-file=", "--user=nobody", "--group=nogroup",
-                 "--log-facility=-"],
-             os.path.join(t.dir, "front.log"))
-    _wait_answer(port, "warmup.example.", p)
+    port, _ = _start_front(t, lambda port: [
+        dm, "--keep-in-foreground", "--conf-file=/dev/null",
+        "--port=%d" % port, "--no-resolv", "--no-hosts",
+        "--server=127.0.0.1#%d" % d.port, "--listen-address=127.0.0.1",
+        "--bind-interfaces", "--pid-file=", "--user=nobody",
+        "--group=nogroup", "--log-facility=-"])
     it.expect_a(it.ask_udp(port, "sidecar-dnsmasq.example."),
                 what="query to dnsmasq in front of dnsfwd")
     it.expect_a(it.ask_tcp(port, "sidecar-dnsmasq-tcp.example."),
