@@ -14,8 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache.h"
+#include "dns.h"
 #include "dnsfwd.h"
+#include "options.h"
+#include "util.h"
 
+/* Bytes per cache entry, as documented in dnsfwd.8 LIMITS. */
+#define CACHE_ENTRY_BYTES (CACHE_MSGMAX + 72)
 #define TTL_MAX		0x7fffffffu	/* RFC 2181 8: larger means 0 */
 
 /* One cached answer; lives from cache_store until evicted or expired. */
@@ -208,12 +214,9 @@ alloc_entry(int64_t now)
 {
 	struct centry	*e;
 
-	if ((e = TAILQ_FIRST(&cache.free)) != NULL) {
-		TAILQ_REMOVE(&cache.free, e, ce_lru);
+	POOL_TAKE(e, &cache.free, ce_lru, cache.ents, cache.used, cache.n);
+	if (e != NULL)
 		return e;
-	}
-	if (cache.used < cache.n)
-		return &cache.ents[cache.used++];
 	e = TAILQ_LAST(&cache.lru, centries);
 	if (now < e->ce_expires)
 		stats.st_cache_evictions++;
@@ -224,8 +227,7 @@ alloc_entry(int64_t now)
 
 /*
  * How long an answer (its OPT already cut) may be kept, 0: not at all.
- * Positive answers live
- * as long as their shortest answer or authority TTL; negative ones (RFC
+ * Positive answers live as long as their shortest answer or authority TTL; negative ones (RFC
  * 2308: NXDOMAIN, NODATA, a CNAME chain ending in either) as min(SOA
  * TTL, SOA MINIMUM) and need the SOA.
  */
@@ -237,14 +239,14 @@ answer_ttl(const uint8_t *m, size_t len, size_t qend)
 	size_t		 off = qend;
 	unsigned int	 i, an, ns, n;
 	uint32_t	 ttl = TTL_MAX, soa = TTL_MAX + 1u, min;
-	int		 rcode = m[3] & 0x0f;
+	int		 rcode = m[3] & F_RCODE;
 
 	if ((m[2] & F_TC) || (rcode != RCODE_NOERROR &&
 	    rcode != RCODE_NXDOMAIN))
 		return 0;
-	an = dns_get16(m + 6);
-	ns = dns_get16(m + 8);
-	n = an + ns + dns_get16(m + 10);
+	an = dns_ancount(m);
+	ns = dns_nscount(m);
+	n = dns_rr_total(m);
 	for (i = 0; i < n; i++) {
 		if (dns_rr_next(m, len, &off, &rr) == -1)
 			return 0;
@@ -296,8 +298,7 @@ ttls_rewrite(uint8_t *m, size_t len, size_t qend, uint32_t age,
 	unsigned int	 n;
 	uint32_t	 t;
 
-	n = (unsigned int)dns_get16(m + 6) + dns_get16(m + 8) +
-	    dns_get16(m + 10);
+	n = dns_rr_total(m);
 	for (; n > 0; n--) {
 		if (dns_rr_next(m, len, &off, &rr) == -1)
 			return -1;

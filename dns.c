@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "dnsfwd.h"
+#include "dns.h"
 
 #define F_DO		0x80	/* first byte of the OPT TTL's flags half */
 
@@ -86,7 +86,7 @@ dns_error(uint8_t *out, size_t cap, const uint8_t *q, size_t len, int rcode)
 		return 0;
 	memcpy(out, q, qend);
 	out[2] = (uint8_t)(F_QR | (q[2] & (F_OPCODE | F_RD)));
-	out[3] = (uint8_t)(F_RA | (rcode & 0x0f));
+	out[3] = (uint8_t)(F_RA | (rcode & F_RCODE));
 	counts_put(out, qend > DNS_HDRLEN, rcode == RCODE_BADVERS);
 	if (rcode != RCODE_BADVERS)
 		return qend;
@@ -159,10 +159,7 @@ dns_key_same(const struct qkey *a, const struct qkey *b)
 	    dns_question_equal(a->k_msg, b->k_msg, a->k_qend);
 }
 
-/*
- * Reads the resource record at *off into rr and steps past it; -1 when
- * it does not fit.  Owner names may be compressed, pointing backwards.
- */
+/* Owner names may be compressed, pointing backwards. */
 int
 dns_rr_next(const uint8_t *msg, size_t len, size_t *off, struct dns_rr *rr)
 {
@@ -263,8 +260,8 @@ dns_strip_opt(uint8_t *msg, size_t len, size_t qend)
 	size_t		 off = qend;
 	unsigned int	 i, n, ar;
 
-	ar = dns_get16(msg + 10);
-	n = (unsigned int)dns_get16(msg + 6) + dns_get16(msg + 8) + ar;
+	ar = dns_arcount(msg);
+	n = dns_rr_total(msg);
 	for (i = 0; i < n; i++) {
 		if (dns_rr_next(msg, len, &off, &rr) == -1)
 			return 0;
@@ -292,8 +289,8 @@ dns_keepalive(const uint8_t *msg, size_t len)
 
 	if (len < DNS_HDRLEN || (off = dns_question_end(msg, len)) == 0)
 		return -1;
-	ar = dns_get16(msg + 10);
-	n = (unsigned int)dns_get16(msg + 6) + dns_get16(msg + 8) + ar;
+	ar = dns_arcount(msg);
+	n = dns_rr_total(msg);
 	for (i = 0; i < n; i++) {
 		if (dns_rr_next(msg, len, &off, &rr) == -1)
 			return -1;

@@ -22,7 +22,16 @@
 
 #include <ev.h>
 
+#include "cache.h"
 #include "dnsfwd.h"
+#include "listen.h"
+#include "log.h"
+#include "mux.h"
+#include "netmon.h"
+#include "options.h"
+#include "query.h"
+#include "tls.h"
+#include "util.h"
 
 /* How long a stopping daemon waits for answers still in flight. */
 #define DRAIN_S		1.0

@@ -27,10 +27,24 @@
 
 #include <ev.h>
 
+#include "dns.h"
 #include "dnsfwd.h"
+#include "listen.h"
+#include "log.h"
+#include "options.h"
+#include "query.h"
+#include "util.h"
 
 /* Room for one IP_PKTINFO or IPV6_PKTINFO control message. */
 #define CTL_LEN		64
+/* Datagrams handled per recvmmsg/sendmmsg call. */
+#define UDP_BATCH	32
+/* Client TCP connections served at once; accept stops beyond this. */
+#define TCP_CLIENTS_MAX	256
+/* Queries one TCP client may have pipelined before we stop reading it. */
+#define TCP_CLIENT_PIPELINE 64
+/* Replies queued for a TCP client that does not read; beyond it, close. */
+#define TCP_CLIENT_OUTMAX (256 * 1024)
 
 /* A UDP listener and the replies it will send in one sendmmsg. */
 struct udp_listener {
@@ -70,28 +84,30 @@ struct tcp_client {
 	size_t		 tc_outcap;
 };
 
-static const struct config *cf;
-static struct ev_loop	*loop;
-static struct udp_listener udp[LISTEN_MAX];
-static int		 nudp;
+/* The listeners' state; lives from listen_init to listen_free. */
 static struct {
-	struct mmsghdr	 msgs[UDP_BATCH];
-	struct iovec	 iov[UDP_BATCH];
-	union sockaddr_any from[UDP_BATCH];
-	uint8_t		 ctl[UDP_BATCH][CTL_LEN];
-	uint8_t		 bufs[UDP_BATCH][QUERY_MAX + 1];
-} rx;
-static int		 tcp_fd[LISTEN_MAX];
-static int		 ntcp;
-static ev_io		 tcp_io[LISTEN_MAX];
-static ev_timer		 accept_pause;
-static struct tcp_client *clients[TCP_CLIENTS_MAX];
-static uint32_t		 client_gen[TCP_CLIENTS_MAX];
-static int		 nclients;
-static TAILQ_HEAD(, tcp_client) client_dirty =
-			    TAILQ_HEAD_INITIALIZER(client_dirty);
-static ev_prepare	 flush_prep;
-static int		 stopped;
+	const struct config *cf;
+	struct ev_loop	*loop;
+	struct udp_listener udp[LISTEN_MAX];
+	int		 nudp;
+	struct {
+		struct mmsghdr	 msgs[UDP_BATCH];
+		struct iovec	 iov[UDP_BATCH];
+		union sockaddr_any from[UDP_BATCH];
+		uint8_t		 ctl[UDP_BATCH][CTL_LEN];
+		uint8_t		 bufs[UDP_BATCH][QUERY_MAX + 1];
+	} rx;
+	int		 tcp_fd[LISTEN_MAX];
+	int		 ntcp;
+	ev_io		 tcp_io[LISTEN_MAX];
+	ev_timer	 accept_pause;
+	struct tcp_client *clients[TCP_CLIENTS_MAX];
+	uint32_t	 client_gen[TCP_CLIENTS_MAX];
+	int		 nclients;
+	TAILQ_HEAD(, tcp_client) client_dirty;
+	ev_prepare	 flush_prep;
+	int		 stopped;
+} ls = { .client_dirty = TAILQ_HEAD_INITIALIZER(ls.client_dirty) };
 
 static int	listen_on(const union sockaddr_any *, int);
 static void	listen_passed(int);
@@ -127,29 +143,26 @@ static void	client_flush(struct tcp_client *);
 static void	client_dirty_mark(struct tcp_client *);
 static void	prepare_cb(struct ev_loop *, ev_prepare *, int);
 
-#define CLIENT_OF(w, f) \
-	((struct tcp_client *)((char *)(w) - offsetof(struct tcp_client, f)))
-
 void
 listen_init(struct ev_loop *l, const struct config *config)
 {
 	int	 i;
 
-	loop = l;
-	cf = config;
+	ls.loop = l;
+	ls.cf = config;
 	udp_rx_init();
-	listen_passed(passed_fds());
-	for (i = 0; i < cf->cf_nudp; i++)
-		listen_add(listen_on(&cf->cf_udp[i], SOCK_DGRAM),
-		    &cf->cf_udp[i], SOCK_DGRAM);
-	for (i = 0; i < cf->cf_ntcp; i++)
-		listen_add(listen_on(&cf->cf_tcp[i], SOCK_STREAM),
-		    &cf->cf_tcp[i], SOCK_STREAM);
-	ev_init(&accept_pause, accept_pause_cb);
-	ev_prepare_init(&flush_prep, prepare_cb);
+	listen_passed(passed_fds(2 * LISTEN_MAX));
+	for (i = 0; i < ls.cf->cf_nudp; i++)
+		listen_add(listen_on(&ls.cf->cf_udp[i], SOCK_DGRAM),
+		    &ls.cf->cf_udp[i], SOCK_DGRAM);
+	for (i = 0; i < ls.cf->cf_ntcp; i++)
+		listen_add(listen_on(&ls.cf->cf_tcp[i], SOCK_STREAM),
+		    &ls.cf->cf_tcp[i], SOCK_STREAM);
+	ev_init(&ls.accept_pause, accept_pause_cb);
+	ev_prepare_init(&ls.flush_prep, prepare_cb);
 	/* After the mux's prepare, which may answer queries it fails. */
-	ev_set_priority(&flush_prep, EV_MINPRI);
-	ev_prepare_start(loop, &flush_prep);
+	ev_set_priority(&ls.flush_prep, EV_MINPRI);
+	ev_prepare_start(ls.loop, &ls.flush_prep);
 }
 
 /* Takes the sockets systemd bound for us, telling UDP from TCP. */
@@ -191,27 +204,27 @@ listen_add(int fd, const union sockaddr_any *sa, int type)
 	char		 a[64];
 
 	addr_str(&sa->sa, a, sizeof(a));
-	if ((type == SOCK_DGRAM ? nudp : ntcp) == LISTEN_MAX)
+	if ((type == SOCK_DGRAM ? ls.nudp : ls.ntcp) == LISTEN_MAX)
 		fatalx(EXIT_SETUP, "more than %d %s listeners", LISTEN_MAX,
 		    type == SOCK_DGRAM ? "udp" : "tcp");
-	if (!is_loopback(sa) && cf->cf_nallow == 0)
+	if (!is_loopback(sa) && ls.cf->cf_nallow == 0)
 		log_warnx("listening on %s, but only loopback clients are "
 		    "answered: add --allow for others", a);
 	log_info("listening on %s %s", type == SOCK_STREAM ? "tcp" : "udp",
 	    a);
 	if (type == SOCK_STREAM) {
-		tcp_fd[ntcp] = fd;
-		ev_io_init(&tcp_io[ntcp], tcp_accept_cb, fd, EV_READ);
-		ev_io_start(loop, &tcp_io[ntcp++]);
+		ls.tcp_fd[ls.ntcp] = fd;
+		ev_io_init(&ls.tcp_io[ls.ntcp], tcp_accept_cb, fd, EV_READ);
+		ev_io_start(ls.loop, &ls.tcp_io[ls.ntcp++]);
 		return;
 	}
-	ul = &udp[nudp++];
+	ul = &ls.udp[ls.nudp++];
 	ul->ul_fd = fd;
 	ul->ul_wild = is_wildcard(sa);
 	ul->ul_buf = xcalloc(UDP_BATCH, sizeof(*ul->ul_buf));
 	ul->ul_ctl = xcalloc(UDP_BATCH, sizeof(*ul->ul_ctl));
 	ev_io_init(&ul->ul_io, udp_read_cb, fd, EV_READ);
-	ev_io_start(loop, &ul->ul_io);
+	ev_io_start(ls.loop, &ul->ul_io);
 }
 
 void
@@ -219,14 +232,14 @@ listen_stop(void)
 {
 	int	 i;
 
-	stopped = 1;
-	for (i = 0; i < nudp; i++)
-		ev_io_stop(loop, &udp[i].ul_io);
+	ls.stopped = 1;
+	for (i = 0; i < ls.nudp; i++)
+		ev_io_stop(ls.loop, &ls.udp[i].ul_io);
 	accept_enable(0);
-	ev_timer_stop(loop, &accept_pause);
+	ev_timer_stop(ls.loop, &ls.accept_pause);
 	for (i = 0; i < TCP_CLIENTS_MAX; i++)
-		if (clients[i] != NULL)
-			ev_io_stop(loop, &clients[i]->tc_rio);
+		if (ls.clients[i] != NULL)
+			ev_io_stop(ls.loop, &ls.clients[i]->tc_rio);
 }
 
 void
@@ -235,20 +248,20 @@ listen_free(void)
 	int	 i;
 
 	for (i = 0; i < TCP_CLIENTS_MAX; i++)
-		if (clients[i] != NULL)
-			client_close(clients[i], "shutting down", 0);
-	for (i = 0; i < nudp; i++) {
-		ev_io_stop(loop, &udp[i].ul_io);
-		close(udp[i].ul_fd);
-		free(udp[i].ul_buf);
-		free(udp[i].ul_ctl);
+		if (ls.clients[i] != NULL)
+			client_close(ls.clients[i], "shutting down", 0);
+	for (i = 0; i < ls.nudp; i++) {
+		ev_io_stop(ls.loop, &ls.udp[i].ul_io);
+		close(ls.udp[i].ul_fd);
+		free(ls.udp[i].ul_buf);
+		free(ls.udp[i].ul_ctl);
 	}
-	for (i = 0; i < ntcp; i++) {
-		ev_io_stop(loop, &tcp_io[i]);
-		close(tcp_fd[i]);
+	for (i = 0; i < ls.ntcp; i++) {
+		ev_io_stop(ls.loop, &ls.tcp_io[i]);
+		close(ls.tcp_fd[i]);
 	}
-	ev_timer_stop(loop, &accept_pause);
-	ev_prepare_stop(loop, &flush_prep);
+	ev_timer_stop(ls.loop, &ls.accept_pause);
+	ev_prepare_stop(ls.loop, &ls.flush_prep);
 }
 
 static int
@@ -324,8 +337,8 @@ client_allowed(const union sockaddr_any *sa)
 		fam = AF_INET;
 		a += 12;
 	}
-	for (i = 0; i < cf->cf_nallow; i++) {
-		al = &cf->cf_allow[i];
+	for (i = 0; i < ls.cf->cf_nallow; i++) {
+		al = &ls.cf->cf_allow[i];
 		if (al->al_family == fam &&
 		    prefix_match(a, al->al_addr, al->al_plen))
 			return 1;
@@ -356,7 +369,7 @@ udp_read_cb(struct ev_loop *l, ev_io *w, int revents)
 
 	(void)l;
 	(void)revents;
-	n = recvmmsg(ul->ul_fd, rx.msgs, UDP_BATCH, MSG_DONTWAIT, NULL);
+	n = recvmmsg(ul->ul_fd, ls.rx.msgs, UDP_BATCH, MSG_DONTWAIT, NULL);
 	if (n == -1) {
 		if (errno != EAGAIN && errno != EINTR)
 			log_debug("udp recvmmsg: %s", strerror(errno));
@@ -365,21 +378,21 @@ udp_read_cb(struct ev_loop *l, ev_io *w, int revents)
 	now = now_ms();
 	memset(&cr, 0, sizeof(cr));
 	cr.cr_kind = CLIENT_UDP;
-	cr.cr_listener = (uint16_t)(ul - udp);
+	cr.cr_listener = (uint16_t)(ul - ls.udp);
 	for (i = 0; i < n; i++) {
-		h = &rx.msgs[i].msg_hdr;
-		cr.cr_addr = rx.from[i];
+		h = &ls.rx.msgs[i].msg_hdr;
+		cr.cr_addr = ls.rx.from[i];
 		cr.cr_addrlen = h->msg_namelen;
 		if (ul->ul_wild)
 			udp_local(h, &cr);
 		/* recvmmsg shrank these to what it wrote. */
-		h->msg_namelen = sizeof(rx.from[i]);
-		h->msg_controllen = sizeof(rx.ctl[i]);
+		h->msg_namelen = sizeof(ls.rx.from[i]);
+		h->msg_controllen = sizeof(ls.rx.ctl[i]);
 		if (!client_allowed(&cr.cr_addr)) {
 			stats.st_refused++;
 			continue;
 		}
-		(void)query_ask(&cr, rx.bufs[i], rx.msgs[i].msg_len, now);
+		(void)query_ask(&cr, ls.rx.bufs[i], ls.rx.msgs[i].msg_len, now);
 	}
 }
 
@@ -390,14 +403,14 @@ udp_rx_init(void)
 	int	 i;
 
 	for (i = 0; i < UDP_BATCH; i++) {
-		rx.iov[i].iov_base = rx.bufs[i];
-		rx.iov[i].iov_len = sizeof(rx.bufs[i]);
-		rx.msgs[i].msg_hdr.msg_iov = &rx.iov[i];
-		rx.msgs[i].msg_hdr.msg_iovlen = 1;
-		rx.msgs[i].msg_hdr.msg_name = &rx.from[i];
-		rx.msgs[i].msg_hdr.msg_namelen = sizeof(rx.from[i]);
-		rx.msgs[i].msg_hdr.msg_control = rx.ctl[i];
-		rx.msgs[i].msg_hdr.msg_controllen = sizeof(rx.ctl[i]);
+		ls.rx.iov[i].iov_base = ls.rx.bufs[i];
+		ls.rx.iov[i].iov_len = sizeof(ls.rx.bufs[i]);
+		ls.rx.msgs[i].msg_hdr.msg_iov = &ls.rx.iov[i];
+		ls.rx.msgs[i].msg_hdr.msg_iovlen = 1;
+		ls.rx.msgs[i].msg_hdr.msg_name = &ls.rx.from[i];
+		ls.rx.msgs[i].msg_hdr.msg_namelen = sizeof(ls.rx.from[i]);
+		ls.rx.msgs[i].msg_hdr.msg_control = ls.rx.ctl[i];
+		ls.rx.msgs[i].msg_hdr.msg_controllen = sizeof(ls.rx.ctl[i]);
 	}
 }
 
@@ -540,25 +553,25 @@ udp_deliver(const struct client_ref *cr, const uint8_t *msg, size_t len,
 			return;
 		msg = tc;
 	}
-	udp_queue(&udp[cr->cr_listener], cr, msg, len);
+	udp_queue(&ls.udp[cr->cr_listener], cr, msg, len);
 }
 
 static void
 tcp_deliver(const struct client_ref *cr, const uint8_t *msg, size_t len)
 {
-	struct tcp_client	*c = clients[cr->cr_slot];
+	struct tcp_client	*c = ls.clients[cr->cr_slot];
 
 	if (c == NULL || c->tc_gen != cr->cr_gen)
 		return;		/* that client has gone */
 	if (c->tc_pending-- == TCP_CLIENT_PIPELINE && !c->tc_abort &&
-	    !stopped)
-		ev_io_start(loop, &c->tc_rio);
+	    !ls.stopped)
+		ev_io_start(ls.loop, &c->tc_rio);
 	if (c->tc_abort)
 		return;
 	if (tcp_append(c, msg, len) == -1) {
 		/* Closed at the next flush: we may be inside its read. */
 		c->tc_abort = 1;
-		ev_io_stop(loop, &c->tc_rio);
+		ev_io_stop(ls.loop, &c->tc_rio);
 	}
 	client_dirty_mark(c);
 }
@@ -599,7 +612,7 @@ tcp_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 
 	(void)l;
 	(void)revents;
-	if (nclients == TCP_CLIENTS_MAX) {
+	if (ls.nclients == TCP_CLIENTS_MAX) {
 		accept_enable(0);
 		return;
 	}
@@ -611,8 +624,8 @@ tcp_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 
 			log_ratelimited(&warned, "accept: %s", strerror(errno));
 			accept_enable(0);
-			ev_timer_set(&accept_pause, 1.0, 0.0);
-			ev_timer_start(loop, &accept_pause);
+			ev_timer_set(&ls.accept_pause, 1.0, 0.0);
+			ev_timer_start(ls.loop, &ls.accept_pause);
 		}
 		return;
 	}
@@ -624,11 +637,11 @@ accept_enable(int on)
 {
 	int	 i;
 
-	for (i = 0; i < ntcp; i++) {
-		if (on && !stopped)
-			ev_io_start(loop, &tcp_io[i]);
+	for (i = 0; i < ls.ntcp; i++) {
+		if (on && !ls.stopped)
+			ev_io_start(ls.loop, &ls.tcp_io[i]);
 		else
-			ev_io_stop(loop, &tcp_io[i]);
+			ev_io_stop(ls.loop, &ls.tcp_io[i]);
 	}
 }
 
@@ -638,7 +651,7 @@ accept_pause_cb(struct ev_loop *l, ev_timer *w, int revents)
 	(void)l;
 	(void)w;
 	(void)revents;
-	if (nclients < TCP_CLIENTS_MAX)
+	if (ls.nclients < TCP_CLIENTS_MAX)
 		accept_enable(1);
 }
 
@@ -648,7 +661,7 @@ client_open(int fd, const union sockaddr_any *peer)
 	struct tcp_client	*c;
 	int			 i, one = 1;
 
-	for (i = 0; i < TCP_CLIENTS_MAX && clients[i] != NULL; i++)
+	for (i = 0; i < TCP_CLIENTS_MAX && ls.clients[i] != NULL; i++)
 		;
 	if ((c = calloc(1, sizeof(*c))) == NULL) {
 		log_warn("%s", __func__);
@@ -656,18 +669,18 @@ client_open(int fd, const union sockaddr_any *peer)
 		return;
 	}
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	clients[i] = c;
+	ls.clients[i] = c;
 	c->tc_fd = fd;
 	c->tc_slot = (uint32_t)i;
-	c->tc_gen = ++client_gen[i];
+	c->tc_gen = ++ls.client_gen[i];
 	c->tc_denied = !client_allowed(peer);
 	ev_io_init(&c->tc_rio, client_read_cb, fd, EV_READ);
 	ev_io_init(&c->tc_wio, client_write_cb, fd, EV_WRITE);
 	ev_init(&c->tc_idle, client_idle_cb);
 	c->tc_idle.repeat = TCP_CLIENT_IDLE;
-	ev_io_start(loop, &c->tc_rio);
-	ev_timer_again(loop, &c->tc_idle);
-	if (++nclients == TCP_CLIENTS_MAX)
+	ev_io_start(ls.loop, &c->tc_rio);
+	ev_timer_again(ls.loop, &c->tc_idle);
+	if (++ls.nclients == TCP_CLIENTS_MAX)
 		accept_enable(0);
 }
 
@@ -682,11 +695,11 @@ client_close(struct tcp_client *c, const char *why, int abort)
 	static const struct linger rst = { .l_onoff = 1, .l_linger = 0 };
 
 	log_debug("tcp client %u: closed: %s", c->tc_slot, why);
-	ev_io_stop(loop, &c->tc_rio);
-	ev_io_stop(loop, &c->tc_wio);
-	ev_timer_stop(loop, &c->tc_idle);
+	ev_io_stop(ls.loop, &c->tc_rio);
+	ev_io_stop(ls.loop, &c->tc_wio);
+	ev_timer_stop(ls.loop, &c->tc_idle);
 	if (c->tc_dirty) {
-		TAILQ_REMOVE(&client_dirty, c, tc_dirtylink);
+		TAILQ_REMOVE(&ls.client_dirty, c, tc_dirtylink);
 		c->tc_dirty = 0;
 	}
 	if (abort) {
@@ -695,17 +708,17 @@ client_close(struct tcp_client *c, const char *why, int abort)
 		    sizeof(rst));
 	}
 	close(c->tc_fd);
-	clients[c->tc_slot] = NULL;
+	ls.clients[c->tc_slot] = NULL;
 	free(c->tc_out);
 	free(c);
-	if (nclients-- == TCP_CLIENTS_MAX && !ev_is_active(&accept_pause))
+	if (ls.nclients-- == TCP_CLIENTS_MAX && !ev_is_active(&ls.accept_pause))
 		accept_enable(1);
 }
 
 static void
 client_read_cb(struct ev_loop *l, ev_io *w, int revents)
 {
-	struct tcp_client	*c = CLIENT_OF(w, tc_rio);
+	struct tcp_client	*c = container_of(w, struct tcp_client, tc_rio);
 	ssize_t			 n;
 
 	(void)l;
@@ -721,7 +734,7 @@ client_read_cb(struct ev_loop *l, ev_io *w, int revents)
 	c->tc_inlen += (size_t)n;
 	/* Reading is progress only while it is not leaving answers unread. */
 	if (c->tc_outlen == 0)
-		ev_timer_again(loop, &c->tc_idle);
+		ev_timer_again(ls.loop, &c->tc_idle);
 	client_frames(c, now_ms());
 }
 
@@ -756,7 +769,7 @@ client_frames(struct tcp_client *c, int64_t now)
 	memmove(c->tc_in, c->tc_in + off, c->tc_inlen - off);
 	c->tc_inlen -= off;
 	if (c->tc_pending >= TCP_CLIENT_PIPELINE || c->tc_abort)
-		ev_io_stop(loop, &c->tc_rio);
+		ev_io_stop(ls.loop, &c->tc_rio);
 }
 
 /* A client --allow does not admit: REFUSED, and nothing forwarded. */
@@ -791,7 +804,7 @@ client_flush(struct tcp_client *c)
 		n = send(c->tc_fd, c->tc_out + c->tc_outoff, c->tc_outlen,
 		    MSG_NOSIGNAL);
 		if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
-			ev_io_start(loop, &c->tc_wio);
+			ev_io_start(ls.loop, &c->tc_wio);
 			return;
 		}
 		if (n <= 0) {
@@ -800,11 +813,11 @@ client_flush(struct tcp_client *c)
 		}
 		c->tc_outoff += (size_t)n;
 		c->tc_outlen -= (size_t)n;
-		ev_timer_again(loop, &c->tc_idle);
+		ev_timer_again(ls.loop, &c->tc_idle);
 	}
 	c->tc_outoff = 0;
-	ev_io_stop(loop, &c->tc_wio);
-	if (c->tc_inlen > 0 && !stopped)
+	ev_io_stop(ls.loop, &c->tc_wio);
+	if (c->tc_inlen > 0 && !ls.stopped)
 		client_frames(c, now_ms());	/* held back by the limit */
 }
 
@@ -813,7 +826,7 @@ client_write_cb(struct ev_loop *l, ev_io *w, int revents)
 {
 	(void)l;
 	(void)revents;
-	client_flush(CLIENT_OF(w, tc_wio));
+	client_flush(container_of(w, struct tcp_client, tc_wio));
 }
 
 /*
@@ -824,14 +837,14 @@ client_write_cb(struct ev_loop *l, ev_io *w, int revents)
 static void
 client_idle_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
-	struct tcp_client	*c = CLIENT_OF(w, tc_idle);
+	struct tcp_client	*c = container_of(w, struct tcp_client, tc_idle);
 
 	(void)l;
 	(void)revents;
 	if (c->tc_outlen > 0)
 		client_close(c, "not reading its answers", 1);
 	else if (c->tc_pending > 0)
-		ev_timer_again(loop, &c->tc_idle);
+		ev_timer_again(ls.loop, &c->tc_idle);
 	else
 		client_close(c, "idle", 0);
 }
@@ -842,7 +855,7 @@ client_dirty_mark(struct tcp_client *c)
 	if (c->tc_dirty)
 		return;
 	c->tc_dirty = 1;
-	TAILQ_INSERT_TAIL(&client_dirty, c, tc_dirtylink);
+	TAILQ_INSERT_TAIL(&ls.client_dirty, c, tc_dirtylink);
 }
 
 /* Before the loop sleeps: one sendmmsg per listener, one send per client. */
@@ -855,11 +868,11 @@ prepare_cb(struct ev_loop *l, ev_prepare *w, int revents)
 	(void)l;
 	(void)w;
 	(void)revents;
-	for (i = 0; i < nudp; i++)
-		if (udp[i].ul_nout > 0)
-			udp_flush(&udp[i]);
-	while ((c = TAILQ_FIRST(&client_dirty)) != NULL) {
-		TAILQ_REMOVE(&client_dirty, c, tc_dirtylink);
+	for (i = 0; i < ls.nudp; i++)
+		if (ls.udp[i].ul_nout > 0)
+			udp_flush(&ls.udp[i]);
+	while ((c = TAILQ_FIRST(&ls.client_dirty)) != NULL) {
+		TAILQ_REMOVE(&ls.client_dirty, c, tc_dirtylink);
 		c->tc_dirty = 0;
 		client_flush(c);
 	}

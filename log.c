@@ -13,7 +13,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dnsfwd.h"
+#include "log.h"
+#include "util.h"
+
+/* Minimum seconds between two copies of one rate-limited warning. */
+#define LOG_RATELIMIT_S	5
 
 static enum log_level log_verbosity = LOG_LVL_INFO;
 static int	log_journal;

@@ -25,7 +25,11 @@
 
 #include <ev.h>
 
-#include "dnsfwd.h"
+#include "log.h"
+#include "mux.h"
+#include "netmon.h"
+#include "options.h"
+#include "util.h"
 
 /* Events within this many ms of each other are one change. */
 #define NETMON_DEBOUNCE_MS	250

@@ -21,6 +21,9 @@
 #include <mbedtls/version.h>
 
 #include "dnsfwd.h"
+#include "log.h"
+#include "options.h"
+#include "util.h"
 
 struct optdef;
 /* Stores an option's value (or sets its flag) in cf; exits on a bad one. */
@@ -249,7 +252,7 @@ static void
 check_config(const struct config *cf)
 {
 	/* --check runs before systemd passes the sockets it holds. */
-	if (cf->cf_nudp == 0 && cf->cf_ntcp == 0 && passed_fds() == 0 &&
+	if (cf->cf_nudp == 0 && cf->cf_ntcp == 0 && passed_fds(2 * LISTEN_MAX) == 0 &&
 	    !cf->cf_check)
 		usage_error("no listener: give --bind-udp or --bind-tcp");
 	if (cf->cf_nup == 0)
@@ -504,7 +507,6 @@ sa_len(const union sockaddr_any *sa)
 	    sizeof(sa->sin);
 }
 
-/* A host name as SNI and certificate checks take it: LDH, dots, '_'. */
 /* Digits only: strtol alone would take spaces, signs and "0x". */
 static int
 parse_decimal(const char *s, long min, long max, long *v)
@@ -520,6 +522,7 @@ parse_decimal(const char *s, long min, long max, long *v)
 	return *v < min || *v > max ? -1 : 0;
 }
 
+/* A host name as SNI and certificate checks take it: LDH, dots, '_'. */
 static int
 valid_name(const char *name)
 {

@@ -23,7 +23,22 @@
 
 #include <ev.h>
 
+#include "cache.h"
+#include "dns.h"
 #include "dnsfwd.h"
+#include "log.h"
+#include "mux.h"
+#include "options.h"
+#include "query.h"
+#include "util.h"
+
+/*
+ * Client queries waiting per upstream request slot, on average: a flight
+ * is shared, so most slots have a client or two.
+ */
+#define CLIENTS_PER_SLOT 2
+/* How long a refresh may take before a stale entry is served instead. */
+#define STALE_WAIT_MS	1800
 
 /* A client's query; lives from query_ask to its answer. */
 struct cq {
@@ -74,7 +89,7 @@ static struct {
 	int64_t		 overload_warned;
 	/* Answers are made here, one at a time, up to the largest message. */
 	uint8_t		 abuf[DNS_MAXMSG];
-} q;
+} qs;	/* the query lifecycle's state: query_init to query_shutdown */
 
 static int	 ask(const struct client_ref *, const uint8_t *,
 		    const struct dns_qinfo *, const struct qkey *, int64_t);
@@ -107,44 +122,44 @@ static int64_t	 next_due(void);
 static void	 timer_update(int64_t);
 static void	 timer_cb(struct ev_loop *, ev_timer *, int);
 
-#define FLIGHT_INDEX(f)	((int32_t)((f) - q.flights))
+#define FLIGHT_INDEX(f)	((int32_t)((f) - qs.flights))
 
 void
 query_init(struct ev_loop *loop, const struct config *cf,
     query_deliver_fn *deliver)
 {
-	q.loop = loop;
-	q.cf = cf;
-	q.deliver = deliver;
-	q.nflights = mux_capacity();
-	q.ncqs = CLIENTS_PER_SLOT * q.nflights;
-	q.flights = xcalloc((size_t)q.nflights, sizeof(struct flight));
-	q.cqs = xcalloc((size_t)q.ncqs, sizeof(struct cq));
-	TAILQ_INIT(&q.ffree);
-	TAILQ_INIT(&q.cfree);
-	TAILQ_INIT(&q.deadlines);
-	TAILQ_INIT(&q.stale);
-	q.kmask = chain_mask((uint32_t)q.nflights);
-	q.keys = chain_buckets(q.kmask);
-	random_bytes(&q.seed, sizeof(q.seed));
-	ev_init(&q.timer, timer_cb);
+	qs.loop = loop;
+	qs.cf = cf;
+	qs.deliver = deliver;
+	qs.nflights = mux_capacity(cf);
+	qs.ncqs = CLIENTS_PER_SLOT * qs.nflights;
+	qs.flights = xcalloc((size_t)qs.nflights, sizeof(struct flight));
+	qs.cqs = xcalloc((size_t)qs.ncqs, sizeof(struct cq));
+	TAILQ_INIT(&qs.ffree);
+	TAILQ_INIT(&qs.cfree);
+	TAILQ_INIT(&qs.deadlines);
+	TAILQ_INIT(&qs.stale);
+	qs.kmask = chain_mask((uint32_t)qs.nflights);
+	qs.keys = chain_buckets(qs.kmask);
+	random_bytes(&qs.seed, sizeof(qs.seed));
+	ev_init(&qs.timer, timer_cb);
 }
 
 void
 query_shutdown(void)
 {
-	if (q.loop != NULL)
-		ev_timer_stop(q.loop, &q.timer);
-	free(q.flights);
-	free(q.cqs);
-	free(q.keys);
-	memset(&q, 0, sizeof(q));
+	if (qs.loop != NULL)
+		ev_timer_stop(qs.loop, &qs.timer);
+	free(qs.flights);
+	free(qs.cqs);
+	free(qs.keys);
+	memset(&qs, 0, sizeof(qs));
 }
 
 int
 query_pending(void)
 {
-	return q.cused;
+	return qs.cused;
 }
 
 int
@@ -168,7 +183,7 @@ query_ask(const struct client_ref *cr, const uint8_t *msg, size_t len,
 	}
 	stats.st_queries++;
 	mux_active(now);
-	dns_key(&k, msg, &qi, q.cf->cf_keep_ecs, q.seed);
+	dns_key(&k, msg, &qi, qs.cf->cf_keep_ecs, qs.seed);
 	return ask(cr, msg, &qi, &k, now);
 }
 
@@ -186,19 +201,16 @@ ask(const struct client_ref *cr, const uint8_t *msg,
 	if (state == CACHE_FRESH) {
 		stats.st_cache_hits++;
 		answer_entry(cr, msg, qi, e, now, 0);
-		if (q.cf->cf_prefetch && cache_prefetch_due(e, now))
+		if (qs.cf->cf_prefetch && cache_prefetch_due(e, now))
 			prefetch(k, now);
 		return 0;
 	}
-	if (q.cf->cf_cache_size > 0)
+	if (qs.cf->cf_cache_size > 0)
 		stats.st_cache_misses++;
-	if ((cq = TAILQ_FIRST(&q.cfree)) != NULL)
-		TAILQ_REMOVE(&q.cfree, cq, cq_link);
-	else if (q.cfresh < q.ncqs)
-		cq = &q.cqs[q.cfresh++];
+	POOL_TAKE(cq, &qs.cfree, cq_link, qs.cqs, qs.cfresh, qs.ncqs);
 	if (cq != NULL && (f = flight_find(k)) == NULL &&
 	    (f = flight_start(k, now)) == NULL) {
-		TAILQ_INSERT_HEAD(&q.cfree, cq, cq_link);
+		TAILQ_INSERT_HEAD(&qs.cfree, cq, cq_link);
 		cq = NULL;
 	}
 	if (cq == NULL) {
@@ -224,8 +236,8 @@ refuse(const struct client_ref *cr, const uint8_t *msg, size_t len,
 	else
 		stats.st_formerr++;
 	memset(&qi, 0, sizeof(qi));
-	if ((n = dns_error(q.abuf, sizeof(q.abuf), msg, len, rcode)) > 0)
-		q.deliver(cr, q.abuf, n, &qi);
+	if ((n = dns_error(qs.abuf, sizeof(qs.abuf), msg, len, rcode)) > 0)
+		qs.deliver(cr, qs.abuf, n, &qi);
 }
 
 static void
@@ -233,8 +245,8 @@ overload(const struct client_ref *cr, const uint8_t *msg,
     const struct dns_qinfo *qi, const struct qkey *k, int64_t now)
 {
 	stats.st_overload++;
-	log_ratelimited(&q.overload_warned, "%d client queries pending: "
-	    "answering SERVFAIL until some complete", q.cused);
+	log_ratelimited(&qs.overload_warned, "%d client queries pending: "
+	    "answering SERVFAIL until some complete", qs.cused);
 	if (!stale_answer(cr, msg, qi, k, now))
 		servfail(cr, msg, qi, EDE_OTHER, "too many queries in flight");
 }
@@ -254,10 +266,10 @@ flight_find(const struct qkey *k)
 	struct flight	*f;
 	int32_t		 i;
 
-	if (q.cf->cf_cache_size == 0)
+	if (qs.cf->cf_cache_size == 0)
 		return NULL;
-	for (i = q.keys[k->k_hash & q.kmask]; i >= 0; i = f->f_knext) {
-		f = &q.flights[i];
+	for (i = qs.keys[k->k_hash & qs.kmask]; i >= 0; i = f->f_knext) {
+		f = &qs.flights[i];
 		if (dns_key_same(&f->f_key, k))
 			return f;
 	}
@@ -272,17 +284,14 @@ flight_start(const struct qkey *k, int64_t now)
 	struct flight	*f;
 	size_t		 len;
 
-	if ((f = TAILQ_FIRST(&q.ffree)) != NULL)
-		TAILQ_REMOVE(&q.ffree, f, f_free);
-	else if (q.ffresh < q.nflights)
-		f = &q.flights[q.ffresh++];
-	else
+	POOL_TAKE(f, &qs.ffree, f_free, qs.flights, qs.ffresh, qs.nflights);
+	if (f == NULL)
 		return NULL;
-	f->f_deadline = now + q.cf->cf_timeout_ms;
+	f->f_deadline = now + qs.cf->cf_timeout_ms;
 	len = dns_upstream_query(up, sizeof(up), k);
 	if (len == 0 || (f->f_mux = mux_send(up, len, f->f_deadline,
 	    flight_done, f, now)) == -1) {
-		TAILQ_INSERT_HEAD(&q.ffree, f, f_free);
+		TAILQ_INSERT_HEAD(&qs.ffree, f, f_free);
 		return NULL;
 	}
 	TAILQ_INIT(&f->f_members);
@@ -292,9 +301,9 @@ flight_start(const struct qkey *k, int64_t now)
 		memcpy(f->f_ecs, k->k_ecs, k->k_ecslen);
 	f->f_key.k_msg = f->f_q;
 	f->f_key.k_ecs = f->f_ecs;
-	f->f_keyed = q.cf->cf_cache_size > 0;
+	f->f_keyed = qs.cf->cf_cache_size > 0;
 	if (f->f_keyed)
-		CHAIN_INSERT(q.keys, q.kmask, k->k_hash, q.flights, f_knext,
+		CHAIN_INSERT(qs.keys, qs.kmask, k->k_hash, qs.flights, f_knext,
 		    FLIGHT_INDEX(f));
 	return f;
 }
@@ -323,7 +332,7 @@ flight_done(void *arg, enum mux_status status, uint8_t *reply, size_t len,
 		    "upstream connections failed with this query", now);
 		break;
 	}
-	TAILQ_INSERT_HEAD(&q.ffree, f, f_free);
+	TAILQ_INSERT_HEAD(&qs.ffree, f, f_free);
 }
 
 static void
@@ -331,7 +340,7 @@ flight_unkey(struct flight *f)
 {
 	if (!f->f_keyed)
 		return;
-	CHAIN_UNLINK(q.keys, q.kmask, f->f_key.k_hash, q.flights, f_knext,
+	CHAIN_UNLINK(qs.keys, qs.kmask, f->f_key.k_hash, qs.flights, f_knext,
 	    FLIGHT_INDEX(f));
 	f->f_keyed = 0;
 }
@@ -346,7 +355,7 @@ answered(struct flight *f, uint8_t *reply, size_t len, int64_t now)
 {
 	const struct centry *e;
 	struct cq	*cq;
-	int		 rcode = reply[3] & 0x0f;
+	int		 rcode = reply[3] & F_RCODE;
 
 	if ((len = dns_strip_opt(reply, len, f->f_key.k_qend)) == 0) {
 		stats.st_bad_replies++;
@@ -385,20 +394,20 @@ cq_join(struct cq *cq, struct flight *f, const struct client_ref *cr,
 	cq->cq_qi = *qi;
 	memcpy(cq->cq_q, msg, qi->qi_qend);
 	TAILQ_INSERT_TAIL(&f->f_members, cq, cq_link);
-	cq->cq_deadline = now + q.cf->cf_timeout_ms;
+	cq->cq_deadline = now + qs.cf->cf_timeout_ms;
 	if (cq->cq_deadline > f->f_deadline) {
 		f->f_deadline = cq->cq_deadline;
 		mux_extend(f->f_mux, f->f_deadline, now);
 	}
-	TAILQ_INSERT_TAIL(&q.deadlines, cq, cq_dlink);
+	TAILQ_INSERT_TAIL(&qs.deadlines, cq, cq_dlink);
 	cq->cq_stale_at = 0;
 	if (stale) {
 		cq->cq_stale_at = now + STALE_WAIT_MS;
-		TAILQ_INSERT_TAIL(&q.stale, cq, cq_slink);
+		TAILQ_INSERT_TAIL(&qs.stale, cq, cq_slink);
 	}
-	q.cused++;
-	if (TAILQ_FIRST(&q.deadlines) == cq ||
-	    (stale && TAILQ_FIRST(&q.stale) == cq))
+	qs.cused++;
+	if (TAILQ_FIRST(&qs.deadlines) == cq ||
+	    (stale && TAILQ_FIRST(&qs.stale) == cq))
 		timer_update(now);
 }
 
@@ -406,11 +415,11 @@ static void
 cq_done(struct cq *cq)
 {
 	TAILQ_REMOVE(&cq->cq_flight->f_members, cq, cq_link);
-	TAILQ_REMOVE(&q.deadlines, cq, cq_dlink);
+	TAILQ_REMOVE(&qs.deadlines, cq, cq_dlink);
 	if (cq->cq_stale_at != 0)
-		TAILQ_REMOVE(&q.stale, cq, cq_slink);
-	TAILQ_INSERT_HEAD(&q.cfree, cq, cq_link);
-	q.cused--;
+		TAILQ_REMOVE(&qs.stale, cq, cq_slink);
+	TAILQ_INSERT_HEAD(&qs.cfree, cq, cq_link);
+	qs.cused--;
 }
 
 /* No answer for this client: a stale one if there is one, else SERVFAIL. */
@@ -434,7 +443,7 @@ stale_answer(const struct client_ref *cr, const uint8_t *msg,
 	enum cache_state state;
 	struct centry	*e;
 
-	if (q.cf->cf_serve_stale == 0 ||
+	if (qs.cf->cf_serve_stale == 0 ||
 	    (e = cache_lookup(k, now, &state)) == NULL)
 		return 0;
 	if (state == CACHE_STALE)
@@ -452,22 +461,22 @@ answer_entry(const struct client_ref *cr, const uint8_t *msg,
 {
 	size_t	 len;
 
-	len = cache_render(e, now, stale, q.abuf);
-	len = dns_finish(q.abuf, len, sizeof(q.abuf), msg, qi,
+	len = cache_render(e, now, stale, qs.abuf);
+	len = dns_finish(qs.abuf, len, sizeof(qs.abuf), msg, qi,
 	    stale ? EDE_STALE_ANSWER : EDE_NONE, "");
 	if (len == 0) {
 		servfail(cr, msg, qi, EDE_OTHER, "answer too large");
 		return;
 	}
 	stats.st_answers++;
-	q.deliver(cr, q.abuf, len, qi);
+	qs.deliver(cr, qs.abuf, len, qi);
 }
 
 static void
 answer_raw(const struct cq *cq, const uint8_t *reply, size_t len)
 {
-	memcpy(q.abuf, reply, len);
-	len = dns_finish(q.abuf, len, sizeof(q.abuf), cq->cq_q, &cq->cq_qi,
+	memcpy(qs.abuf, reply, len);
+	len = dns_finish(qs.abuf, len, sizeof(qs.abuf), cq->cq_q, &cq->cq_qi,
 	    EDE_NONE, "");
 	if (len == 0) {
 		servfail(&cq->cq_client, cq->cq_q, &cq->cq_qi, EDE_OTHER,
@@ -475,7 +484,7 @@ answer_raw(const struct cq *cq, const uint8_t *reply, size_t len)
 		return;
 	}
 	stats.st_answers++;
-	q.deliver(&cq->cq_client, q.abuf, len, &cq->cq_qi);
+	qs.deliver(&cq->cq_client, qs.abuf, len, &cq->cq_qi);
 }
 
 static void
@@ -485,9 +494,9 @@ servfail(const struct client_ref *cr, const uint8_t *msg,
 	size_t	 len;
 
 	stats.st_servfails++;
-	len = dns_servfail(q.abuf, sizeof(q.abuf), msg, qi, ede, text);
+	len = dns_servfail(qs.abuf, sizeof(qs.abuf), msg, qi, ede, text);
 	if (len > 0)
-		q.deliver(cr, q.abuf, len, qi);
+		qs.deliver(cr, qs.abuf, len, qi);
 }
 
 /*
@@ -499,13 +508,13 @@ query_tick(int64_t now)
 {
 	struct cq	*cq;
 
-	while ((cq = TAILQ_FIRST(&q.deadlines)) != NULL &&
+	while ((cq = TAILQ_FIRST(&qs.deadlines)) != NULL &&
 	    cq->cq_deadline <= now)
 		cq_fail(cq, EDE_NO_REACHABLE_AUTHORITY,
 		    "upstream did not answer in time", now);
-	while ((cq = TAILQ_FIRST(&q.stale)) != NULL &&
+	while ((cq = TAILQ_FIRST(&qs.stale)) != NULL &&
 	    cq->cq_stale_at <= now) {
-		TAILQ_REMOVE(&q.stale, cq, cq_slink);
+		TAILQ_REMOVE(&qs.stale, cq, cq_slink);
 		cq->cq_stale_at = 0;
 		if (stale_answer(&cq->cq_client, cq->cq_q, &cq->cq_qi,
 		    &cq->cq_flight->f_key, now))
@@ -521,9 +530,9 @@ next_due(void)
 	struct cq	*cq;
 	int64_t		 next = 0;
 
-	if ((cq = TAILQ_FIRST(&q.deadlines)) != NULL)
+	if ((cq = TAILQ_FIRST(&qs.deadlines)) != NULL)
 		next = cq->cq_deadline;
-	if ((cq = TAILQ_FIRST(&q.stale)) != NULL &&
+	if ((cq = TAILQ_FIRST(&qs.stale)) != NULL &&
 	    (next == 0 || cq->cq_stale_at < next))
 		next = cq->cq_stale_at;
 	return next;
@@ -534,14 +543,13 @@ timer_update(int64_t now)
 {
 	int64_t	 next = next_due();
 
-	if (q.loop == NULL)
+	if (qs.loop == NULL)
 		return;
 	if (next == 0) {
-		ev_timer_stop(q.loop, &q.timer);
+		ev_timer_stop(qs.loop, &qs.timer);
 		return;
 	}
-	q.timer.repeat = next > now ? (double)(next - now) / 1000.0 : 0.001;
-	ev_timer_again(q.loop, &q.timer);
+	timer_arm(qs.loop, &qs.timer, next, now);
 }
 
 static void

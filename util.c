@@ -1,6 +1,7 @@
 /*
- * Small services every module uses: the clocks, randomness and address
- * formatting.  Time is read here and passed down, once per event.
+ * Small services every module uses: the clocks, randomness, address
+ * formatting and timers.  Time is read here and passed down, once per
+ * event.
  */
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -13,7 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "dnsfwd.h"
+#include <ev.h>
+
+#include "log.h"
+#include "util.h"
 
 static int64_t	clock_ms(clockid_t);
 
@@ -22,7 +26,7 @@ static int64_t	clock_ms(clockid_t);
  * this process; sockets meant for another process are not ours.
  */
 int
-passed_fds(void)
+passed_fds(int max)
 {
 	const char	*pid = getenv("LISTEN_PID");
 	const char	*fds = getenv("LISTEN_FDS");
@@ -33,7 +37,7 @@ passed_fds(void)
 	    strtol(pid, &ep, 10) != (long)getpid() || *ep != '\0')
 		return 0;
 	n = strtol(fds, &ep, 10);
-	if (*ep != '\0' || n < 0 || n > 2 * LISTEN_MAX)
+	if (*ep != '\0' || n < 0 || n > max)
 		return 0;
 	return (int)n;
 }
@@ -105,4 +109,13 @@ addr_str(const struct sockaddr *sa, char *buf, size_t len)
 		snprintf(buf, len, "%s:%u", host, ntohs(s4->sin_port));
 	}
 	return buf;
+}
+
+void
+timer_arm(struct ev_loop *loop, ev_timer *t, int64_t when, int64_t now)
+{
+	double	 after = (double)(when - now) / 1000.0;
+
+	t->repeat = after > 0.001 ? after : 0.001;
+	ev_timer_again(loop, t);
 }

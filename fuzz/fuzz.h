@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../dns.h"
 #include "../dnsfwd.h"
 
 #define FZ_CHECK(cond) do {						\

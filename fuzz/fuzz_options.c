@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../options.h"
 #include "fuzz.h"
 
 struct stats	 stats;

@@ -96,8 +96,9 @@ mux_inflight(void)
 }
 
 int
-mux_capacity(void)
+mux_capacity(const struct config *cf)
 {
+	(void)cf;
 	return mux_cap;
 }
 
@@ -525,7 +526,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	configure(&f);
 	cache_init(&cfg);
 	/* From nothing, as in a new process, whatever query_shutdown left. */
-	memset(&q, 0, sizeof(q));
+	memset(&qs, 0, sizeof(qs));
 	query_init(NULL, &cfg, op_deliver);
 	while (f.n > 0) {
 		switch (fin_u8(&f) % 5) {

@@ -59,6 +59,7 @@
  * Seeds: fuzz/corpus/upstream, made by fuzz/mkcorpus.py.  Built with
  * -DFZ_STATS, it prints how many sends were answered after each input.
  */
+#include "../conn.c"
 #include "../mux.c"
 
 #include <sys/socket.h>

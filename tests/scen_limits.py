@@ -1,6 +1,6 @@
 """dnsfwd integration scenarios: every documented limit, driven.
 
-dnsfwd.8 LIMITS and the tunables of dnsfwd.h, each pushed past its edge
+dnsfwd.8 LIMITS and the tunables of the modules, each pushed past its edge
 by a scenario that watches what happens there and that service goes on:
 
   the pending table (upstreams x --connections x --max-inflight, and a

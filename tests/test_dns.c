@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dnsfwd.h"
+#include "dns.h"
 
 #define T_A	1
 #define T_NS	2

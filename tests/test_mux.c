@@ -21,6 +21,7 @@
 #define tls_resumed	fake_tls_resumed
 #define tls_drained	fake_tls_drained
 #define tls_upstream_forget fake_tls_upstream_forget
+#include "../conn.c"
 #include "../mux.c"
 
 #include <sys/socket.h>
@@ -647,10 +648,10 @@ test_id_per_conn(void)
 
 	setup(1, 2, 8);
 	/* The next draws are 0x4242 twice, then 0x0707. */
-	mux.ids[0] = 0x0707;
-	mux.ids[1] = 0x4242;
-	mux.ids[2] = 0x4242;
-	mux.nids = 3;
+	cn.ids[0] = 0x0707;
+	cn.ids[1] = 0x4242;
+	cn.ids[2] = 0x4242;
+	cn.nids = 3;
 	a = sendname(1, "a");
 	b = sendname(2, "b");
 	flush_cb(loop, NULL, 0);
@@ -658,9 +659,9 @@ test_id_per_conn(void)
 	CHECK(pq_of(a)->pq_conn != pq_of(b)->pq_conn);
 	CHECK(pq_of(a)->pq_upid == 0x4242 && pq_of(b)->pq_upid == 0x4242);
 	/* On one connection, an ID in flight is drawn again. */
-	mux.ids[0] = 0x0707;
-	mux.ids[1] = 0x4242;
-	mux.nids = 2;
+	cn.ids[0] = 0x0707;
+	cn.ids[1] = 0x4242;
+	cn.nids = 2;
 	c = sendname(3, "c");
 	flush_cb(loop, NULL, 0);
 	CHECK(pq_of(c)->pq_conn == pq_of(a)->pq_conn);
@@ -668,10 +669,10 @@ test_id_per_conn(void)
 	CHECK(hash_find(pq_of(a)->pq_conn, 0x4242) == pq_of(a));
 	CHECK(hash_find(pq_of(c)->pq_conn, 0x0707) == pq_of(c));
 	/* The batch empty, fresh IDs come from random_bytes. */
-	CHECK(mux.nids == 0);
+	CHECK(cn.nids == 0);
 	sendname(4, "d");
 	flush_cb(loop, NULL, 0);
-	CHECK(mux.nids == 255);
+	CHECK(cn.nids == 255);
 	teardown();
 }
 
@@ -827,7 +828,7 @@ test_pipelining_and_spread(void)
 	CHECK(c0->c_inflight == 50 && c1->c_inflight == 50);
 	/* Framed and written out whole in this one flush. */
 	CHECK(c0->c_queued == c0->c_written && c0->c_outlen == 0);
-	CHECK(!c0->c_dirty && TAILQ_EMPTY(&mux.dirty));
+	CHECK(!c0->c_dirty && TAILQ_EMPTY(&cn.dirty));
 	CHECK(read_frames(peer[0][0]) == 50);
 	CHECK(read_frames(peer[0][1]) == 50);
 	/* Past the per-connection limit, queries wait in the queue. */
@@ -852,7 +853,7 @@ test_overload(void)
 	int		 i;
 
 	setup(1, 1, 2);
-	CHECK(mux_capacity() == 4 && mux.npool == 4);
+	CHECK(mux_capacity(&cfg) == 4 && mux.npool == 4);
 	/* Too long or no question: refused without taking a slot. */
 	len = mkbig(q, 1, "big", UPQUERY_MAX + 1);
 	CHECK(sendq(q, len, now_ms() + 60000)->handle == -1);
@@ -1216,7 +1217,7 @@ test_requeue_on_close(void)
 	CHECK(pq_of(r[0])->pq_conn == c0 && pq_of(r[1])->pq_conn == c1);
 	CHECK(pq_of(r[2])->pq_conn == c0 && pq_of(r[3])->pq_conn == c1);
 	CHECK(mux.nwait == 2);
-	conn_close(c0, "test");
+	pool_close(c0, "test", now_ms());
 	/* Back at the head of the queue, before those already waiting. */
 	CHECK(mux.nwait == 4);
 	i = 0;
@@ -1264,7 +1265,7 @@ test_query_of_death(void)
 	for (i = 1; i < PQ_MAX_SENDS; i++) {
 		CHECK(c->c_inflight == (i == 1 ? 1 : 2));
 		CHECK(c->c_written == c->c_queued);
-		conn_close(c, "test");
+		pool_close(c, "test", now_ms());
 		CHECK(a->calls == 0);
 		CHECK(pq_of(a)->pq_sends == i);
 		revive(0, 0);
@@ -1274,7 +1275,7 @@ test_query_of_death(void)
 		flush_cb(loop, NULL, 0);
 	}
 	CHECK(c->c_inflight == 2);
-	conn_close(c, "test");
+	pool_close(c, "test", now_ms());
 	CHECK(a->calls == 1 && a->st == MUX_FAILED);
 	/* Written twice only: it goes out again. */
 	CHECK(b->calls == 0 && pq_of(b)->pq_sends == 2 && mux.nwait == 1);
@@ -1303,8 +1304,8 @@ test_unwritten_not_counted(void)
 		dispatch(now_ms());
 		CHECK(pq_of(a)->pq_conn == c && c->c_outlen > 0);
 		CHECK(c->c_written == 0 && c->c_dirty);
-		conn_close(c, "test");
-		CHECK(!c->c_dirty && TAILQ_EMPTY(&mux.dirty));
+		pool_close(c, "test", now_ms());
+		CHECK(!c->c_dirty && TAILQ_EMPTY(&cn.dirty));
 		CHECK(a->calls == 0 && pq_of(a)->pq_sends == 0);
 		revive(0, 0);
 	}
@@ -1370,7 +1371,7 @@ test_written_vs_queued(void)
 		for (i = 0; i < 20; i++)
 			if (pq_of(r[i])->pq_end <= c->c_written)
 				times[i]++;
-		conn_close(c, "test");
+		pool_close(c, "test", now_ms());
 		CHECK(!ev_is_active(&c->c_wio));
 		if (round < PQ_MAX_SENDS) {
 			for (i = 0; i < 20; i++) {
@@ -1478,7 +1479,7 @@ test_probe(void)
 	flush_cb(loop, NULL, 0);
 	CHECK(b->calls == 0 && stats.st_reconnects == 1 && mux.nwait == 2);
 	/* The probe fails: both fail, the backoff doubles. */
-	conn_failed(c, "test", now_ms());
+	conn_end(c, CONN_END_DIAL, "test", now_ms());
 	CHECK(a->calls == 1 && a->st == MUX_UNREACHABLE);
 	CHECK(b->calls == 1 && b->st == MUX_UNREACHABLE);
 	CHECK(up->up_fails == 3 && up->up_backoff_ms == 1000);
@@ -1620,7 +1621,7 @@ test_suspend_in_send(void)
 	a = sendname(6, "victim");
 	flush_cb(loop, NULL, 0);
 	for (i = 1; i < PQ_MAX_SENDS; i++) {
-		conn_close(c, "test");
+		pool_close(c, "test", now_ms());
 		revive(0, 0);
 		dispatch(now_ms());
 		flush_cb(loop, NULL, 0);
@@ -2011,7 +2012,7 @@ test_tls_records(void)
 	CHECK(ftc.wlen[1] == 40 * 502 - TLS_RECORD);
 	CHECK(c->c_written == TLS_RECORD);
 	/* Those cut by the wait were not sent; those before it were. */
-	conn_close(c, "test");
+	pool_close(c, "test", now_ms());
 	CHECK(ftc.frees == 1 && ftc.notified == 1);
 	for (i = 0; i < 40; i++)
 		CHECK(pq_of(r[i])->pq_sends == ((i + 1) * 502 <= TLS_RECORD));
@@ -2050,7 +2051,7 @@ test_handshake(void)
 	CHECK(stats.st_tls_full == 1 && stats.st_tls_resumed == 0);
 	flush_cb(loop, NULL, 0);
 	CHECK(answer_all(0, 0) == 1 && a->calls == 1 && a->st == MUX_ANSWER);
-	conn_close(c, "test");
+	pool_close(c, "test", now_ms());
 	CHECK(ftc.notified == 1);
 
 	/* A resumed session is counted as such. */
@@ -2064,7 +2065,7 @@ test_handshake(void)
 	CHECK(stats.st_tls_full == 1 && stats.st_tls_resumed == 1);
 	flush_cb(loop, NULL, 0);
 	CHECK(answer_all(0, 0) == 1 && a->calls == 1 && a->st == MUX_ANSWER);
-	conn_close(c, "test");
+	pool_close(c, "test", now_ms());
 
 	/* No TLS context for the socket: a failed dial. */
 	a = sendname(4, "nossl");

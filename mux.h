@@ -1,0 +1,49 @@
+/*
+ * mux.c: the upstream pool.  It carries opaque DNS queries to the
+ * upstreams and calls back exactly once per send; it knows no clients
+ * and no cache.
+ */
+#ifndef MUX_H
+#define MUX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+struct ev_loop;
+
+/* How a mux_send ended. */
+enum mux_status {
+	MUX_ANSWER,		/* reply and len are the upstream's answer */
+	MUX_TIMEOUT,		/* the deadline passed */
+	MUX_UNREACHABLE,	/* every upstream is backing off */
+	MUX_FAILED		/* connections kept failing with it */
+};
+/* Called exactly once per accepted mux_send, never from within it. */
+typedef void mux_done_fn(void *, enum mux_status, uint8_t *, size_t,
+	    int64_t);
+
+/* Upstream requests the pool holds at most with this config. */
+int	mux_capacity(const struct config *);
+void	mux_init(struct ev_loop *, const struct config *);
+/*
+ * Sends an opaque DNS query (its ID is replaced) to an upstream, to be
+ * answered by `deadline`.  Returns a handle for mux_extend, or -1 when
+ * too many are in flight.
+ */
+int	mux_send(const uint8_t *, size_t, int64_t, mux_done_fn *, void *,
+	    int64_t);
+/* Moves a send's deadline later. */
+void	mux_extend(int, int64_t, int64_t);
+/* A client asked, answered from the cache or not: --prewarm stays warm. */
+void	mux_active(int64_t);
+/*
+ * The network changed: connections to the upstreams whose bit is set in
+ * the mask are replaced (their queries resent), backoff is cleared and
+ * every TLS session ticket forgotten.
+ */
+void	mux_netchange(uint32_t, int64_t);
+void	mux_shutdown(void);
+int	mux_inflight(void);
+
+#endif /* MUX_H */

@@ -1,0 +1,106 @@
+/*
+ * util.c: what every module needs and none owns: the clocks (read once
+ * per event and passed down), randomness, addresses, allocation at
+ * start-up, and the fixed-pool idioms the tables share.
+ */
+#ifndef UTIL_H
+#define UTIL_H
+
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+struct ev_loop;
+struct ev_timer;
+
+union sockaddr_any {
+	struct sockaddr		sa;
+	struct sockaddr_in	sin;
+	struct sockaddr_in6	sin6;
+};
+
+/* Sockets passed by systemd socket activation (LISTEN_FDS), from fd 3. */
+#define LISTEN_FDS_START 3
+/* How many were passed to this process, or 0 when more than max. */
+int	passed_fds(int max);
+/* Monotonic milliseconds: every deadline and RTT in dnsfwd is in these. */
+int64_t	now_ms(void);
+int64_t	boottime_ms(void);
+/* getrandom(2); a failure leaves no safe source of IDs, so it is fatal. */
+void	random_bytes(void *, size_t);
+const char *addr_str(const struct sockaddr *, char *, size_t);
+/* malloc that ends start-up on failure; only used before the loop runs. */
+void	*xcalloc(size_t, size_t);
+/*
+ * (Re)arms a one-shot timer to fire at `when` (ms, as now_ms): libev
+ * counts in seconds of its own clock, so only the distance is converted.
+ */
+void	timer_arm(struct ev_loop *, struct ev_timer *, int64_t when,
+	    int64_t now);
+
+/* The object that embeds member m, from a pointer to it (watchers). */
+#define container_of(p, type, m) \
+	((type *)(void *)((char *)(p) - offsetof(type, m)))
+
+/*
+ * Takes an entry of a fixed array into var: a released one from the free
+ * list (a TAILQ through field) first, else the next never-used one, so
+ * an idle daemon's pools cost no memory; NULL when all are in use.
+ */
+#define POOL_TAKE(var, freelist, field, base, fresh, n) do {		\
+	if (((var) = TAILQ_FIRST(freelist)) != NULL)			\
+		TAILQ_REMOVE(freelist, var, field);			\
+	else if ((fresh) < (n))						\
+		(var) = &(base)[(fresh)++];				\
+} while (0)
+
+/*
+ * Hash chains of indices into a fixed array (the pending pool, the cache
+ * table): a bucket holds the first index of its chain, each element the
+ * next, -1 ends a chain.  Indices, not pointers, so an element is linked
+ * without allocating and the tables size themselves from the limits.
+ */
+static inline uint32_t
+chain_mask(uint32_t n)
+{
+	uint32_t m = 1;
+
+	while (m < n)
+		m <<= 1;
+	return m - 1;
+}
+
+static inline void
+chain_clear(int32_t *buckets, uint32_t mask)
+{
+	memset(buckets, 0xff, (mask + 1) * sizeof(int32_t));
+}
+
+static inline int32_t *
+chain_buckets(uint32_t mask)
+{
+	int32_t *b = xcalloc(mask + 1, sizeof(int32_t));
+
+	chain_clear(b, mask);
+	return b;
+}
+
+#define CHAIN_INSERT(buckets, mask, h, base, next, idx) do {		\
+	(base)[idx].next = (buckets)[(h) & (mask)];			\
+	(buckets)[(h) & (mask)] = (idx);				\
+} while (0)
+
+/* Unlinks idx from its chain; an index not on it is left alone. */
+#define CHAIN_UNLINK(buckets, mask, h, base, next, idx) do {		\
+	int32_t *ip_ = &(buckets)[(h) & (mask)];			\
+									\
+	while (*ip_ >= 0 && *ip_ != (idx))				\
+		ip_ = &(base)[*ip_].next;				\
+	if (*ip_ == (idx))						\
+		*ip_ = (base)[idx].next;				\
+} while (0)
+
+#endif /* UTIL_H */
