@@ -28,7 +28,6 @@
 
 #include "log.h"
 #include "tls.h"
-#include "util.h"
 
 #ifdef MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET
 #define TICKET	MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET
