@@ -618,6 +618,16 @@ conn_write(struct conn *c, const uint8_t *buf, size_t len)
 	return IO_ERR;
 }
 
+int
+conn_local(const struct conn *c, union sockaddr_any *sa)
+{
+	socklen_t	 len = sizeof(*sa);
+
+	if (c->c_state == CONN_IDLE)
+		return -1;
+	return getsockname(c->c_fd, &sa->sa, &len);
+}
+
 void
 conn_flush_dirty(void)
 {

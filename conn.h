@@ -23,6 +23,7 @@ struct config;
 struct tls_conn;
 struct tls_upstream;
 struct upstream_cfg;
+union sockaddr_any;
 
 /*
  * A query on its way upstream; the pool owns it from mux_send to its
@@ -152,6 +153,8 @@ void	conn_unlink(struct conn *, struct pq *);
  * once its bytes were written out.
  */
 void	conn_close(struct conn *, const char *, struct pqlist *);
+/* Its socket's local address; -1 when it has no socket. */
+int	conn_local(const struct conn *, union sockaddr_any *);
 /* Writes what queries this loop iteration queued, once per connection. */
 void	conn_flush_dirty(void);
 

@@ -731,9 +731,16 @@ mux_netchange(uint32_t moved, int64_t now)
 	for (i = 0; i < mux.nup; i++)
 		if (moved & (1u << i))
 			upstream_reset(&mux.ups[i], "network changed", now);
-		else if (mux.ups[i].up_tls != NULL)
-			tls_upstream_forget(mux.ups[i].up_tls);
 	dispatch(now);
+}
+
+int
+mux_conn_local(int up, int slot, union sockaddr_any *sa)
+{
+	if (up < 0 || up >= mux.nup || slot < 0 ||
+	    slot >= mux.cf->cf_connections)
+		return -1;
+	return conn_local(&mux.ups[up].up_conns[slot], sa);
 }
 
 /*

@@ -11,6 +11,7 @@
 
 struct config;
 struct ev_loop;
+union sockaddr_any;
 
 /* How a mux_send ended. */
 enum mux_status {
@@ -38,11 +39,17 @@ void	mux_extend(int, int64_t, int64_t);
 /* A client asked, answered from the cache or not: --prewarm stays warm. */
 void	mux_active(int64_t);
 /*
- * The network changed: connections to the upstreams whose bit is set in
- * the mask are replaced (their queries resent), backoff is cleared and
- * every TLS session ticket forgotten.
+ * The path to the upstreams whose bit is set in the mask changed: their
+ * connections are replaced (their queries resent), their backoff is
+ * cleared and their TLS session tickets forgotten.  Other upstreams keep
+ * their connections and tickets.
  */
 void	mux_netchange(uint32_t, int64_t);
+/*
+ * The local address of connection slot `slot` of upstream `up` into sa;
+ * -1 when that slot has no connection (or no such slot).
+ */
+int	mux_conn_local(int up, int slot, union sockaddr_any *sa);
 void	mux_shutdown(void);
 int	mux_inflight(void);
 
