@@ -49,7 +49,7 @@ static struct {
 	struct ev_loop	*loop;
 	const struct config *cf;
 	const struct conn_events *ev;
-	struct pq	*pool;		/* what ID map indices refer to */
+	struct pq	*pool;		/* what att_index numbers */
 	uint32_t	 hmask;
 	TAILQ_HEAD(, conn) dirty;
 	uint16_t	 ids[256];
@@ -78,10 +78,8 @@ static void	 conn_write_cb(struct ev_loop *, ev_io *, int);
 static void	 conn_timer_cb(struct ev_loop *, ev_timer *, int);
 static void	 conn_ack_cb(struct ev_loop *, ev_timer *, int);
 static void	 keep_probes(int);
-static struct pq *hash_find(struct conn *, uint16_t);
+static struct att *hash_find(struct conn *, uint16_t);
 static uint16_t	 new_id(struct conn *);
-
-#define POOL_INDEX(pq)	((int32_t)((pq) - cn.pool))
 
 void
 conn_setup(struct ev_loop *loop, const struct config *cf,
@@ -102,7 +100,7 @@ conn_init(struct conn *c, struct upstream *up, int idx)
 	c->c_up = up;
 	c->c_idx = idx;
 	c->c_fd = -1;
-	TAILQ_INIT(&c->c_pqs);
+	TAILQ_INIT(&c->c_atts);
 	c->c_outcap = (size_t)cn.cf->cf_max_inflight * (UPQUERY_MAX + 2);
 	c->c_in = xcalloc(1, CONN_INCAP);
 	c->c_out = xcalloc(1, c->c_outcap);
@@ -253,12 +251,12 @@ conn_ready(struct conn *c, int64_t now)
 /*
  * The one teardown of a connection: stops its watchers, says goodbye
  * over TLS when the session was up, closes the socket, and hands its
- * queries back, last first onto the head, so they keep their order.
+ * attempts back; they keep a_conn, so the pool knows where they were.
  */
 void
-conn_close(struct conn *c, const char *why, struct pqlist *back)
+conn_close(struct conn *c, const char *why, struct attlist *back)
 {
-	struct pq	*pq;
+	struct att	*a;
 
 	log_debug("%s c%d: closed: %s", c->c_up->up_label, c->c_idx, why);
 	ev_io_stop(cn.loop, &c->c_rio);
@@ -275,12 +273,10 @@ conn_close(struct conn *c, const char *why, struct pqlist *back)
 		TAILQ_REMOVE(&cn.dirty, c, c_dirtylink);
 		c->c_dirty = 0;
 	}
-	while ((pq = TAILQ_LAST(&c->c_pqs, pqlist)) != NULL) {
-		TAILQ_REMOVE(&c->c_pqs, pq, pq_link);
-		pq->pq_conn = NULL;
-		if (pq->pq_end <= c->c_written)
-			pq->pq_sends++;
-		TAILQ_INSERT_HEAD(back, pq, pq_link);
+	while ((a = TAILQ_FIRST(&c->c_atts)) != NULL) {
+		TAILQ_REMOVE(&c->c_atts, a, a_link);
+		a->a_out = a->a_end <= c->c_written;
+		TAILQ_INSERT_TAIL(back, a, a_link);
 	}
 	c->c_inflight = 0;
 	chain_clear(c->c_hash, cn.hmask);
@@ -290,7 +286,7 @@ conn_close(struct conn *c, const char *why, struct pqlist *back)
 static void
 conn_end(struct conn *c, enum conn_end end, const char *why, int64_t now)
 {
-	struct pqlist	 back = TAILQ_HEAD_INITIALIZER(back);
+	struct attlist	 back = TAILQ_HEAD_INITIALIZER(back);
 
 	conn_close(c, why, &back);
 	cn.ev->ce_closed(c, end, why, &back, now);
@@ -440,32 +436,34 @@ static int
 conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 {
 	struct upstream	*up = c->c_up;
-	struct pq	*pq;
+	struct att	*a;
 
 	if (len < DNS_HDRLEN || (msg[2] & F_QR) == 0) {
 		stats.st_bad_replies++;
 		log_ratelimited(&up->up_warned, "%s: not a DNS response, "
 		    "closing the connection", up->up_label);
-		conn_end(c, CONN_END_LOST, "garbage from upstream", now);
+		conn_end(c, CONN_END_GARBAGE, "garbage from upstream", now);
 		return -1;
 	}
-	pq = hash_find(c, dns_get16(msg));
-	if (pq == NULL || !dns_reply_matches(msg, len, pq->pq_query,
-	    pq->pq_qend)) {
+	a = hash_find(c, dns_get16(msg));
+	if (a == NULL || !dns_reply_matches(msg, len, a->a_pq->pq_query,
+	    a->a_pq->pq_qend)) {
 		stats.st_bad_replies++;
 		log_debug("%s c%d: dropped a reply matching no query",
 		    up->up_label, c->c_idx);
 		return 0;
 	}
-	if (c->c_replies++ == 0)
-		conn_keepalive(c, msg, len);
-	cn.ev->ce_reply(c, pq, msg, len, now);
+	c->c_replies++;
+	conn_keepalive(c, msg, len);
+	cn.ev->ce_reply(c, a, msg, len, now);
 	return 0;
 }
 
 /*
- * The server's idle timeout (RFC 7828), read from its first answer: we
- * close first, so that its close never meets a query in flight.
+ * The server's idle timeout (RFC 7828), as its latest answer carrying
+ * one gave it (it may change its mind under load: TIMEOUT 0 is "close
+ * when idle"): we close first, so that its close never meets a query in
+ * flight.
  */
 static void
 conn_keepalive(struct conn *c, const uint8_t *msg, size_t len)
@@ -476,9 +474,14 @@ conn_keepalive(struct conn *c, const uint8_t *msg, size_t len)
 	if (ka < 0)
 		return;
 	ms = ka * 100LL - KEEPALIVE_MARGIN_MS;
+	if (ms < 0)
+		ms = 0;
+	if (ms > cn.cf->cf_idle_timeout_s * 1000LL)
+		ms = cn.cf->cf_idle_timeout_s * 1000LL;
+	if (c->c_server_idle && ms == c->c_idle_ms)
+		return;
 	c->c_server_idle = 1;
-	if (ms < c->c_idle_ms)
-		c->c_idle_ms = ms > 0 ? ms : 0;
+	c->c_idle_ms = ms;
 	log_debug("%s c%d: server keeps idle connections %d ms",
 	    c->c_up->up_label, c->c_idx, ka * 100);
 }
@@ -502,17 +505,19 @@ conn_has_room(const struct conn *c)
 }
 
 void
-conn_send(struct conn *c, struct pq *pq, int64_t now)
+conn_send(struct conn *c, struct att *a, int64_t now)
 {
+	const struct pq	*pq = a->a_pq;
+	int32_t		 i = att_index(cn.pool, a);
 	uint8_t		*p;
 
-	pq->pq_upid = new_id(c);
-	CHAIN_INSERT(c->c_hash, cn.hmask, pq->pq_upid, cn.pool, pq_hnext,
-	    POOL_INDEX(pq));
-	TAILQ_INSERT_TAIL(&c->c_pqs, pq, pq_link);
-	pq->pq_conn = c;
-	pq->pq_sent = now;
-	pq->pq_reads = c->c_reads;
+	a->a_upid = new_id(c);
+	a->a_hnext = c->c_hash[a->a_upid & cn.hmask];
+	c->c_hash[a->a_upid & cn.hmask] = i;
+	TAILQ_INSERT_TAIL(&c->c_atts, a, a_link);
+	a->a_conn = c;
+	a->a_sent = now;
+	a->a_reads = c->c_reads;
 	if (c->c_inflight++ == 0)
 		ev_timer_stop(cn.loop, &c->c_timer);
 	if (c->c_outoff + c->c_outlen + 2 + pq->pq_len > c->c_outcap) {
@@ -521,22 +526,27 @@ conn_send(struct conn *c, struct pq *pq, int64_t now)
 	}
 	p = c->c_out + c->c_outoff + c->c_outlen;
 	dns_put16(p, pq->pq_len);
-	dns_put16(p + 2, pq->pq_upid);
+	dns_put16(p + 2, a->a_upid);
 	memcpy(p + 4, pq->pq_query + 2, pq->pq_len - 2u);
 	c->c_outlen += 2u + pq->pq_len;
 	c->c_queued += 2u + pq->pq_len;
-	pq->pq_end = c->c_queued;
+	a->a_end = c->c_queued;
 	conn_dirty(c);
 }
 
 void
-conn_unlink(struct conn *c, struct pq *pq)
+conn_unlink(struct conn *c, struct att *a)
 {
-	CHAIN_UNLINK(c->c_hash, cn.hmask, pq->pq_upid, cn.pool, pq_hnext,
-	    POOL_INDEX(pq));
-	TAILQ_REMOVE(&c->c_pqs, pq, pq_link);
+	int32_t		 i = att_index(cn.pool, a);
+	int32_t		*ip = &c->c_hash[a->a_upid & cn.hmask];
+
+	while (*ip >= 0 && *ip != i)
+		ip = &att_at(cn.pool, *ip)->a_hnext;
+	if (*ip == i)
+		*ip = a->a_hnext;
+	TAILQ_REMOVE(&c->c_atts, a, a_link);
 	c->c_inflight--;
-	pq->pq_conn = NULL;
+	a->a_conn = NULL;
 	conn_idle_check(c);
 }
 
@@ -706,14 +716,17 @@ conn_dirty(struct conn *c)
 	}
 }
 
-static struct pq *
+static struct att *
 hash_find(struct conn *c, uint16_t id)
 {
-	int32_t	 i;
+	struct att	*a;
+	int32_t		 i;
 
-	for (i = c->c_hash[id & cn.hmask]; i >= 0; i = cn.pool[i].pq_hnext)
-		if (cn.pool[i].pq_upid == id)
-			return &cn.pool[i];
+	for (i = c->c_hash[id & cn.hmask]; i >= 0; i = a->a_hnext) {
+		a = att_at(cn.pool, i);
+		if (a->a_upid == id)
+			return a;
+	}
 	return NULL;
 }
 

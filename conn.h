@@ -25,26 +25,52 @@ struct tls_upstream;
 struct upstream_cfg;
 union sockaddr_any;
 
+/* Copies of one query in flight at once: the first and one more. */
+#define PQ_ATTS		2
+
 /*
- * A query on its way upstream; the pool owns it from mux_send to its
- * callback.  It is always on exactly one list through pq_link: the
- * pool's free list or wait queue, or the list of the connection it was
- * written to; while in use also on the pool's deadline list.
+ * One copy of a query on one connection: an attempt.  It lives inside its
+ * pq, from the write until its answer, its connection's close or the
+ * query's deadline; a_conn is NULL while the slot is free.
+ */
+struct att {
+	TAILQ_ENTRY(att) a_link;	/* its connection's, in write order */
+	TAILQ_ENTRY(att) a_tlink;	/* the pool's attempt timeouts */
+	struct conn	*a_conn;
+	struct pq	*a_pq;
+	int64_t		 a_sent;
+	int64_t		 a_due;		/* its attempt timeout, 0: none armed */
+	uint64_t	 a_end;		/* its conn's c_queued once framed */
+	uint32_t	 a_reads;	/* its conn's c_reads when written */
+	int32_t		 a_hnext;	/* next in its ID bucket (att_index) */
+	uint16_t	 a_upid;
+	uint8_t		 a_out;		/* handed back: its bytes were written */
+	uint8_t		 a_probe;	/* a copy sent to a demoted upstream */
+	uint8_t		 a_hedge;	/* sent after another copy timed out */
+	uint8_t		 a_late;	/* past its attempt timeout */
+};
+TAILQ_HEAD(attlist, att);
+
+/*
+ * A query on its way upstream; the pool owns it from mux_send until its
+ * callback and the end of its last attempt.  Through pq_link it is on
+ * the free list, the wait queue (no attempt yet), the hedge queue (to be
+ * sent elsewhere), or no list while only its attempts hold it; while in
+ * use it is also on the pool's deadline list.
  */
 struct pq {
 	TAILQ_ENTRY(pq)	 pq_link;
 	TAILQ_ENTRY(pq)	 pq_dlink;	/* deadline list, while in use */
-	struct conn	*pq_conn;	/* NULL unless written to a conn */
+	struct att	 pq_att[PQ_ATTS];
 	int64_t		 pq_deadline;
-	int64_t		 pq_sent;
-	uint64_t	 pq_end;	/* its conn's c_queued once framed */
-	uint32_t	 pq_reads;	/* its conn's c_reads when written */
-	int32_t		 pq_hnext;	/* next pq index in its ID bucket */
-	uint16_t	 pq_upid;
+	uint32_t	 pq_said;	/* upstreams that answered it badly */
+	uint8_t		 pq_list;	/* PQ_ON_* */
+	uint8_t		 pq_sends;	/* copies lost with their connection */
+	uint8_t		 pq_overdue;	/* a copy timed out: joiners go anew */
+	uint8_t		 pq_badrc;	/* an upstream's bad RCODE, 0: none */
 	uint16_t	 pq_len;
 	uint16_t	 pq_qend;
-	uint8_t		 pq_sends;	/* times written out on a connection */
-	mux_done_fn	*pq_done;
+	mux_done_fn	*pq_done;	/* NULL once called back */
 	void		*pq_arg;
 	uint8_t		 pq_query[UPQUERY_MAX];
 };
@@ -66,9 +92,9 @@ struct conn {
 	ev_io		 c_wio;
 	ev_timer	 c_timer;	/* dial deadline, then idle timeout */
 	struct tls_conn	*c_tls;
-	struct pqlist	 c_pqs;		/* written here, awaiting replies */
+	struct attlist	 c_atts;	/* written here, awaiting replies */
 	int		 c_inflight;
-	int32_t		*c_hash;	/* upstream ID -> pq index chains */
+	int32_t		*c_hash;	/* upstream ID -> att_index chains */
 	uint8_t		*c_in;
 	size_t		 c_inlen;
 	uint8_t		*c_out;
@@ -98,42 +124,79 @@ struct conn {
 	TAILQ_ENTRY(conn) c_dirtylink;
 };
 
+/* What became of an upstream's attempts, for SIGUSR1. */
+struct up_counts {
+	uint64_t	 n_answers;	/* answers with a usable RCODE */
+	uint64_t	 n_timeouts;	/* attempts past their attempt timeout */
+	uint64_t	 n_refused;
+	uint64_t	 n_servfail;
+	uint64_t	 n_notimp;
+	uint64_t	 n_formerr;
+	uint64_t	 n_garbage;	/* streams that were not DNS */
+	uint64_t	 n_hedges;	/* copies sent here after a timeout */
+	uint64_t	 n_hedges_won;	/* of them, the first answer */
+};
+
 /* One --connect-tls or --connect-tcp and its slots; the pool's. */
 struct upstream {
 	const struct upstream_cfg *up_cfg;
 	char		 up_label[80];
 	struct tls_upstream *up_tls;
 	struct conn	*up_conns;
+	int		 up_idx;
+	/* Dials that failed back it off; meanwhile it is unreachable. */
 	int		 up_fails;	/* failed dials since the last success */
 	int64_t		 up_retry_at;	/* no dial before this while failing */
 	int		 up_backoff_ms;
-	int64_t		 up_rtt8;	/* round-trip time EWMA, ms * 8 */
+	/* Round trips of its answers, smoothed as RFC 6298 does, in us. */
+	int64_t		 up_srtt;	/* 0: no answer yet */
+	int64_t		 up_rttvar;
+	/* Answers that failed demote it; it is probed with copies meanwhile. */
+	int		 up_bad;	/* failed answers since a good one */
+	int64_t		 up_demoted_at;
+	int64_t		 up_probe_at;	/* a copy of the next query goes here */
+	int		 up_probe_ms;
+	struct up_counts up_n;
 	int64_t		 up_warned;
 };
 
 /* Why a connection closed itself, which the pool's policy weighs. */
 enum conn_end {
 	CONN_END_DIAL,		/* connect or handshake failed: the upstream's fault */
-	CONN_END_LOST		/* it was up: closed, garbage, write failed, idle */
+	CONN_END_LOST,		/* it was up: closed, write failed, idle */
+	CONN_END_GARBAGE	/* it sent what is not DNS: the upstream's fault */
 };
 
 /* How a connection reports to the pool; never from inside a pool call. */
 struct conn_events {
 	/* It can take queries now. */
 	void	(*ce_ready)(struct conn *, int64_t);
-	/* A reply matched pq, still on the connection: it is the pool's. */
-	void	(*ce_reply)(struct conn *, struct pq *, uint8_t *, size_t,
+	/* A reply matched a, still on the connection: the pool ends it. */
+	void	(*ce_reply)(struct conn *, struct att *, uint8_t *, size_t,
 		    int64_t);
-	/* It closed itself; its unanswered queries are on the list, in order. */
+	/* It closed itself; its attempts are on the list, in write order. */
 	void	(*ce_closed)(struct conn *, enum conn_end, const char *,
-		    struct pqlist *, int64_t);
+		    struct attlist *, int64_t);
 	/* Still dialling after half the timeout: a black hole, likely. */
 	void	(*ce_slow)(struct conn *, int64_t);
 	/* Idle past its timeout: 1 keeps it open for another period. */
 	int	(*ce_keep)(const struct conn *, int64_t);
 };
 
-/* pool is the array pq indices in the ID map refer to; hmask its chains'. */
+/* An attempt's number in the ID map: the pool is one array of pqs. */
+static inline int32_t
+att_index(const struct pq *pool, const struct att *a)
+{
+	return (int32_t)((a->a_pq - pool) * PQ_ATTS + (a - a->a_pq->pq_att));
+}
+
+static inline struct att *
+att_at(struct pq *pool, int32_t i)
+{
+	return &pool[i / PQ_ATTS].pq_att[i % PQ_ATTS];
+}
+
+/* pool is the array attempts belong to; hmask sizes the ID map's chains. */
 void	conn_setup(struct ev_loop *, const struct config *,
 	    const struct conn_events *, struct pq *, uint32_t);
 void	conn_init(struct conn *, struct upstream *, int);
@@ -143,16 +206,16 @@ void	conn_free(struct conn *);
 int	conn_dial(struct conn *, char *, size_t);
 /* Room for one more query on a ready connection. */
 int	conn_has_room(const struct conn *);
-/* Frames pq with a fresh ID into the output; it goes before the loop sleeps. */
-void	conn_send(struct conn *, struct pq *, int64_t);
-/* Takes an answered or expired pq off the connection. */
-void	conn_unlink(struct conn *, struct pq *);
+/* Frames a's query with a fresh ID; it is written before the loop sleeps. */
+void	conn_send(struct conn *, struct att *, int64_t);
+/* Takes an answered or abandoned attempt off the connection. */
+void	conn_unlink(struct conn *, struct att *);
 /*
- * Closes the connection, when the pool decides it, and puts its queries
- * on back in their original order, each counted as sent (pq_sends) only
- * once its bytes were written out.
+ * Closes the connection, when the pool decides it, and puts its attempts
+ * on back in write order, each with a_out set when its bytes had been
+ * written out.
  */
-void	conn_close(struct conn *, const char *, struct pqlist *);
+void	conn_close(struct conn *, const char *, struct attlist *);
 /* Its socket's local address; -1 when it has no socket. */
 int	conn_local(const struct conn *, union sockaddr_any *);
 /* Writes what queries this loop iteration queued, once per connection. */

@@ -110,7 +110,8 @@ log_stats(void)
 	    "tcp_aborts=%llu refused=%llu "
 	    "inflight=%d "
 	    "pending=%d cache_hits=%llu cache_misses=%llu cache_entries=%d "
-	    "cache_evictions=%llu stale=%llu prefetches=%llu",
+	    "cache_evictions=%llu stale=%llu prefetches=%llu hedges=%llu "
+	    "hedges_won=%llu hedges_unpaid=%llu",
 	    (unsigned long long)stats.st_queries,
 	    (unsigned long long)stats.st_answers,
 	    (unsigned long long)stats.st_servfails,
@@ -130,7 +131,11 @@ log_stats(void)
 	    (unsigned long long)stats.st_cache_misses, cache_entries(),
 	    (unsigned long long)stats.st_cache_evictions,
 	    (unsigned long long)stats.st_stale,
-	    (unsigned long long)stats.st_prefetches);
+	    (unsigned long long)stats.st_prefetches,
+	    (unsigned long long)stats.st_hedges,
+	    (unsigned long long)stats.st_hedges_won,
+	    (unsigned long long)stats.st_hedges_unpaid);
+	mux_log_stats();
 }
 
 static void

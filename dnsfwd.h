@@ -31,6 +31,9 @@ struct stats {
 	uint64_t	st_cache_evictions;	/* live entries pushed out */
 	uint64_t	st_stale;	/* answers served stale (RFC 8767) */
 	uint64_t	st_prefetches;	/* background refreshes started */
+	uint64_t	st_hedges;	/* second copies after an attempt timeout */
+	uint64_t	st_hedges_won;	/* of them, answered first */
+	uint64_t	st_hedges_unpaid;	/* not sent: over the budget */
 };
 extern struct stats stats;
 

@@ -1,19 +1,26 @@
 /*
  * The upstream pool: it owns the upstreams and their connection slots,
- * chooses where each query goes, judges upstreams' health, keeps the
- * deadlines and the wait queue, requeues what a closed connection hands
- * back, keeps --prewarm connections, and starts afresh after a network
- * change or a suspend.  One connection's I/O is conn.c's.
+ * chooses where each query goes, keeps the deadlines, the wait queue and
+ * the hedge queue, requeues what a closed connection hands back, keeps
+ * --prewarm connections, and starts afresh after a network change or a
+ * suspend.  How upstreams are judged is health.c's; one connection's
+ * I/O is conn.c's.
  *
  * Every mux_send becomes a pending query (pq) from a fixed pool, and its
  * sender is called back with it exactly once: answer, timeout, no
- * upstream reachable or repeated failure.  A pq is always on exactly one
- * of three lists through pq_link: the free list, the wait queue (no
- * connection yet), or the list of the connection it was written to.
- * While in use it is also on the deadline list, kept in expiry order;
- * one ev_timer on its head serves them all (ev.pod, "Be smart about
- * timeouts").  Deadlines almost always arrive in order, so inserting
- * from the tail costs O(1).
+ * upstream reachable, repeated failure, or every upstream refused.  A
+ * query goes out as an attempt on one connection; when that attempt has
+ * no answer by its attempt timeout (health.c), a second copy goes to
+ * another upstream, or another connection, and the first answer wins.
+ * REFUSED, SERVFAIL, NOTIMP and FORMERR send it on to an upstream that
+ * has not said so, while one is left.  A pq outlives its callback while
+ * a copy is still out, so that the late answer still tells how that
+ * upstream is doing; at its deadline every copy is given up.
+ *
+ * Deadlines: one list in expiry order and one ev_timer on its head
+ * (ev.pod, "Be smart about timeouts"); they almost always arrive in
+ * order, so inserting from the tail costs O(1).  Attempt timeouts have a
+ * list and a timer of their own, kept the same way.
  *
  * Completions never run inside mux_send: a new send waits for the
  * prepare watcher, which runs before the listeners write their answers.
@@ -26,6 +33,8 @@
 
 #include "conn.h"
 #include "dns.h"
+#include "dnsfwd.h"
+#include "health.h"
 #include "log.h"
 #include "mux.h"
 #include "options.h"
@@ -39,8 +48,21 @@
 #define SUSPEND_MS	2000
 /* With --prewarm, connections are kept while queries came this recently. */
 #define PREWARM_RECENT_MS (5 * 60 * 1000)
-/* Sends of one query before a connection loss is blamed on the query. */
+/* Copies of one query lost with their connection before it is blamed. */
 #define PQ_MAX_SENDS	3
+/*
+ * The hedge budget, a token bucket: each query sent earns 1/HEDGE_EVERY
+ * of a hedge, and HEDGE_BURST may be saved, so a path that is merely
+ * slow costs at most one query in HEDGE_EVERY more, while a lost query
+ * now and then is always sent again.
+ */
+#define HEDGE_EVERY	20
+#define HEDGE_BURST	10
+
+/* Which list a pq is on through pq_link. */
+enum { PQ_ON_NONE, PQ_ON_FREE, PQ_ON_WAIT, PQ_ON_HEDGE };
+/* Why an attempt was sent. */
+enum { ATT_FIRST, ATT_HEDGE, ATT_PROBE };
 
 static struct {
 	struct ev_loop	*loop;
@@ -54,46 +76,63 @@ static struct {
 	int		 nwait;
 	uint32_t	 hmask;
 	struct pqlist	 free;
-	struct pqlist	 waitq;
+	struct pqlist	 waitq;		/* no attempt yet: any upstream */
+	struct pqlist	 hedgeq;	/* to go where no copy went */
 	struct pqlist	 deadlines;
+	struct attlist	 atimeouts;	/* attempts by attempt timeout */
 	int		 kick;		/* sends wait for dispatch */
 	ev_timer	 deadline_timer;
+	ev_timer	 att_timer;
 	ev_timer	 warm_timer;	/* --prewarm, once a backoff ends */
 	ev_prepare	 flush_prep;
+	int		 hedge_tokens;	/* in 1/HEDGE_EVERY of a hedge */
 	int64_t		 boot_offset;
 	int64_t		 last_active;	/* a client's query, for --prewarm */
 	int64_t		 overload_warned;
 } mux;
 
 static void	 dispatch(int64_t);
-static struct upstream *pick_upstream(int64_t);
-static struct conn *pick_conn(struct upstream *);
-static int	 up_healthy(struct upstream *);
+static void	 hedge(struct pq *, int64_t);
+static void	 probe(struct pq *, const struct upstream *, int64_t);
+static struct upstream *pick_upstream(int64_t, uint32_t);
+static struct conn *pick_conn(struct upstream *, const struct conn *);
 static int	 up_usable(struct upstream *, int64_t);
 static int	 need_dial(struct upstream *);
 static int	 slow_dial(struct upstream *);
+static int	 dialing(struct upstream *);
+static struct conn *idle_conn(struct upstream *);
 static int	 dial(struct upstream *, int64_t);
 static void	 upstream_failed(struct upstream *, const char *, int64_t);
 static void	 upstream_reset(struct upstream *, const char *, int64_t);
 static void	 pool_close(struct conn *, const char *, int64_t);
-static void	 requeue(struct pqlist *, int64_t);
+static void	 take_back(struct attlist *, int, int64_t);
 static void	 on_ready(struct conn *, int64_t);
-static void	 on_reply(struct conn *, struct pq *, uint8_t *, size_t,
+static void	 on_reply(struct conn *, struct att *, uint8_t *, size_t,
 		    int64_t);
 static void	 on_closed(struct conn *, enum conn_end, const char *,
-		    struct pqlist *, int64_t);
+		    struct attlist *, int64_t);
 static void	 on_slow(struct conn *, int64_t);
+static void	 refused(struct pq *, const struct upstream *, uint8_t *,
+		    size_t, int64_t);
 static int	 keep_warm(const struct conn *, int64_t);
 static void	 prewarm(struct upstream *, int64_t);
 static int	 warm_wanted(int64_t);
 static void	 warm_later(int64_t, int64_t);
 static void	 warm_cb(struct ev_loop *, ev_timer *, int);
-static void	 deadline_insert(struct pq *, int64_t, int64_t);
-static void	 deadline_cb(struct ev_loop *, ev_timer *, int);
-static void	 pq_send(struct pq *, struct conn *, int64_t);
-static void	 pq_detach(struct pq *);
+static void	 attempt(struct pq *, struct conn *, int, int64_t);
+static void	 att_end(struct att *);
+static void	 att_timeout_insert(struct att *, int64_t, int64_t);
+static void	 att_timer_cb(struct ev_loop *, ev_timer *, int);
+static void	 att_timed_out(struct att *, int64_t);
+static int	 pq_live(const struct pq *);
+static void	 pq_enqueue(struct pq *, int, int);
+static void	 pq_unqueue(struct pq *);
+static void	 pq_release(struct pq *);
+static void	 pq_give_up(struct pq *, int64_t);
 static void	 pq_complete(struct pq *, enum mux_status, uint8_t *, size_t,
 		    int64_t);
+static void	 deadline_insert(struct pq *, int64_t, int64_t);
+static void	 deadline_cb(struct ev_loop *, ev_timer *, int);
 static void	 fail_waiting(int64_t);
 static void	 flush_cb(struct ev_loop *, ev_prepare *, int);
 static void	 check_suspend(int64_t, int64_t);
@@ -107,6 +146,7 @@ static const struct conn_events events = {
 };
 
 #define PQ_INDEX(pq)	((int32_t)((pq) - mux.pool))
+#define UP_BIT(up)	(1u << (up)->up_idx)
 
 /* In flight on every connection, and as many again waiting. */
 int
@@ -123,6 +163,7 @@ upstream_init(struct upstream *up, const struct upstream_cfg *uc, int idx)
 	int		 i;
 
 	up->up_cfg = uc;
+	up->up_idx = idx;
 	snprintf(up->up_label, sizeof(up->up_label), "u%d %s", idx,
 	    addr_str(&uc->uc_addr.sa, a, sizeof(a)));
 	if (uc->uc_tls)
@@ -137,7 +178,7 @@ upstream_init(struct upstream *up, const struct upstream_cfg *uc, int idx)
 void
 mux_init(struct ev_loop *loop, const struct config *cf)
 {
-	int	 i;
+	int	 i, k;
 
 	mux.loop = loop;
 	mux.cf = cf;
@@ -145,14 +186,21 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 	mux.hmask = chain_mask((uint32_t)cf->cf_max_inflight);
 	mux.npool = mux_capacity(cf);
 	mux.pool = xcalloc((size_t)mux.npool, sizeof(struct pq));
+	for (i = 0; i < mux.npool; i++)
+		for (k = 0; k < PQ_ATTS; k++)
+			mux.pool[i].pq_att[k].a_pq = &mux.pool[i];
 	TAILQ_INIT(&mux.free);
 	TAILQ_INIT(&mux.waitq);
+	TAILQ_INIT(&mux.hedgeq);
 	TAILQ_INIT(&mux.deadlines);
+	TAILQ_INIT(&mux.atimeouts);
 	mux.nfree = mux.npool;
+	mux.hedge_tokens = HEDGE_BURST * HEDGE_EVERY;
 	conn_setup(loop, cf, &events, mux.pool, mux.hmask);
 	for (i = 0; i < mux.nup; i++)
 		upstream_init(&mux.ups[i], &cf->cf_up[i], i);
 	ev_init(&mux.deadline_timer, deadline_cb);
+	ev_init(&mux.att_timer, att_timer_cb);
 	ev_init(&mux.warm_timer, warm_cb);
 	ev_prepare_init(&mux.flush_prep, flush_cb);
 	/* Before the listeners' own prepare writes out what we answered. */
@@ -184,6 +232,7 @@ mux_shutdown(void)
 		tls_upstream_free(up->up_tls);
 	}
 	ev_timer_stop(mux.loop, &mux.deadline_timer);
+	ev_timer_stop(mux.loop, &mux.att_timer);
 	ev_timer_stop(mux.loop, &mux.warm_timer);
 	ev_ref(mux.loop);
 	ev_prepare_stop(mux.loop, &mux.flush_prep);
@@ -201,7 +250,7 @@ int
 mux_send(const uint8_t *msg, size_t len, int64_t deadline,
     mux_done_fn *done, void *arg, int64_t now)
 {
-	struct pq	*pq = NULL;
+	struct pq	*pq;
 	size_t		 qend;
 
 	if (len > sizeof(pq->pq_query) ||
@@ -217,13 +266,15 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 	pq->pq_len = (uint16_t)len;
 	pq->pq_qend = (uint16_t)qend;
 	memcpy(pq->pq_query, msg, len);
-	pq->pq_conn = NULL;
+	pq->pq_said = 0;
 	pq->pq_sends = 0;
+	pq->pq_overdue = 0;
+	pq->pq_badrc = 0;
 	pq->pq_done = done;
 	pq->pq_arg = arg;
 	deadline_insert(pq, deadline, now);
-	TAILQ_INSERT_TAIL(&mux.waitq, pq, pq_link);
-	mux.nwait++;
+	pq->pq_list = PQ_ON_NONE;
+	pq_enqueue(pq, PQ_ON_WAIT, 0);
 	mux.kick = 1;
 	return PQ_INDEX(pq);
 }
@@ -237,6 +288,12 @@ mux_extend(int h, int64_t deadline, int64_t now)
 		return;
 	TAILQ_REMOVE(&mux.deadlines, pq, pq_dlink);
 	deadline_insert(pq, deadline, now);
+}
+
+int
+mux_overdue(int h)
+{
+	return mux.pool[h].pq_overdue;
 }
 
 /* Keeps the deadline list in order, and its timer on the head. */
@@ -260,28 +317,106 @@ deadline_insert(struct pq *pq, int64_t deadline, int64_t now)
 }
 
 /*
- * Moves waiting queries onto connections.  Every waiting query is alike,
- * so only the head is looked at: when it cannot go, none can.
+ * Moves queued queries onto connections: the hedges, each to where no
+ * copy of it went, then the waiting.  Every waiting query is alike, so
+ * only the head is looked at: when it cannot go, none can.
  */
 static void
 dispatch(int64_t now)
 {
-	struct pq	*pq;
+	struct pq	*pq, *next;
 	struct upstream	*up;
 	struct conn	*c;
 
+	for (pq = TAILQ_FIRST(&mux.hedgeq); pq != NULL; pq = next) {
+		next = TAILQ_NEXT(pq, pq_link);
+		hedge(pq, now);
+	}
 	while ((pq = TAILQ_FIRST(&mux.waitq)) != NULL) {
-		if ((up = pick_upstream(now)) == NULL) {
+		if ((up = pick_upstream(now, 0)) == NULL) {
 			fail_waiting(now);
 			return;
 		}
-		if ((c = pick_conn(up)) != NULL) {
-			pq_send(pq, c, now);
+		if ((c = pick_conn(up, NULL)) != NULL) {
+			pq_unqueue(pq);
+			attempt(pq, c, ATT_FIRST, now);
+			probe(pq, up, now);
 			continue;
 		}
 		if (need_dial(up) && dial(up, now) == -1)
 			continue;	/* that upstream now backs off */
 		return;
+	}
+}
+
+/*
+ * Sends another copy of a query whose attempt timed out, or that an
+ * upstream refused: to the best upstream that has neither a copy nor
+ * said no, else on another connection of the one that has the copy (the
+ * same connection would only queue it behind what holds the first).  It
+ * waits for a dial if it must; with nowhere left to go, or no hedge in
+ * the budget, the copy out is all; a query with none gets what the
+ * upstreams said.
+ */
+static void
+hedge(struct pq *pq, int64_t now)
+{
+	struct conn	*busy = NULL;
+	struct upstream	*up;
+	struct conn	*c;
+	int		 k;
+
+	for (k = 0; k < PQ_ATTS; k++)
+		if (pq->pq_att[k].a_conn != NULL)
+			busy = pq->pq_att[k].a_conn;
+	if (busy != NULL && mux.hedge_tokens < HEDGE_EVERY) {
+		pq_unqueue(pq);
+		stats.st_hedges_unpaid++;
+		return;
+	}
+	up = pick_upstream(now, pq->pq_said | (busy ? UP_BIT(busy->c_up) : 0));
+	if (up == NULL && busy != NULL && !(pq->pq_said & UP_BIT(busy->c_up)))
+		up = busy->c_up;
+	if (up == NULL) {
+		pq_unqueue(pq);
+		if (pq_live(pq) == 0)
+			pq_complete(pq, pq->pq_said != 0 ? MUX_REFUSED :
+			    MUX_UNREACHABLE, NULL, 0, now);
+		return;
+	}
+	if ((c = pick_conn(up, busy)) != NULL) {
+		pq_unqueue(pq);
+		attempt(pq, c, busy != NULL ? ATT_HEDGE : ATT_FIRST, now);
+	} else if (idle_conn(up) == NULL) {
+		if (busy != NULL)	/* no other connection to be had */
+			pq_unqueue(pq);
+	} else if (!dialing(up))
+		(void)dial(up, now);
+}
+
+/*
+ * A demoted upstream whose probe is due gets a copy of a query that went
+ * elsewhere: it is tried with real traffic, and no client waits on it.
+ */
+static void
+probe(struct pq *pq, const struct upstream *chosen, int64_t now)
+{
+	struct upstream	*up;
+	struct conn	*c;
+	int		 i;
+
+	for (i = 0; i < mux.nup; i++) {
+		up = &mux.ups[i];
+		if (up == chosen || !health_probe_due(up, now) ||
+		    up->up_fails > 0)
+			continue;
+		if ((c = pick_conn(up, NULL)) != NULL) {
+			attempt(pq, c, ATT_PROBE, now);
+			health_probed(up, now);
+			return;
+		}
+		if (!dialing(up) && idle_conn(up) != NULL)
+			(void)dial(up, now);
 	}
 }
 
@@ -302,45 +437,38 @@ slow_dial(struct upstream *up)
 	return slow;
 }
 
-/* No failed dial since the last success, and no dial stuck. */
-static int
-up_healthy(struct upstream *up)
-{
-	return up->up_fails == 0 && !slow_dial(up);
-}
-
 /*
- * Not healthy, but a query may go there now: its backoff is over (the
- * query is the probe), a connection is up, or one being dialled will
- * take it.
+ * An upstream whose dials fail, but a query may go there now: its
+ * backoff is over (the query is the probe), a connection is up, or one
+ * being dialled will take it.
  */
 static int
 up_usable(struct upstream *up, int64_t now)
 {
-	return now >= up->up_retry_at || pick_conn(up) != NULL ||
+	return now >= up->up_retry_at || pick_conn(up, NULL) != NULL ||
 	    !need_dial(up);
 }
 
 /*
- * Healthy upstreams first, then the merely usable, each by lowest
- * round-trip time.  NULL when all back off.
+ * The best upstream not in `avoid` by health_rank, and of those alike
+ * the lowest round-trip time; NULL when none may be used.
  */
 static struct upstream *
-pick_upstream(int64_t now)
+pick_upstream(int64_t now, uint32_t avoid)
 {
 	struct upstream	*up, *best = NULL;
-	int		 i, rank, best_rank = 0;
+	int		 i, rank, best_rank = 0, unreachable;
 
 	for (i = 0; i < mux.nup; i++) {
 		up = &mux.ups[i];
-		if (up_healthy(up))
-			rank = 0;
-		else if (up_usable(up, now))
-			rank = 1;
-		else
+		if (avoid & UP_BIT(up))
 			continue;
+		unreachable = up->up_fails > 0 || slow_dial(up);
+		if (unreachable && !up_usable(up, now))
+			continue;
+		rank = health_rank(up, unreachable);
 		if (best == NULL || rank < best_rank || (rank == best_rank &&
-		    up->up_rtt8 < best->up_rtt8)) {
+		    up->up_srtt < best->up_srtt)) {
 			best = up;
 			best_rank = rank;
 		}
@@ -348,21 +476,32 @@ pick_upstream(int64_t now)
 	return best;
 }
 
-/* The ready connection with the fewest in flight and room for one more. */
+/* The ready connection with the fewest in flight and room, but `not`. */
 static struct conn *
-pick_conn(struct upstream *up)
+pick_conn(struct upstream *up, const struct conn *not)
 {
 	struct conn	*c, *best = NULL;
 	int		 i;
 
 	for (i = 0; i < mux.cf->cf_connections; i++) {
 		c = &up->up_conns[i];
-		if (!conn_has_room(c))
+		if (c == not || !conn_has_room(c))
 			continue;
 		if (best == NULL || c->c_inflight < best->c_inflight)
 			best = c;
 	}
 	return best;
+}
+
+static int
+dialing(struct upstream *up)
+{
+	int	 i, n = 0;
+
+	for (i = 0; i < mux.cf->cf_connections; i++)
+		n += up->up_conns[i].c_state == CONN_CONNECTING ||
+		    up->up_conns[i].c_state == CONN_HANDSHAKE;
+	return n;
 }
 
 /*
@@ -372,22 +511,8 @@ pick_conn(struct upstream *up)
 static int
 need_dial(struct upstream *up)
 {
-	int	 i, dialing = 0, idle = 0;
-
-	for (i = 0; i < mux.cf->cf_connections; i++) {
-		switch (up->up_conns[i].c_state) {
-		case CONN_IDLE:
-			idle++;
-			break;
-		case CONN_CONNECTING:
-		case CONN_HANDSHAKE:
-			dialing++;
-			break;
-		case CONN_READY:
-			break;
-		}
-	}
-	return idle > 0 && mux.nwait > dialing * mux.cf->cf_max_inflight;
+	return idle_conn(up) != NULL &&
+	    mux.nwait > dialing(up) * mux.cf->cf_max_inflight;
 }
 
 static struct conn *
@@ -415,6 +540,104 @@ dial(struct upstream *up, int64_t now)
 	return -1;
 }
 
+/* Writes a copy of pq on c, and arms its attempt timeout. */
+static void
+attempt(struct pq *pq, struct conn *c, int why, int64_t now)
+{
+	struct att	*a = &pq->pq_att[0];
+
+	if (a->a_conn != NULL)
+		a = &pq->pq_att[1];
+	a->a_probe = why == ATT_PROBE;
+	a->a_hedge = why == ATT_HEDGE;
+	a->a_late = 0;
+	conn_send(c, a, now);
+	if (a->a_hedge) {
+		c->c_up->up_n.n_hedges++;
+		stats.st_hedges++;
+		mux.hedge_tokens -= HEDGE_EVERY;
+	} else if (why == ATT_FIRST &&
+	    mux.hedge_tokens < HEDGE_BURST * HEDGE_EVERY)
+		mux.hedge_tokens++;
+	att_timeout_insert(a, health_attempt_ms(c->c_up, pq->pq_deadline,
+	    now) + now, now);
+}
+
+/* Takes an attempt off its connection and the timeouts: its slot is free. */
+static void
+att_end(struct att *a)
+{
+	if (a->a_due != 0) {
+		TAILQ_REMOVE(&mux.atimeouts, a, a_tlink);
+		a->a_due = 0;
+	}
+	if (a->a_conn != NULL)
+		conn_unlink(a->a_conn, a);
+}
+
+/* An attempt timeout at or past the deadline is the deadline's to handle. */
+static void
+att_timeout_insert(struct att *a, int64_t due, int64_t now)
+{
+	struct att	*p;
+
+	if (due >= a->a_pq->pq_deadline)
+		return;
+	a->a_due = due;
+	TAILQ_FOREACH_REVERSE(p, &mux.atimeouts, attlist, a_tlink)
+		if (p->a_due <= due)
+			break;
+	if (p != NULL)
+		TAILQ_INSERT_AFTER(&mux.atimeouts, p, a, a_tlink);
+	else
+		TAILQ_INSERT_HEAD(&mux.atimeouts, a, a_tlink);
+	if (!ev_is_active(&mux.att_timer) || TAILQ_FIRST(&mux.atimeouts) == a)
+		timer_arm(mux.loop, &mux.att_timer, due, now);
+}
+
+static void
+att_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct att	*a;
+	int64_t		 now = now_ms();
+
+	(void)loop;
+	(void)revents;
+	while ((a = TAILQ_FIRST(&mux.atimeouts)) != NULL && a->a_due <= now) {
+		TAILQ_REMOVE(&mux.atimeouts, a, a_tlink);
+		a->a_due = 0;
+		att_timed_out(a, now);
+	}
+	if ((a = TAILQ_FIRST(&mux.atimeouts)) != NULL)
+		timer_arm(mux.loop, w, a->a_due, now);
+	else
+		ev_timer_stop(mux.loop, w);
+	dispatch(now);
+}
+
+/*
+ * No answer in the attempt's time: the upstream is demoted, and the
+ * query, while its client still waits, goes on to a second copy.  This
+ * one stays out, since its answer may yet come first; a copy whose query
+ * was answered meanwhile has nothing more to tell, and ends.
+ */
+static void
+att_timed_out(struct att *a, int64_t now)
+{
+	struct pq	*pq = a->a_pq;
+	struct upstream	*up = a->a_conn->c_up;
+
+	up->up_n.n_timeouts++;
+	health_failed(up, a, "no answer within the attempt timeout", now);
+	a->a_late = 1;
+	pq->pq_overdue = 1;
+	if (pq->pq_done == NULL) {
+		att_end(a);
+		pq_release(pq);
+	} else if (pq->pq_list == PQ_ON_NONE && pq_live(pq) < PQ_ATTS)
+		pq_enqueue(pq, PQ_ON_HEDGE, 0);
+}
+
 static void
 on_ready(struct conn *c, int64_t now)
 {
@@ -427,32 +650,74 @@ on_ready(struct conn *c, int64_t now)
 	dispatch(now);
 }
 
-/* Room on the connection again: what waits may go. */
+/*
+ * The first usable answer wins; one that refuses or fails sends the
+ * query on while an upstream has not said so.  Either way the upstream
+ * learns from it, even when the query was answered meanwhile.
+ */
 static void
-on_reply(struct conn *c, struct pq *pq, uint8_t *msg, size_t len,
+on_reply(struct conn *c, struct att *a, uint8_t *msg, size_t len,
     int64_t now)
 {
 	struct upstream	*up = c->c_up;
+	struct pq	*pq = a->a_pq;
+	int		 rcode = msg[3] & F_RCODE;
 
-	up->up_rtt8 += now - pq->pq_sent - up->up_rtt8 / 8;
-	pq_complete(pq, MUX_ANSWER, msg, len, now);
+	health_rtt(up, now - a->a_sent);
+	att_end(a);
+	if (health_rcode_failed(up, a, rcode, now)) {
+		if (pq->pq_done != NULL)
+			refused(pq, up, msg, len, now);
+	} else if (pq->pq_done != NULL) {
+		if (a->a_hedge) {
+			up->up_n.n_hedges_won++;
+			stats.st_hedges_won++;
+		}
+		pq_complete(pq, MUX_ANSWER, msg, len, now);
+	}
+	pq_release(pq);
 	dispatch(now);
 }
 
 /*
+ * An upstream said REFUSED, SERVFAIL, NOTIMP or FORMERR: another copy may
+ * still answer, an upstream that has not said so is asked, and when
+ * every one has, theirs is the answer.
+ */
+static void
+refused(struct pq *pq, const struct upstream *up, uint8_t *msg, size_t len,
+    int64_t now)
+{
+	pq->pq_said |= UP_BIT(up);
+	if (pq->pq_badrc == 0)
+		pq->pq_badrc = msg[3] & F_RCODE;
+	if (pq_live(pq) > 0 || pq->pq_list != PQ_ON_NONE)
+		return;
+	if (pick_upstream(now, pq->pq_said) != NULL) {
+		pq_enqueue(pq, PQ_ON_HEDGE, 0);
+		return;
+	}
+	pq_complete(pq, MUX_ANSWER, msg, len, now);
+}
+
+/*
  * A connection went away by itself: its queries go elsewhere, or to its
- * replacement, which --prewarm dials even when none are waiting.  Only a
- * failed dial or handshake makes the upstream back off.
+ * replacement, which --prewarm dials even when none are waiting.  A
+ * failed dial makes the upstream back off; garbage demotes it.
  */
 static void
 on_closed(struct conn *c, enum conn_end end, const char *why,
-    struct pqlist *back, int64_t now)
+    struct attlist *back, int64_t now)
 {
 	struct upstream	*up = c->c_up;
 
-	requeue(back, now);
+	take_back(back, 1, now);
 	if (end == CONN_END_DIAL)
 		upstream_failed(up, why, now);
+	else if (end == CONN_END_GARBAGE) {
+		up->up_n.n_garbage++;
+		health_failed(up, NULL, why, now);
+	}
 	dispatch(now);
 	prewarm(up, now);
 }
@@ -465,36 +730,52 @@ on_slow(struct conn *c, int64_t now)
 	dispatch(now);
 }
 
-/* Closes a connection the pool gave up on, and takes its queries back. */
+/*
+ * Closes a connection the pool gave up on (silent, a network change, a
+ * suspend, shutdown): dnsfwd's own doing, so its queries carry no blame.
+ */
 static void
 pool_close(struct conn *c, const char *why, int64_t now)
 {
-	struct pqlist	 back = TAILQ_HEAD_INITIALIZER(back);
+	struct attlist	 back = TAILQ_HEAD_INITIALIZER(back);
 
 	conn_close(c, why, &back);
-	requeue(&back, now);
+	take_back(&back, 0, now);
 }
 
 /*
- * Puts a closed connection's queries back at the head of the wait queue
- * in their original order.  One that went down with PQ_MAX_SENDS
- * connections is likely what kills them: it fails rather than take
- * another one along.  The caller decides whether to dispatch the rest.
+ * The attempts of a closed connection: a query with no other copy out
+ * goes back to the head of the wait queue, in the order it was written.
+ * With blame, a copy that was written out counts against its query; one
+ * that went down with PQ_MAX_SENDS connections is likely what kills
+ * them, and fails rather than take another along.  The caller decides
+ * whether to dispatch the rest.
  */
 static void
-requeue(struct pqlist *back, int64_t now)
+take_back(struct attlist *back, int blame, int64_t now)
 {
-	struct pq	*pq, *next;
-	int		 n = 0;
+	struct pqlist	 again = TAILQ_HEAD_INITIALIZER(again);
+	struct att	*a;
+	struct pq	*pq;
 
-	while ((pq = TAILQ_LAST(back, pqlist)) != NULL) {
-		TAILQ_REMOVE(back, pq, pq_link);
-		TAILQ_INSERT_HEAD(&mux.waitq, pq, pq_link);
-		mux.nwait++;
-		n++;
+	while ((a = TAILQ_FIRST(back)) != NULL) {
+		TAILQ_REMOVE(back, a, a_link);
+		pq = a->a_pq;
+		a->a_conn = NULL;	/* conn_close emptied its ID map */
+		att_end(a);
+		if (blame && a->a_out)
+			pq->pq_sends++;
+		if (pq->pq_done == NULL) {
+			pq_release(pq);
+			continue;
+		}
+		if (pq_live(pq) > 0 || pq->pq_list != PQ_ON_NONE)
+			continue;
+		TAILQ_INSERT_TAIL(&again, pq, pq_link);
 	}
-	for (pq = TAILQ_FIRST(&mux.waitq); pq != NULL && n-- > 0; pq = next) {
-		next = TAILQ_NEXT(pq, pq_link);
+	while ((pq = TAILQ_LAST(&again, pqlist)) != NULL) {
+		TAILQ_REMOVE(&again, pq, pq_link);
+		pq_enqueue(pq, PQ_ON_WAIT, 1);
 		if (pq->pq_sends >= PQ_MAX_SENDS)
 			pq_complete(pq, MUX_FAILED, NULL, 0, now);
 	}
@@ -622,38 +903,81 @@ flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	conn_flush_dirty();
 }
 
-static void
-pq_send(struct pq *pq, struct conn *c, int64_t now)
+static int
+pq_live(const struct pq *pq)
 {
-	TAILQ_REMOVE(&mux.waitq, pq, pq_link);
-	mux.nwait--;
-	conn_send(c, pq, now);
+	int	 k, n = 0;
+
+	for (k = 0; k < PQ_ATTS; k++)
+		n += pq->pq_att[k].a_conn != NULL;
+	return n;
 }
 
-/* Takes a pq off its connection or the wait queue, and the deadlines. */
+/* Onto the wait or hedge queue; a requeued query goes first. */
 static void
-pq_detach(struct pq *pq)
+pq_enqueue(struct pq *pq, int list, int first)
 {
-	if (pq->pq_conn != NULL)
-		conn_unlink(pq->pq_conn, pq);
-	else {
+	struct pqlist	*q = list == PQ_ON_WAIT ? &mux.waitq : &mux.hedgeq;
+
+	if (first)
+		TAILQ_INSERT_HEAD(q, pq, pq_link);
+	else
+		TAILQ_INSERT_TAIL(q, pq, pq_link);
+	pq->pq_list = (uint8_t)list;
+	if (list == PQ_ON_WAIT)
+		mux.nwait++;
+}
+
+static void
+pq_unqueue(struct pq *pq)
+{
+	if (pq->pq_list == PQ_ON_WAIT) {
 		TAILQ_REMOVE(&mux.waitq, pq, pq_link);
 		mux.nwait--;
-	}
-	TAILQ_REMOVE(&mux.deadlines, pq, pq_dlink);
+	} else if (pq->pq_list == PQ_ON_HEDGE)
+		TAILQ_REMOVE(&mux.hedgeq, pq, pq_link);
+	pq->pq_list = PQ_ON_NONE;
 }
 
-/* The one end of a send: the pq is free again before its sender hears. */
+/* Back to the free list once called back with no copy out. */
+static void
+pq_release(struct pq *pq)
+{
+	if (pq->pq_done != NULL || pq->pq_list != PQ_ON_NONE || pq_live(pq) > 0)
+		return;
+	TAILQ_REMOVE(&mux.deadlines, pq, pq_dlink);
+	TAILQ_INSERT_HEAD(&mux.free, pq, pq_link);
+	pq->pq_list = PQ_ON_FREE;
+	mux.nfree++;
+}
+
+/*
+ * The one end of a send for its sender, who hears of it after the pool
+ * is done with the pq: it may send again from its callback.
+ */
 static void
 pq_complete(struct pq *pq, enum mux_status status, uint8_t *msg,
     size_t len, int64_t now)
 {
 	mux_done_fn	*done = pq->pq_done;
 	void		*arg = pq->pq_arg;
+	struct att	*a;
+	int		 k;
 
-	pq_detach(pq);
-	TAILQ_INSERT_HEAD(&mux.free, pq, pq_link);
-	mux.nfree++;
+	pq->pq_done = NULL;
+	pq_unqueue(pq);
+	/*
+	 * A copy already counted as timed out has nothing more to tell,
+	 * unless its connection has read nothing since: the deadline decides
+	 * whether that one is dead.
+	 */
+	for (k = 0; k < PQ_ATTS; k++) {
+		a = &pq->pq_att[k];
+		if (a->a_conn != NULL && a->a_late &&
+		    a->a_conn->c_reads != a->a_reads)
+			att_end(a);
+	}
+	pq_release(pq);
 	done(arg, status, msg, len, now);
 }
 
@@ -669,34 +993,58 @@ fail_waiting(int64_t now)
 }
 
 /*
- * Fails what reached its deadline.  A connection that read nothing
- * since such a query was written to it is presumed dead (a half-open
- * socket after a network change) and replaced.
+ * The deadline: the client hears, and every copy still out is given up.
+ * A connection that read nothing since such a copy was written to it is
+ * presumed dead (a half-open socket after a network change, an upstream
+ * that stopped answering) and replaced.
  */
+static void
+pq_give_up(struct pq *pq, int64_t now)
+{
+	struct conn	*silent[PQ_ATTS];
+	struct att	*a, *a0 = &pq->pq_att[0], *b = &pq->pq_att[1];
+	int		 k, n = 0;
+
+	/* Two copies on one connection: has it read since the first? */
+	if (b->a_conn != NULL && b->a_conn == a0->a_conn)
+		a0->a_reads = b->a_reads = a0->a_reads < b->a_reads ?
+		    a0->a_reads : b->a_reads;
+	for (k = 0; k < PQ_ATTS; k++) {
+		a = &pq->pq_att[k];
+		if (a->a_conn == NULL)
+			continue;
+		if (a->a_conn->c_reads == a->a_reads && (n == 0 ||
+		    silent[0] != a->a_conn))
+			silent[n++] = a->a_conn;
+		att_end(a);
+	}
+	if (pq->pq_done != NULL)
+		pq_complete(pq, pq->pq_badrc != 0 ? MUX_REFUSED : MUX_TIMEOUT,
+		    NULL, 0, now);
+	else
+		pq_release(pq);
+	for (k = 0; k < n; k++) {
+		if (silent[k]->c_state == CONN_IDLE)
+			continue;
+		log_info("%s c%d: silent past a query deadline, replacing it",
+		    silent[k]->c_up->up_label, silent[k]->c_idx);
+		pool_close(silent[k], "silent", now);
+		prewarm(silent[k]->c_up, now);
+	}
+}
+
 static void
 deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct pq	*pq;
-	struct conn	*c;
 	int64_t		 now = now_ms();
-	int		 silent;
 
 	(void)loop;
 	(void)w;
 	(void)revents;
 	while ((pq = TAILQ_FIRST(&mux.deadlines)) != NULL &&
-	    pq->pq_deadline <= now) {
-		c = pq->pq_conn;
-		silent = c != NULL && c->c_reads == pq->pq_reads;
-		pq_complete(pq, MUX_TIMEOUT, NULL, 0, now);
-		if (silent) {
-			log_info("%s c%d: silent past a query deadline, "
-			    "replacing it", c->c_up->up_label, c->c_idx);
-			pool_close(c, "silent", now);
-			dispatch(now);
-			prewarm(c->c_up, now);
-		}
-	}
+	    pq->pq_deadline <= now)
+		pq_give_up(pq, now);
 	if ((pq = TAILQ_FIRST(&mux.deadlines)) != NULL)
 		timer_arm(mux.loop, &mux.deadline_timer, pq->pq_deadline, now);
 	else
@@ -743,10 +1091,19 @@ mux_conn_local(int up, int slot, union sockaddr_any *sa)
 	return conn_local(&mux.ups[up].up_conns[slot], sa);
 }
 
+void
+mux_log_stats(void)
+{
+	int	 i;
+
+	for (i = 0; i < mux.nup; i++)
+		health_log(&mux.ups[i], now_ms());
+}
+
 /*
- * Its connections may be dead without knowing it, its backoff is about
- * another network, and a ticket would link this machine across networks.
- * --prewarm dials the replacement at once.
+ * Its connections may be dead without knowing it, its backoff and what
+ * we learnt of it are about another path, and a ticket would link this
+ * machine across networks.  --prewarm dials the replacement at once.
  */
 static void
 upstream_reset(struct upstream *up, const char *why, int64_t now)
@@ -759,6 +1116,7 @@ upstream_reset(struct upstream *up, const char *why, int64_t now)
 	up->up_fails = 0;
 	up->up_backoff_ms = 0;
 	up->up_retry_at = 0;
+	health_reset(up);
 	if (up->up_tls != NULL)
 		tls_upstream_forget(up->up_tls);
 	prewarm(up, now);

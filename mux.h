@@ -18,7 +18,8 @@ enum mux_status {
 	MUX_ANSWER,		/* reply and len are the upstream's answer */
 	MUX_TIMEOUT,		/* the deadline passed */
 	MUX_UNREACHABLE,	/* every upstream is backing off */
-	MUX_FAILED		/* connections kept failing with it */
+	MUX_FAILED,		/* connections kept failing with it */
+	MUX_REFUSED		/* upstreams answered REFUSED, SERVFAIL, ... */
 };
 /* Called exactly once per accepted mux_send, never from within it. */
 typedef void mux_done_fn(void *, enum mux_status, uint8_t *, size_t,
@@ -36,6 +37,8 @@ int	mux_send(const uint8_t *, size_t, int64_t, mux_done_fn *, void *,
 	    int64_t);
 /* Moves a send's deadline later. */
 void	mux_extend(int, int64_t, int64_t);
+/* A copy of the send went unanswered past its attempt timeout. */
+int	mux_overdue(int);
 /* A client asked, answered from the cache or not: --prewarm stays warm. */
 void	mux_active(int64_t);
 /*
@@ -51,6 +54,8 @@ void	mux_netchange(uint32_t, int64_t);
  */
 int	mux_conn_local(int up, int slot, union sockaddr_any *sa);
 void	mux_shutdown(void);
+/* Logs each upstream's standing and counts (SIGUSR1). */
+void	mux_log_stats(void);
 int	mux_inflight(void);
 
 #endif /* MUX_H */

@@ -259,7 +259,12 @@ prefetch(const struct qkey *k, int64_t now)
 		stats.st_prefetches++;
 }
 
-/* With the cache off, as documented, nothing is shared either. */
+/*
+ * With the cache off, as documented, nothing is shared either.  A flight
+ * whose first copy went unanswered past its attempt timeout takes no
+ * more joiners: a query the upstream dropped must not hold every later
+ * asker of a popular name until the deadline.
+ */
 static struct flight *
 flight_find(const struct qkey *k)
 {
@@ -270,7 +275,7 @@ flight_find(const struct qkey *k)
 		return NULL;
 	for (i = qs.keys[k->k_hash & qs.kmask]; i >= 0; i = f->f_knext) {
 		f = &qs.flights[i];
-		if (dns_key_same(&f->f_key, k))
+		if (dns_key_same(&f->f_key, k) && !mux_overdue(f->f_mux))
 			return f;
 	}
 	return NULL;
@@ -330,6 +335,10 @@ flight_done(void *arg, enum mux_status status, uint8_t *reply, size_t len,
 	case MUX_FAILED:
 		failed(f, EDE_NETWORK_ERROR,
 		    "upstream connections failed with this query", now);
+		break;
+	case MUX_REFUSED:
+		failed(f, EDE_OTHER, "upstreams refused or failed this query",
+		    now);
 		break;
 	}
 	TAILQ_INSERT_HEAD(&qs.ffree, f, f_free);

@@ -28,7 +28,9 @@
  *                question keeps everything after its header.  What
  *                dns_reply_matches refuses (the mux would drop it) is
  *                not delivered
- *   op 2 FAIL    which open send, status (TIMEOUT, UNREACHABLE, FAILED)
+ *   op 2 FAIL    which open send, status (TIMEOUT, UNREACHABLE, FAILED,
+ *                REFUSED), or (5) no call back: its copy is overdue, so
+ *                the flight takes no more joiners
  *   op 3 TICK    2 bytes of time (high bit: seconds, else ms), then
  *                query_tick
  *   op 4 WAIT    the same without query_tick
@@ -69,6 +71,7 @@ static struct send {
 	mux_done_fn	*done;
 	void		*arg;
 	int		 open;
+	int		 overdue;
 } sends[SENDS_MAX];
 static int	 nsends, mux_cap;
 
@@ -211,6 +214,7 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 	s->done = done;
 	s->arg = arg;
 	s->open = 1;
+	s->overdue = 0;
 	return nsends++;
 }
 
@@ -218,6 +222,13 @@ void
 mux_active(int64_t now)
 {
 	FZ_CHECK(now == fz_now);
+}
+
+int
+mux_overdue(int h)
+{
+	FZ_CHECK(h >= 0 && h < nsends && sends[h].open);
+	return sends[h].overdue;
 }
 
 void
@@ -461,12 +472,14 @@ static void
 op_fail(struct fin *f)
 {
 	static const enum mux_status st[] = { MUX_TIMEOUT, MUX_UNREACHABLE,
-	    MUX_FAILED };
+	    MUX_FAILED, MUX_REFUSED };
 	int	 h = pick_open(f);
 	uint8_t	 b = fin_u8(f);
 
-	if (h != -1)
-		op_complete(h, st[b % 3], NULL, 0);
+	if (h != -1 && b % 5 == 4)
+		sends[h].overdue = 1;
+	else if (h != -1)
+		op_complete(h, st[b % 5], NULL, 0);
 }
 
 static void

@@ -163,12 +163,18 @@ done_cb(void *arg, enum mux_status st, uint8_t *reply, size_t len,
 	nended++;
 	FZ_CHECK(now == fz_now);
 	pq = &mux.pool[r->handle];
-	/* The pq is free again before its sender hears. */
-	FZ_CHECK(TAILQ_FIRST(&mux.free) == pq);
+	/*
+	 * The pq is free again before its sender hears, unless a copy is
+	 * still out (its late answer tells how that upstream is doing).
+	 */
+	FZ_CHECK(pq->pq_done == NULL);
+	FZ_CHECK(pq->pq_list == PQ_ON_FREE ? TAILQ_FIRST(&mux.free) == pq :
+	    pq_live(pq) > 0);
 	if (st == MUX_ANSWER) {
 		FZ_CHECK(reply != NULL && len >= DNS_HDRLEN &&
 		    len <= DNS_MAXMSG);
-		FZ_CHECK(fz_get16(reply) == pq->pq_upid);
+		FZ_CHECK(fz_get16(reply) == pq->pq_att[0].a_upid ||
+		    fz_get16(reply) == pq->pq_att[1].a_upid);
 		FZ_CHECK((reply[2] & F_QR) && fz_get16(reply + 4) == 1);
 		FZ_CHECK(fz_question_eq(reply, fz_qend(reply, len), r->q,
 		    r->qend));
@@ -301,21 +307,23 @@ op_reply(struct fin *f)
 	const uint8_t	*extra;
 	size_t		 elen = fin_take(f, fin_u16(f), &extra), len, qend, i;
 	struct conn	*c = conn_at(ci);
-	struct pq	*pq = NULL;
+	struct att	*a = NULL;
+	struct pq	*pq;
 
 	if (c == NULL)
 		return;
 	if (c->c_inflight > 0) {
 		k %= c->c_inflight;
-		TAILQ_FOREACH(pq, &c->c_pqs, pq_link)
+		TAILQ_FOREACH(a, &c->c_atts, a_link)
 			if (k-- == 0)
 				break;
 	}
-	if (kind == 4 || pq == NULL) {
+	if (kind == 4 || a == NULL) {
 		add_frame(ci, extra, elen);
 		return;
 	}
 	/* The query's header and question, with extra's flags and counts. */
+	pq = a->a_pq;
 	len = pq->pq_qend;
 	memcpy(m, pq->pq_query, len);
 	memset(m + 6, 0, 6);
@@ -323,7 +331,7 @@ op_reply(struct fin *f)
 		memcpy(m + 2, extra + 2, 2);
 		memcpy(m + 6, extra + 6, 6);
 	}
-	dns_put16(m, pq->pq_upid);
+	dns_put16(m, a->a_upid);
 	m[2] |= F_QR;
 	/* Then what follows extra's own question (or header). */
 	if ((qend = fz_qend(extra, elen)) > 0) {
@@ -343,7 +351,7 @@ op_reply(struct fin *f)
 		m[len - 3] ^= (uint8_t)(1 + (k0 & 0x7f));
 		break;
 	case 3:
-		dns_put16(m, (uint16_t)(pq->pq_upid + 1 + k0));
+		dns_put16(m, (uint16_t)(a->a_upid + 1 + k0));
 		break;
 	case 5:
 		dns_put16(m + 4, (uint16_t)(k0 & 3 ? k0 & 3 : 2));

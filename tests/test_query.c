@@ -274,6 +274,7 @@ static struct send {
 	mux_done_fn	*done;
 	void		*arg;
 	int		 open;		/* not called back yet */
+	int		 overdue;	/* what mux_overdue says */
 } sends[SENDS_MAX];
 static int	 nsends;
 static int	 mux_refuse;		/* mux_send says -1 */
@@ -425,6 +426,17 @@ mux_extend(int h, int64_t deadline, int64_t now)
 	if (deadline > sends[h].deadline)
 		sends[h].deadline = deadline;
 	sends[h].nextend++;
+}
+
+int
+mux_overdue(int h)
+{
+	if (h < 0 || h >= nsends || !sends[h].open) {
+		fprintf(stderr, "mux_overdue: handle %d not in flight\n", h);
+		mux_bad++;
+		return 0;
+	}
+	return sends[h].overdue;
 }
 
 /*
@@ -1281,6 +1293,29 @@ test_join(void)
 	CHECK(nsends == 2);
 	answer_a(1, 0, 6, clk + 5);
 	CHECK(got_a(c, 6) && got_a(e, 6));
+	FINISH();
+
+	/*
+	 * A flight whose copy went unanswered past its attempt timeout takes
+	 * no more joiners: the next asker starts its own send, and later
+	 * askers join that one.  Each is answered by its own.
+	 */
+	setup();
+	start();
+	mkq(&qa1, 1, "lost.example", T_A, Q_RD);
+	a = asknow(&qa1, clk);
+	b = asknow(&qa1, clk + 1);
+	CHECK(nsends == 1);
+	sends[0].overdue = 1;
+	c = asknow(&qa1, clk + 2);
+	CHECK(nsends == 2 && sends[0].deadline == clk + 1 + cfg.cf_timeout_ms);
+	e = asknow(&qa1, clk + 3);
+	CHECK(nsends == 2 && sends[1].deadline == clk + 3 + cfg.cf_timeout_ms);
+	answer_a(1, 0, 7, clk + 4);
+	CHECK(got_a(c, 7) && got_a(e, 7) && ndeliv(a) == 0 && ndeliv(b) == 0);
+	answer_a(0, 0, 8, clk + 5);
+	CHECK(got_a(a, 8) && got_a(b, 8));
+	CHECK(query_pending() == 0 && mux_bad == 0);
 	FINISH();
 }
 

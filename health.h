@@ -1,0 +1,43 @@
+/*
+ * health.c: how the pool judges an upstream from what became of the
+ * attempts it sent there: round-trip times, the attempt timeout, and
+ * demotion with probes.  Pure functions of the upstream and `now`.
+ */
+#ifndef HEALTH_H
+#define HEALTH_H
+
+#include <stdint.h>
+
+struct att;
+struct upstream;
+
+/*
+ * Its place in the order of choice, lower first: answering well (0), not
+ * tried yet (1), demoted (2), unreachable: its dials fail (3).
+ */
+int	health_rank(const struct upstream *, int unreachable);
+/* How long an attempt sent there now may go unanswered, in ms. */
+int64_t	health_attempt_ms(const struct upstream *, int64_t deadline,
+	    int64_t now);
+/* An answer's round trip, in ms. */
+void	health_rtt(struct upstream *, int64_t);
+/*
+ * Counts an answer's RCODE; returns 1, having demoted the upstream, for
+ * one that means it failed the query (REFUSED, SERVFAIL, NOTIMP,
+ * FORMERR), else 0, and an answer to an attempt sent since it was
+ * demoted brings it back.
+ */
+int	health_rcode_failed(struct upstream *, const struct att *, int,
+	    int64_t);
+/* A failure of attempt a (NULL: of the connection): demotes it. */
+void	health_failed(struct upstream *, const struct att *, const char *,
+	    int64_t);
+/* Demoted and due a probe: a copy of the next query goes there. */
+int	health_probe_due(const struct upstream *, int64_t);
+void	health_probed(struct upstream *, int64_t);
+/* Forgets all it learnt: the path to it changed. */
+void	health_reset(struct upstream *);
+/* One line for SIGUSR1. */
+void	health_log(const struct upstream *, int64_t);
+
+#endif /* HEALTH_H */
