@@ -118,7 +118,8 @@ check: deps
 	$(MAKE) $(UNIT) $(VARIANTS) $(FUZZ_BINS)
 	mandoc -Tlint -W warning dnsfwd.8
 	$(PY) tests/runall.py $(UNIT) -- $(VARIANTS) -- tests/units.py \
-	    tests/siphash_ref.py "tests/soak.py --short --dnsfwd ./dnsfwd-asan" \
+	    tests/siphash_ref.py tests/test_fakeup.py \
+	    "tests/soak.py --short --dnsfwd ./dnsfwd-asan" \
 	    "env FUZZ_JOBS=1 bash fuzz/run.sh $(FUZZ_SMOKE_SECONDS) \
 	    $(FUZZ_TARGETS)"
 
