@@ -25,7 +25,8 @@ override the above for that name: ttl=N for the answer records (A, or
 TXT "fakeup"), rcode= any RCODE name ("NXDOMAIN", "SERVFAIL", "REFUSED",
 "FORMERR", ...) or "NODATA", soa=(TTL, MINIMUM) for an SOA in the
 authority section of an NXDOMAIN or NODATA answer, tc=True to set TC,
-delay_ms=N to answer that name N ms later than the others.
+delay_ms=N to answer that name N ms later than the others,
+options=[(code, bytes), ...] for an OPT with these options in its answers.
 With fu.set(mark_bits=True), A answers say which of the query's DO and
 CD bits were set: 192.0.2.1 neither, .2 DO, .3 CD, .4 both (marked_addr).
 Queries are recorded with their "do", "cd" and "rd" bits, whether they had
@@ -45,6 +46,26 @@ Resolver-like extras, set any time with fu.set(...):
                       (option 8, IPv4) gets ecs_addr(its address bytes),
                       10.x.y.z from the first three, and echoes the ECS
                       option with SCOPE = SOURCE PREFIX-LENGTH
+  keepalive=T         put edns-tcp-keepalive (RFC 7828, option 11) with
+                      TIMEOUT T (units of 100 ms; 0: close when idle) in
+                      an OPT of answers, even when the query had no OPT
+                      (not in the wrong replies of wrong_id, wrong_qname,
+                      qr0 and garbage); None: stop
+  keepalive_on=K      only in the K-th answer made on each connection
+                      (counting from 1, in the order the queries were read;
+                      every reply of any mode counts, dropped queries do
+                      not), or in those whose numbers are in a collection
+                      K; None (the default): in every answer.  A query
+                      whose answer carried it is recorded with
+                      "keepalive": T; every answered one with "answer_no"
+  drop_first=DropFirst(n, names=None)
+                      drop the first n queries for each name across every
+                      upstream the same DropFirst is set on (see
+                      DropFirst), answering later ones as the mode says;
+                      an int n: a DropFirst of this upstream's own; None:
+                      stop.  fu.dropped lists the records of the queries
+                      this upstream dropped (each also has "dropped": True
+                      in fu.queries)
 FakeUpstream(sock_buf=N, mss=M) sets SO_RCVBUF and SO_SNDBUF (and
 TCP_MAXSEG, which keeps the peer's kernel send buffer small too) on
 accepted connections (through the listening socket), and
@@ -60,7 +81,17 @@ one is unacknowledged waits for the client's ACK.
 Modes (set(mode=...)); "budget" (set(budget=K)) makes a special mode apply
 K times and then revert to "normal" (None: for ever):
   normal       answer as above (after delay_ms)
-  silent       read queries, never answer
+  silent       a blackhole: accept, complete TLS, read and record every
+               query, answer none of them and never close the connection
+               (only the peer, stop, close_all or refuse end it).  Budget
+               does not apply: silent lasts until set(mode=...) changes
+               it, and the queries it read stay unanswered after that.
+               Replies already scheduled (delay_ms) still go out
+  rcode_all    answer every query with the RCODE set(rcode=...) gives (a
+               name, "REFUSED", "SERVFAIL", "NOTIMP", "FORMERR", ..., or a
+               number), as a resolver would: the query's ID, question, RD
+               and CD bits, an OPT when the query had one, no records;
+               per-name rules do not apply (one budget unit per reply)
   blackhole_first_conn
                read queries on the first connection accepted (cid 1),
                never answer them; every other connection is "normal"
@@ -115,7 +146,71 @@ GOOD_ADDR = "192.0.2.1"
 BAD_ADDR = "198.51.100.66"
 MODES = {"normal", "silent", "reorder", "close_after", "close_mid",
          "wrong_id", "wrong_qname", "qr0", "garbage", "dup", "stall",
-         "blackhole_first_conn", "reset", "rst_after"}
+         "blackhole_first_conn", "reset", "rst_after", "rcode_all"}
+
+
+def _absname(name):
+    """name lower-cased and absolute, as queries are recorded."""
+    name = name.lower()
+    return name if name.endswith(".") else name + "."
+
+
+class DropFirst:
+    """Drops the first n queries for each name (the names given, or every
+    name), counted across all the FakeUpstreams it is set on, and answers
+    the later ones: an upstream path that loses a name's first query.
+
+        df = DropFirst(1, names=["pop.example"])
+        a.set(drop_first=df); b.set(drop_first=df)
+
+    Names match case-insensitively; all types of a name share a count.
+    A dropped query is read, recorded in fu.queries with "dropped": True,
+    never answered, and its connection stays open.  Only queries the
+    upstream's mode would answer count (not those read in "silent", say),
+    and a dropped query spends none of the mode's budget.
+    df.dropped lists the dropped queries' records, each with the "port"
+    of the upstream that dropped it (fu.dropped: that upstream's own);
+    df.count(name) is how many were dropped for a name, df.seen(name) how
+    many were counted.
+    """
+
+    def __init__(self, n, names=None):
+        self.n = n
+        self.names = (None if names is None else
+                      {_absname(x) for x in names})
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        """Counts start again: the next n queries for a name are dropped."""
+        with self.lock:
+            self._seen = {}         # lower-case name -> queries counted
+            self.dropped = []
+
+    def _take(self, fu, rec):
+        """Counts a query (record rec) to fu; True if it is to be dropped.
+        Called with fu.lock held; never takes it."""
+        name = rec["qname"]
+        if name is None or (self.names is not None and
+                            name not in self.names):
+            return False
+        with self.lock:
+            k = self._seen.get(name, 0)
+            self._seen[name] = k + 1
+            if k >= self.n:
+                return False
+            rec["dropped"] = True
+            self.dropped.append(dict(rec, port=fu.port))
+            return True
+
+    def seen(self, name):
+        with self.lock:
+            return self._seen.get(_absname(name), 0)
+
+    def count(self, name):
+        name = _absname(name)
+        with self.lock:
+            return sum(1 for r in self.dropped if r["qname"] == name)
 
 
 def big_txt_strings():
@@ -254,9 +349,15 @@ class _Conn:
         self.kill = False           # set by other threads: close now
         self.graceful = False
         self.read_at = 0.0          # read_pause_ms: no reading before this
+        self.nans = 0               # answers made on this connection
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     # -- helpers run on this connection's thread --
+    def _would_answer(self, mode):
+        """Whether a query read in mode gets a reply of any kind."""
+        return not (mode in ("silent", "close_after", "rst_after") or
+                    (mode == "blackhole_first_conn" and self.cid == 1))
+
     def schedule(self, delay_s, data, qid=None):
         heapq.heappush(self.timers,
                        (time.monotonic() + delay_s, next(self.seq), data, qid))
@@ -289,6 +390,13 @@ class _Conn:
             self.pending_ids.add(qid)
             fu.max_pending = max(fu.max_pending, len(self.pending_ids))
             fu.queries.append(rec)
+            # Only a query the mode would answer is the drop's to take,
+            # and a dropped one spends no budget.
+            if (q is not None and fu.drop_first is not None and
+                    self._would_answer(fu.mode) and
+                    fu.drop_first._take(fu, rec)):
+                fu.dropped.append(dict(rec))
+                return
             mode = fu._take_mode(per_query=True, nq=self.nq)
             delay = fu.delay_ms / 1000.0
             if fu.jitter_ms:
@@ -300,6 +408,17 @@ class _Conn:
             mark = fu.mark_bits
             extra = dict(ecs=fu.ecs_answer, refuse_rd0=fu.refuse_rd0)
             aopts, apad = fu.answer_options, fu.answer_pad
+            if rule is not None and mode != "rcode_all":
+                aopts = aopts + rule.get("options", [])
+            rcode_all = fu.rcode
+            if q is not None and self._would_answer(mode):
+                self.nans += 1
+                if fu.keepalive is not None and (
+                        fu.keepalive_on is None or
+                        self.nans in fu.keepalive_on):
+                    aopts = aopts + [(11, struct.pack("!H", fu.keepalive))]
+                    rec["keepalive"] = fu.keepalive
+                rec["answer_no"] = self.nans
         if q is None:
             return
         if mode == "blackhole_first_conn":
@@ -320,7 +439,11 @@ class _Conn:
                 self.dead = True     # drop everything, answer nothing
             return
         # Over TCP the query's EDNS payload size does not bound the reply.
-        ans = make_answer(q, rule=rule, mark=mark, **extra)
+        if mode == "rcode_all":
+            ans = make_answer(q, rule={"rcode": rcode_all}, **extra)
+            mode = "normal"
+        else:
+            ans = make_answer(q, rule=rule, mark=mark, **extra)
         if aopts or apad:
             do = ans.ednsflags & dns.flags.DO if ans.edns >= 0 else 0
             have = list(ans.options) if ans.edns >= 0 else []
@@ -545,6 +668,10 @@ class FakeUpstream:
         self.answer_options = []        # [(code, bytes)] added to answers
         self.answer_pad = 0
         self.ecs_answer = False
+        self.rcode = None               # rcode_all: this RCODE's name
+        self.drop_first = None          # a DropFirst, maybe shared
+        self.keepalive = None           # edns-tcp-keepalive TIMEOUT
+        self.keepalive_on = None        # on these answers (None: all)
         self.read_pause_ms = 0
         self.handshake_pause_ms = 0
         self.jitter_ms = 0
@@ -573,6 +700,7 @@ class FakeUpstream:
             self.closed = 0           # connections ended (either side)
             self.replies = 0          # frames written (incl. bad ones)
             self.queries = []         # dicts: conn, id, qname, qtype, t, ...
+            self.dropped = []         # records of queries drop_first took
             self.id_collisions = 0    # ID reused while pending on one conn
             self.max_pending = 0      # most unanswered queries on one conn
             self.max_recv = 0         # largest single recv (a TLS record)
@@ -584,8 +712,30 @@ class FakeUpstream:
     def set(self, mode=None, n=None, delay_ms=None, budget="keep",
             mark_bits=None, refuse_rd0=None, answer_options=None,
             answer_pad=None, ecs_answer=None, read_pause_ms=None,
-            jitter_ms=None, seed=None, handshake_pause_ms=None):
+            jitter_ms=None, seed=None, handshake_pause_ms=None, rcode=None,
+            drop_first="keep", keepalive="keep", keepalive_on="keep"):
+        if rcode is not None:
+            rcode = dns.rcode.to_text(dns.rcode.Rcode.make(rcode))
+        if mode == "rcode_all":
+            assert rcode is not None or self.rcode is not None, \
+                "rcode_all needs rcode="
+        if isinstance(drop_first, int) and not isinstance(drop_first, bool):
+            drop_first = DropFirst(drop_first)
+        if isinstance(keepalive_on, int):
+            keepalive_on = frozenset([keepalive_on])
+        elif keepalive_on not in (None, "keep"):
+            keepalive_on = frozenset(keepalive_on)
+        if keepalive not in (None, "keep"):
+            assert 0 <= keepalive <= 0xffff, keepalive
         with self.lock:
+            if rcode is not None:
+                self.rcode = rcode
+            if drop_first != "keep":
+                self.drop_first = drop_first
+            if keepalive != "keep":
+                self.keepalive = keepalive
+            if keepalive_on != "keep":
+                self.keepalive_on = keepalive_on
             if handshake_pause_ms is not None:
                 self.handshake_pause_ms = handshake_pause_ms
             if jitter_ms is not None:
@@ -616,13 +766,15 @@ class FakeUpstream:
                 self.budget = budget
 
     def rule(self, name, ttl=None, rcode=None, soa=None, tc=False,
-             delay_ms=0):
+             delay_ms=0, options=()):
         """Answers for name (absolute or not, any case) from now on: TTL
         ttl (default 60), rcode an RCODE name or "NODATA", soa (TTL,
         MINIMUM) in the authority of an NXDOMAIN/NODATA answer, tc: TC,
-        delay_ms: added to the answer's delay."""
-        name = name.lower() if name.endswith(".") else name.lower() + "."
-        r = {"rcode": rcode, "soa": soa, "tc": tc, "delay_ms": delay_ms}
+        delay_ms: added to the answer's delay, options: [(code, bytes)]
+        in an OPT of the answer, as answer_options."""
+        name = _absname(name)
+        r = {"rcode": rcode, "soa": soa, "tc": tc, "delay_ms": delay_ms,
+             "options": [(int(c), bytes(d)) for c, d in options]}
         if ttl is not None:
             r["ttl"] = ttl
         with self.lock:
@@ -633,7 +785,7 @@ class FakeUpstream:
         for the reply-shaping modes."""
         m = self.mode
         if per_query and m in ("close_mid", "wrong_id", "wrong_qname", "qr0",
-                               "garbage", "dup"):
+                               "garbage", "dup", "rcode_all"):
             self._spend()
         return m
 
@@ -794,6 +946,7 @@ class FakeUpstream:
                     "rsts_held": self.rsts_held,
                     "resumed": self.resumed, "closed": self.closed,
                     "queries": len(self.queries), "replies": self.replies,
+                    "dropped": len(self.dropped),
                     "id_collisions": self.id_collisions,
                     "max_pending": self.max_pending,
                     "max_recv": self.max_recv,
