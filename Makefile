@@ -27,11 +27,11 @@ SAN =		-fsanitize=address,undefined -fno-omit-frame-pointer \
 PY =		/usr/bin/python3
 
 SRCS =		dnsfwd.c options.c listen.c query.c mux.c conn.c health.c \
-		netmon.c cache.c tls.c dns.c log.c util.c
+		netmon.c cache.c tls.c dns.c siphash.c log.c util.c
 # One header per module (its interface); conn.h is the pool's and the
 # connection's alone; dnsfwd.h holds what all share.
 HDRS =		dnsfwd.h options.h listen.h query.h mux.h conn.h health.h \
-		netmon.h cache.h tls.h dns.h log.h util.h
+		netmon.h cache.h tls.h dns.h siphash.h log.h util.h
 # mbedTLS 3.6 from Debian 13, unpacked here by tests/mbedtls3.sh.
 M3 =		build/mbedtls3
 M3LIB =		$(M3)/usr/lib/$(shell $(CC) -print-multiarch)
@@ -63,24 +63,24 @@ dnsfwd-mbedtls3: $(SRCS) $(HDRS) $(M3)/.done
 	    -L$(M3LIB) -Wl,--disable-new-dtags -Wl,-rpath,$(abspath $(M3LIB)) \
 	    $(LIBS)
 
-tests/test_dns: tests/test_dns.c dns.c util.c log.c $(HDRS)
-	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_dns.c dns.c \
+tests/test_dns: tests/test_dns.c dns.c siphash.c util.c log.c $(HDRS)
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_dns.c dns.c siphash.c \
 	    util.c log.c $(LIBS)
 
-tests/test_mux: tests/test_mux.c tests/check.h mux.c conn.c health.c dns.c \
+tests/test_mux: tests/test_mux.c tests/check.h mux.c conn.c health.c dns.c siphash.c \
 	    log.c util.c tls.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_mux.c health.c \
-	    dns.c log.c util.c tls.c $(LIBS)
+	    dns.c siphash.c log.c util.c tls.c $(LIBS)
 
-tests/test_cache: tests/test_cache.c tests/check.h tests/mb.h tests/walk.h cache.c dns.c log.c \
+tests/test_cache: tests/test_cache.c tests/check.h tests/mb.h tests/walk.h cache.c dns.c siphash.c log.c \
 	    util.c $(HDRS)
-	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_cache.c dns.c \
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_cache.c dns.c siphash.c \
 	    log.c util.c $(LIBS)
 
-tests/test_query: tests/test_query.c tests/check.h tests/mb.h tests/walk.h query.c cache.c dns.c \
+tests/test_query: tests/test_query.c tests/check.h tests/mb.h tests/walk.h query.c cache.c dns.c siphash.c \
 	    log.c util.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_query.c cache.c \
-	    dns.c log.c util.c $(LIBS)
+	    dns.c siphash.c log.c util.c $(LIBS)
 
 # siphash.c is included by its test, to reach the core's other round counts.
 tests/test_siphash: tests/test_siphash.c tests/check.h siphash.c siphash.h
@@ -199,20 +199,20 @@ FUZZ_CFLAGS =	-std=gnu11 -D_GNU_SOURCE $(WARN) -g -O1 \
 # The input, not the system, sets the clocks and the random IDs.
 FUZZ_WRAP =	-Wl,--wrap=now_ms,--wrap=boottime_ms,--wrap=random_bytes
 
-fuzz/query-fuzz: fuzz/fuzz_query.c fuzz/fuzz.h query.c cache.c dns.c log.c \
+fuzz/query-fuzz: fuzz/fuzz_query.c fuzz/fuzz.h query.c cache.c dns.c siphash.c log.c \
 	    util.c $(HDRS)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_query.c cache.c dns.c \
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_query.c cache.c dns.c siphash.c \
 	    log.c util.c $(FUZZ_WRAP) -lev -lm
 
 fuzz/upstream-fuzz: fuzz/fuzz_upstream.c fuzz/fuzz.h mux.c conn.c health.c \
-	    dns.c tls.c log.c util.c $(HDRS)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_upstream.c health.c dns.c \
+	    dns.c siphash.c tls.c log.c util.c $(HDRS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_upstream.c health.c dns.c siphash.c \
 	    tls.c log.c util.c $(FUZZ_WRAP) -lmbedtls -lmbedx509 -lmbedcrypto \
 	    -lev -lm
 
-fuzz/cache-fuzz: fuzz/fuzz_cache.c fuzz/fuzz.h cache.c dns.c log.c util.c \
+fuzz/cache-fuzz: fuzz/fuzz_cache.c fuzz/fuzz.h cache.c dns.c siphash.c log.c util.c \
 	    $(HDRS)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_cache.c dns.c log.c \
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_cache.c dns.c siphash.c log.c \
 	    util.c $(FUZZ_WRAP) -lev -lm
 
 fuzz/options-fuzz: fuzz/fuzz_options.c fuzz/fuzz.h options.c log.c util.c \

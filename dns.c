@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "dns.h"
+#include "siphash.h"
 
 #define F_DO		0x80	/* first byte of the OPT TTL's flags half */
 
@@ -125,15 +126,15 @@ dns_question_equal(const uint8_t *a, const uint8_t *b, size_t qend)
 
 /*
  * The hash covers the case-folded name, type, class, DO and CD bits and
- * the ECS option when kept.  The seed is secret, so nobody can aim many
- * names at one bucket.
+ * the ECS option when kept.  It is keyed with a secret (SipHash), so
+ * nobody can aim many names at one bucket of the cache or flight tables.
  */
 void
 dns_key(struct qkey *k, const uint8_t *q, const struct dns_qinfo *qi,
-    int keep_ecs, uint32_t seed)
+    int keep_ecs, const uint8_t key[SIPHASH_KEYLEN])
 {
-	uint32_t h = seed ^ 2166136261u;
-	size_t	 i;
+	struct siphash	 sh;
+	uint8_t		 more[2];
 
 	k->k_msg = q;
 	k->k_qend = qi->qi_qend;
@@ -141,12 +142,13 @@ dns_key(struct qkey *k, const uint8_t *q, const struct dns_qinfo *qi,
 	k->k_cd = (q[3] & F_CD) != 0;
 	k->k_ecs = keep_ecs && qi->qi_ecsoff ? q + qi->qi_ecsoff : NULL;
 	k->k_ecslen = k->k_ecs ? qi->qi_ecslen : 0;
-	for (i = DNS_HDRLEN; i < k->k_qend; i++)
-		h = (h ^ ascii_lower(q[i])) * 16777619u;
-	h = (h ^ (uint32_t)(k->k_do | k->k_cd << 1)) * 16777619u;
-	for (i = 0; i < k->k_ecslen; i++)
-		h = (h ^ k->k_ecs[i]) * 16777619u;
-	k->k_hash = (h ^ k->k_ecslen) * 16777619u;
+	siphash13_init(&sh, key);
+	siphash13_update_lower(&sh, q + DNS_HDRLEN, k->k_qend - DNS_HDRLEN);
+	more[0] = (uint8_t)(k->k_do | k->k_cd << 1);
+	more[1] = k->k_ecslen;
+	siphash13_update(&sh, more, sizeof(more));
+	siphash13_update(&sh, k->k_ecs, k->k_ecslen);
+	k->k_hash = (uint32_t)siphash13_final(&sh);
 }
 
 int

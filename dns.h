@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "siphash.h"
+
 #define DNS_HDRLEN	12
 #define DNS_MAXMSG	65535
 /* Largest client query we accept: the EDNS payload size of DNS Flag Day 2020. */
@@ -167,9 +169,9 @@ size_t	dns_finish(uint8_t *out, size_t len, size_t cap, const uint8_t *q,
 	    const struct dns_qinfo *qi, int ede, const char *text);
 /* Equal questions (ending at the same offset): name case-insensitively. */
 int	dns_question_equal(const uint8_t *, const uint8_t *, size_t);
-/* Fills k for the client query q; the hash is seeded with seed. */
+/* Fills k for the client query q; its hash is keyed with key. */
 void	dns_key(struct qkey *, const uint8_t *, const struct dns_qinfo *,
-	    int, uint32_t);
+	    int, const uint8_t key[SIPHASH_KEYLEN]);
 int	dns_key_same(const struct qkey *, const struct qkey *);
 /*
  * Reads the resource record at *off into rr and steps past it; -1 when

@@ -84,7 +84,7 @@ static struct {
 	struct cqlist	 stale;
 	int32_t		*keys;		/* joinable flights by key */
 	uint32_t	 kmask;
-	uint32_t	 seed;
+	uint8_t		 key[SIPHASH_KEYLEN];	/* of the flight table's hash */
 	ev_timer	 timer;
 	int64_t		 overload_warned;
 	/* Answers are made here, one at a time, up to the largest message. */
@@ -141,7 +141,7 @@ query_init(struct ev_loop *loop, const struct config *cf,
 	TAILQ_INIT(&qs.stale);
 	qs.kmask = chain_mask((uint32_t)qs.nflights);
 	qs.keys = chain_buckets(qs.kmask);
-	random_bytes(&qs.seed, sizeof(qs.seed));
+	random_bytes(qs.key, sizeof(qs.key));
 	ev_init(&qs.timer, timer_cb);
 }
 
@@ -183,7 +183,7 @@ query_ask(const struct client_ref *cr, const uint8_t *msg, size_t len,
 	}
 	stats.st_queries++;
 	mux_active(now);
-	dns_key(&k, msg, &qi, qs.cf->cf_keep_ecs, qs.seed);
+	dns_key(&k, msg, &qi, qs.cf->cf_keep_ecs, qs.key);
 	return ask(cr, msg, &qi, &k, now);
 }
 

@@ -52,6 +52,8 @@
 
 #include "fuzz.h"
 
+static const uint8_t fz_key[SIPHASH_KEYLEN] = "fuzz-cache-key!";
+
 struct stats	 stats;
 
 static struct config	 cfg;
@@ -112,7 +114,7 @@ make_key(struct fin *f)
 	rc = dns_parse_query(p, n, &cur.qi);
 	cur.ok = rc == 0;
 	if (cur.ok)
-		dns_key(&cur.k, p, &cur.qi, cfg.cf_keep_ecs, 0x5eed);
+		dns_key(&cur.k, p, &cur.qi, cfg.cf_keep_ecs, fz_key);
 }
 
 /* The entry e belongs to key k. */
@@ -262,7 +264,7 @@ op_store(struct fin *f)
 		for (i = DNS_HDRLEN; i < cur.k.k_qend - 4; i++)
 			if ((q2[i] | 0x20) >= 'a' && (q2[i] | 0x20) <= 'z')
 				q2[i] ^= 0x20;
-		dns_key(&k2, q2, &cur.qi, cfg.cf_keep_ecs, 0x5eed);
+		dns_key(&k2, q2, &cur.qi, cfg.cf_keep_ecs, fz_key);
 		FZ_CHECK(cache_lookup(&k2, fz_now, &st) == e &&
 		    st == CACHE_FRESH);
 	}

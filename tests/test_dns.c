@@ -17,6 +17,19 @@
 #define C_IN	1
 #define C_CH	3
 
+/* A hash key made from a number, for keys tests can name. */
+static const uint8_t *
+tkey(uint32_t n)
+{
+	static uint8_t	 k[2][SIPHASH_KEYLEN];
+	static int	 i;
+
+	i ^= 1;
+	memset(k[i], 0, sizeof(k[i]));
+	memcpy(k[i], &n, sizeof(n));
+	return k[i];
+}
+
 #define FUZZ_ROUNDS	20000
 
 struct msg {
@@ -995,7 +1008,7 @@ cq_make(struct cq *c, const char *name, uint16_t type, uint8_t f2,
 		m_opt(&c->m, 4096, do_bit, rd, n);
 	memset(&c->qi, 0, sizeof(c->qi));
 	c->rc = dns_parse_query(c->m.m_b, c->m.m_len, &c->qi);
-	dns_key(&c->k, c->m.m_b, &c->qi, keep_ecs, 0x5eed);
+	dns_key(&c->k, c->m.m_b, &c->qi, keep_ecs, tkey(0x5eed));
 }
 
 static void
@@ -1036,7 +1049,7 @@ test_upstream_query(void)
 	memcpy(u.m.m_b, out, n);
 	u.m.m_len = n;
 	u.rc = dns_parse_query(u.m.m_b, n, &u.qi);
-	dns_key(&u.k, u.m.m_b, &u.qi, 0, 0x5eed);
+	dns_key(&u.k, u.m.m_b, &u.qi, 0, tkey(0x5eed));
 	CHECK("upstream: it parses, with one OPT",
 	    u.rc == 0 && u.qi.qi_has_opt && u.qi.qi_do);
 	CHECK("upstream: same key as the client's", dns_key_same(&u.k, &c.k) &&
@@ -1055,7 +1068,7 @@ test_upstream_query(void)
 	CHECK("upstream with ECS: its data",
 	    memcmp(out + 44, c.m.m_b + c.qi.qi_ecsoff, 8) == 0);
 	u.rc = dns_parse_query(out, n, &u.qi);
-	dns_key(&u.k, out, &u.qi, 1, 0x5eed);
+	dns_key(&u.k, out, &u.qi, 1, tkey(0x5eed));
 	CHECK("upstream with ECS: same key", u.rc == 0 && u.qi.qi_ecslen == 8 &&
 	    dns_key_same(&u.k, &c.k));
 	ex = dup_exact(out, n);
@@ -1274,6 +1287,37 @@ test_finish(void)
 	    finish_exact(out, &body, sizeof(out), &c, EDE_NONE, "") == 0);
 }
 
+/*
+ * Every bit of the key moves the buckets: a table's index is the hash's
+ * low bits, and with seeded FNV-1a those depend only on the seed's low
+ * bits, so whoever finds names that collide for those few bits floods
+ * the table whatever the rest of the seed.  Keys differing only in their
+ * last byte, over 256 names and a 1024-bucket mask: the buckets differ.
+ */
+static void
+test_key_flood(void)
+{
+	struct cq	 c;
+	uint8_t		 k1[SIPHASH_KEYLEN], k2[SIPHASH_KEYLEN];
+	uint32_t	 h1;
+	char		 name[32];
+	int		 i, same = 0;
+
+	memset(k1, 0x5a, sizeof(k1));
+	memcpy(k2, k1, sizeof(k2));
+	k2[SIPHASH_KEYLEN - 1] ^= 0x80;
+	for (i = 0; i < 256; i++) {
+		snprintf(name, sizeof(name), "n%d.example", i);
+		cq_make(&c, name, T_A, 0x01, 0x00, 0, 0, 0, 0);
+		dns_key(&c.k, c.m.m_b, &c.qi, 0, k1);
+		h1 = c.k.k_hash;
+		dns_key(&c.k, c.m.m_b, &c.qi, 0, k2);
+		same += (h1 & 1023) == (c.k.k_hash & 1023);
+	}
+	/* Independent buckets agree 1 time in 1024: 256 names, a few at most. */
+	CHECK("key: its last bit moves the buckets", same <= 8);
+}
+
 static void
 test_key(void)
 {
@@ -1287,7 +1331,7 @@ test_key(void)
 	CHECK("key: case and RD do not matter",
 	    dns_key_same(&a.k, &b.k) && a.k.k_hash == b.k.k_hash);
 	b.m.m_b[0] = 0x11;
-	dns_key(&b.k, b.m.m_b, &b.qi, 0, 0x5eed);
+	dns_key(&b.k, b.m.m_b, &b.qi, 0, tkey(0x5eed));
 	CHECK("key: the ID does not matter", dns_key_same(&a.k, &b.k));
 	cq_make(&b, "example.com", T_A, 0x01, 0x00, 1, 0, 0, 0);
 	CHECK("key: an OPT without DO is the same as none",
@@ -1314,14 +1358,14 @@ test_key(void)
 	    b.k.k_ecslen == 0 && a.k.k_ecslen == 8);
 	CHECK("key: kept ECS points into the query",
 	    a.k.k_ecs == a.m.m_b + a.qi.qi_ecsoff);
-	dns_key(&b.k, b.m.m_b, &b.qi, 1, 0x5eed);
+	dns_key(&b.k, b.m.m_b, &b.qi, 1, tkey(0x5eed));
 	CHECK("key: kept ECS against none differs",
 	    !dns_key_same(&a.k, &b.k) && !dns_key_same(&b.k, &a.k));
 	cq_make(&b, "EXAMPLE.com", T_A, 0x00, 0x00, 1, 0, 8, 1);
 	CHECK("key: same kept ECS, same key", dns_key_same(&a.k, &b.k) &&
 	    a.k.k_hash == b.k.k_hash);
 	b.m.m_b[b.qi.qi_ecsoff + 7] ^= 1;
-	dns_key(&b.k, b.m.m_b, &b.qi, 1, 0x5eed);
+	dns_key(&b.k, b.m.m_b, &b.qi, 1, tkey(0x5eed));
 	CHECK("key: another kept ECS address differs",
 	    !dns_key_same(&a.k, &b.k));
 	cq_make(&b, "example.com", T_A, 0x01, 0x00, 1, 0, 7, 1);
@@ -1344,7 +1388,7 @@ test_key(void)
 	CHECK("key: collision, kept ECS differs", !dns_key_same(&a.k, &b.k));
 	cq_make(&b, "example.com", T_A, 0x01, 0x00, 1, 0, 7, 1);
 	ex = dup_exact(b.m.m_b, b.m.m_len);	/* its ECS ends the block */
-	dns_key(&b.k, ex, &b.qi, 1, 0x5eed);
+	dns_key(&b.k, ex, &b.qi, 1, tkey(0x5eed));
 	b.k.k_hash = a.k.k_hash;
 	CHECK("key: collision, ECS length differs",
 	    !dns_key_same(&a.k, &b.k) && !dns_key_same(&b.k, &a.k));
@@ -1356,8 +1400,9 @@ test_key(void)
 	/* The seed moves every hash. */
 	cq_make(&a, "example.com", T_A, 0x01, 0x00, 0, 0, 0, 0);
 	b = a;
-	dns_key(&b.k, b.m.m_b, &b.qi, 0, 0x5eee);
+	dns_key(&b.k, b.m.m_b, &b.qi, 0, tkey(0x5eee));
 	CHECK("key: another seed, another hash", a.k.k_hash != b.k.k_hash);
+	test_key_flood();
 }
 
 static void
@@ -1501,7 +1546,7 @@ fuzz_forward(const uint8_t *b, size_t len, const struct dns_qinfo *qi)
 	else
 		bad |= qi->qi_ecslen != 0;
 	for (keep = 0; keep < 2 && !bad; keep++) {
-		dns_key(&k, b, qi, keep, 77);
+		dns_key(&k, b, qi, keep, tkey(77));
 		/* Our OPT: ECS when kept, keepalive, padding to 128. */
 		need = qend + 11 + (k.k_ecslen ? 4 + k.k_ecslen : 0) + 8;
 		need = (need + 127) / 128 * 128;
@@ -1513,7 +1558,7 @@ fuzz_forward(const uint8_t *b, size_t len, const struct dns_qinfo *qi)
 		if (!bad) {
 			memset(&qu, 0, sizeof(qu));
 			bad |= dns_parse_query(u, n, &qu) != 0;
-			dns_key(&ku, u, &qu, keep, 77);
+			dns_key(&ku, u, &qu, keep, tkey(77));
 			bad |= !dns_key_same(&k, &ku) || k.k_hash != ku.k_hash;
 			bad |= !qu.qi_has_opt || qu.qi_do != qi->qi_do;
 		}

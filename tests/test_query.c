@@ -1516,7 +1516,7 @@ prime(const struct query *qm, uint8_t x, int64_t at)
 static void
 key_of(struct qkey *k, const struct query *qm)
 {
-	dns_key(k, qm->m, &qm->qi, cfg.cf_keep_ecs, qs.seed);
+	dns_key(k, qm->m, &qm->qi, cfg.cf_keep_ecs, qs.key);
 }
 
 static void

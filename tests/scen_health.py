@@ -1,0 +1,278 @@
+"""dnsfwd integration scenarios: upstreams that fail the way real ones do.
+
+An upstream that stays connected and never answers, one that answers
+REFUSED or SERVFAIL to everything, one that drops a single query, one
+that recovers, and dnsfwd's own resets (issue 15).  Each scenario prints
+the share of queries answered, the figure that matters; its windows are
+wide enough for two busy cores.
+
+  health_blackhole_upstream     a connected upstream that never answers
+  health_rcode_upstream         REFUSED, then SERVFAIL, to everything
+  health_all_refuse             every upstream refuses: their answer
+  health_dropped_query          one dropped query costs one attempt timeout
+  health_dropped_query_two      the same across two upstreams
+  health_upstream_recovers      a demoted upstream gets its traffic back
+  health_keepalive_latest       a later edns-tcp-keepalive 0 closes when idle
+  health_own_resets_no_blame    route flaps resend a query, never fail it
+"""
+import threading
+import time
+
+import dns.rcode
+
+import fakeup
+import scen
+
+it = None                  # the integration module, set by register()
+_reg = scen.Registry(__name__)
+scenario, slow = _reg.scenario, _reg.slow
+
+
+def register(mod):
+    _reg.register(mod)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _stream(port, seconds, gap, prefix, timeout=4.0):
+    """A query for a new name every `gap` s for `seconds`, each in its own
+    thread; [(seconds after the start it was sent, Reply)] in order."""
+    t0 = time.monotonic()
+    n = int(seconds / gap)
+    out = [None] * n
+
+    def one(i):
+        at = i * gap
+        left = t0 + at - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+        out[i] = (at, it.ask_udp(port, "%s%d.example." % (prefix, i),
+                                 timeout=timeout))
+    ths = [threading.Thread(target=one, args=(i,), daemon=True)
+           for i in range(n)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(seconds + timeout + 5)
+    return [x for x in out if x is not None]
+
+
+def _share(results, after):
+    """(answered NOERROR with the right address, asked) of those sent at or
+    after `after` seconds."""
+    late = [r for at, r in results if at >= after]
+    good = sum(1 for r in late if r.msg is not None and
+               r.msg.rcode() == dns.rcode.NOERROR and
+               r.addrs() == [it.GOOD_ADDR])
+    return good, len(late)
+
+
+def _since(fu, t0, prefix):
+    """fakeup's records of queries read at or after t0 whose name starts
+    with prefix."""
+    with fu.lock:
+        return [dict(q) for q in fu.queries
+                if q["t"] >= t0 and q["qname"].startswith(prefix)]
+
+
+def _upstream_lines(d):
+    """SIGUSR1's per-upstream lines, newest last, as dicts."""
+    d.stats()
+    out = {}
+    for ln in d.grep("upstream u"):
+        f = ln.split("upstream ", 1)[1].split()
+        kv = dict(x.split("=", 1) for x in f[2:] if "=" in x)
+        out[f[0]] = kv
+    return out
+
+
+def _expect_share(t, results, after, want, deadline_s, what):
+    good, n = _share(results, after)
+    t.note("%s: %d of %d answered after %.1f s" % (what, good, n, after))
+    it.check(n > 0 and good >= want * n, "%s: %d of %d queries sent after "
+             "%.1f s answered NOERROR, want %d%%" % (what, good, n, after,
+                                                     want * 100))
+    slowest = max(r.elapsed for _, r in results if r.msg is not None)
+    it.check(slowest <= deadline_s + 0.7, "%s: a query waited %.2f s, past "
+             "its %.1f s deadline" % (what, slowest, deadline_s))
+    lost = [at for at, r in results if r.msg is None]
+    it.check(not lost, "%s: no reply at all to queries sent at %s s" % (
+        what, lost[:5]))
+
+
+# ---------------------------------------------------------------- scenarios
+
+@scenario
+@slow
+def health_blackhole_upstream(t):
+    """Of two upstreams, the first accepts TLS and then answers nothing (silent, connected) and the second is healthy: with --timeout 1500, of a query every 50 ms for 4 s at least 95% of those sent after the first 2 s are answered NOERROR, none waits past its deadline, and SIGUSR1 shows the first demoted with timeouts counted."""
+    hole, good = t.fakeup(), t.fakeup()
+    hole.set(mode="silent")
+    d = t.dnsfwd(*it.tls_up(hole), *it.tls_up(good, ca=False),
+                 "--timeout", "1500")
+    res = _stream(d.port, 4.0, 0.05, "bh")
+    _expect_share(t, res, 2.0, 0.95, 1.5, "one upstream blackholed")
+    it.check(hole.nqueries() >= 1, "the blackholed upstream was never tried")
+    ups = _upstream_lines(d)
+    u0 = [v for k, v in ups.items() if k == "u0"]
+    it.check(u0 and u0[0].get("state") == "demoted" and
+             int(u0[0].get("timeouts", 0)) >= 1, "SIGUSR1 for the silent "
+             "upstream: %s, want state=demoted and timeouts counted" % ups)
+
+
+@scenario
+@slow
+def health_rcode_upstream(t):
+    """Of two upstreams, the first answers REFUSED (then, afresh, SERVFAIL) to everything and the second is healthy: of a query every 50 ms for 3 s at least 95% of those sent after the first 2 s are answered NOERROR, the first upstream's answers never reach a client, and SIGUSR1 counts them."""
+    for rcode in ("REFUSED", "SERVFAIL"):
+        bad, good = t.fakeup(), t.fakeup()
+        bad.set(mode="rcode_all", rcode=rcode)
+        d = t.dnsfwd(*it.tls_up(bad), *it.tls_up(good, ca=False),
+                     "--timeout", "1500")
+        res = _stream(d.port, 3.0, 0.05, "rc%s" % rcode.lower())
+        _expect_share(t, res, 2.0, 0.95, 1.5, "one upstream %s" % rcode)
+        first = _share(res, 0.0)
+        t.note("%s: %d of %d answered from the start" % (rcode, *first))
+        it.check(bad.nqueries() >= 1, "the %s upstream was never tried" %
+                 rcode)
+        ups = _upstream_lines(d)
+        it.check(int(ups.get("u0", {}).get(rcode.lower(), 0)) >= 1,
+                 "SIGUSR1 does not count the %s answers: %s" % (rcode, ups))
+        d.stop_and_check()
+
+
+@scenario
+def health_all_refuse(t):
+    """When every upstream answers REFUSED, the client gets REFUSED at once (what they said), not a SERVFAIL at the deadline; both upstreams were asked."""
+    a, b = t.fakeup(), t.fakeup()
+    for f in (a, b):
+        f.set(mode="rcode_all", rcode="REFUSED")
+    d = t.dnsfwd(*it.tls_up(a), *it.tls_up(b, ca=False), "--timeout", "3000")
+    r = it.ask_udp(d.port, "nobody.example.", timeout=4)
+    it.check(r.msg is not None and r.msg.rcode() == dns.rcode.REFUSED,
+             "every upstream refusing: %s, want REFUSED" % r.describe())
+    it.check(r.elapsed < 1.5, "REFUSED after %.2f s, want well before the "
+             "3 s deadline" % r.elapsed)
+    it.check(a.count("nobody.example.") >= 1 and
+             b.count("nobody.example.") >= 1, "upstreams asked %d and %d "
+             "times, want both" % (a.count("nobody.example."),
+                                   b.count("nobody.example.")))
+
+
+def _dropped(t, ups, df, name):
+    d = t.dnsfwd(*[x for i, f in enumerate(ups)
+                   for x in it.tls_up(f, ca=(i == 0))], "--timeout", "1000")
+    it.expect_a(it.ask_udp(d.port, "warm.example."), it.GOOD_ADDR, "warm-up")
+    plan = [(i * 0.4, it.make_query(name, qid=0x3000 + i)) for i in range(10)]
+    res = it._staggered(d.port, plan, timeout=3)
+    for (at, _), r in zip(plan, res):
+        it.expect_a(r, it.GOOD_ADDR, "asked %.1f s in" % at)
+    t.note("first asker answered after %.2f s; %d queries dropped" % (
+        res[0].elapsed, len(df.dropped)))
+    it.check(len(df.dropped) == 1, "%d queries dropped, want 1" %
+             len(df.dropped))
+    it.check(res[0].elapsed <= 0.6, "the first asker waited %.2f s, want "
+             "one attempt timeout, well before the 1 s deadline" %
+             res[0].elapsed)
+    return d
+
+
+@scenario
+def health_dropped_query(t):
+    """One upstream drops the first query for a popular name and answers every later one: a client asking it every 0.4 s with --timeout 1000 gets every answer, the first after one attempt timeout (well before the deadline), its second copy over a second connection."""
+    fu = t.fakeup()
+    df = fakeup.DropFirst(1, names=["popular.example."])
+    fu.set(drop_first=df)
+    _dropped(t, [fu], df, "popular.example.")
+    conns = [q["conn"] for q in fu.records("popular.example.")]
+    it.check(len(conns) == 2 and conns[0] != conns[1], "copies went over "
+             "connections %s, want two different ones" % conns)
+
+
+@scenario
+def health_dropped_query_two(t):
+    """Two upstreams, the first query for a popular name dropped whichever gets it: every asker answered, the first after one attempt timeout."""
+    a, b = t.fakeup(), t.fakeup()
+    df = fakeup.DropFirst(1, names=["popular2.example."])
+    for f in (a, b):
+        f.set(drop_first=df)
+    _dropped(t, [a, b], df, "popular2.example.")
+
+
+@scenario
+@slow
+def health_upstream_recovers(t):
+    """The faster of two upstreams answers REFUSED for 2.5 s and is demoted, then recovers: probed with copies of real queries, it gets the traffic back (at least 80% of the queries of the last 2 s of 8) and 'answering again' is logged."""
+    fast, slow_up = t.fakeup(), t.fakeup()
+    slow_up.set(delay_ms=40)
+    fast.set(mode="rcode_all", rcode="REFUSED")
+    d = t.dnsfwd(*it.tls_up(fast), *it.tls_up(slow_up, ca=False),
+                 "--timeout", "2000")
+    timer = threading.Timer(2.5, lambda: fast.set(mode="normal"))
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        res = _stream(d.port, 8.0, 0.1, "rec")
+    finally:
+        timer.cancel()
+    _expect_share(t, res, 0.0, 0.95, 2.0, "faster upstream refusing, then "
+                  "back")
+    late = t0 + 6.0
+    n_fast = len(_since(fast, late, "rec"))
+    n_slow = len(_since(slow_up, late, "rec"))
+    t.note("last 2 s: %d queries to the recovered upstream, %d to the "
+           "other" % (n_fast, n_slow))
+    it.check(n_fast >= 0.8 * (n_fast + n_slow) and n_fast > 0, "after it "
+             "recovered the faster upstream got %d of %d queries of the "
+             "last 2 s" % (n_fast, n_fast + n_slow))
+    it.check(d.grep("answering again"), "no 'answering again' logged: %s" %
+             d.tail(5))
+
+
+@scenario
+def health_keepalive_latest(t):
+    """An upstream that offers no keepalive at first and edns-tcp-keepalive TIMEOUT 0 (close when idle) in its second answer: dnsfwd closes the idle connection within a second instead of keeping it for --idle-timeout."""
+    fu = t.fakeup()
+    fu.set(keepalive=0, keepalive_on=2)
+    d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000", "--idle-timeout", "30")
+    it.expect_a(it.ask_udp(d.port, "ka1.example."), it.GOOD_ADDR, "first")
+    it.expect_a(it.ask_udp(d.port, "ka2.example."), it.GOOD_ADDR, "second")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline and fu.stats()["closed"] < 1:
+        time.sleep(0.02)
+    it.check(fu.stats()["closed"] >= 1, "the connection stays open after a "
+             "later answer asked for close when idle: %s" % fu.stats())
+
+
+@scenario
+@slow
+def health_own_resets_no_blame(t):
+    """A query waiting on a slow upstream (2.5 s) survives three changes of the route to it within its 8 s deadline (each replaces the connection and resends it): dnsfwd's own resets do not count against it, and it is answered."""
+    svc = __import__("scen_service")
+
+    def body():
+        fu = t.fakeup()
+        fu.rule("flap.example.", delay_ms=2500)
+        d = t.dnsfwd(*it.tls_up(fu), "--timeout", "8000")
+        it.expect_a(it.ask_udp(d.port, "warm.example."), it.GOOD_ADDR,
+                    "warm-up")
+        box = {}
+        th = threading.Thread(target=lambda: box.update(
+            r=it.ask_udp(d.port, "flap.example.", timeout=9)))
+        th.start()
+        for src in ("127.0.0.2", "127.0.0.1", "127.0.0.2"):
+            time.sleep(0.7)
+            svc.ip("route", "replace", "local", "127.0.0.1", "dev", "lo",
+                   "proto", "kernel", "scope", "host", "src", src,
+                   "table", "local")
+        th.join(10)
+        r = box.get("r")
+        it.check(r is not None, "no result for the query")
+        it.expect_a(r, it.GOOD_ADDR, "query through three route changes")
+        sent = fu.count("flap.example.")
+        t.note("the upstream saw %d copies; %d network changes logged" % (
+            sent, len(d.grep("network changed"))))
+        it.check(len(d.grep("network changed")) >= 3, "only %d network "
+                 "changes noticed: %s" % (len(d.grep("network changed")),
+                                          d.tail(6)))
+    svc.in_netns(body)
