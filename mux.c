@@ -100,6 +100,7 @@ static int	 up_usable(struct upstream *, int64_t);
 static int	 need_dial(struct upstream *);
 static int	 slow_dial(struct upstream *);
 static int	 dialing(struct upstream *);
+static int	 may_dial(struct upstream *, int64_t);
 static struct conn *idle_conn(struct upstream *);
 static int	 dial(struct upstream *, int64_t);
 static void	 upstream_failed(struct upstream *, const char *, int64_t);
@@ -390,8 +391,16 @@ hedge(struct pq *pq, int64_t now)
 	} else if (idle_conn(up) == NULL) {
 		if (busy != NULL)	/* no other connection to be had */
 			pq_unqueue(pq);
-	} else if (!dialing(up))
+	} else if (may_dial(up, now))
 		(void)dial(up, now);
+}
+
+/* An idle slot, no dial under way, and no backoff to wait out. */
+static int
+may_dial(struct upstream *up, int64_t now)
+{
+	return idle_conn(up) != NULL && !dialing(up) &&
+	    (up->up_fails == 0 || now >= up->up_retry_at);
 }
 
 /*
@@ -415,7 +424,7 @@ probe(struct pq *pq, const struct upstream *chosen, int64_t now)
 			health_probed(up, now);
 			return;
 		}
-		if (!dialing(up) && idle_conn(up) != NULL)
+		if (may_dial(up, now))
 			(void)dial(up, now);
 	}
 }

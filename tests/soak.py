@@ -12,8 +12,10 @@ Runs two phases against one dnsfwd each, with TWO fake DNS-over-TLS
 upstreams (tests/fakeup.py) that independently and at random (a seeded
 RNG per upstream; the seed is printed) delay replies by 0-300 ms, reorder
 them, close connections with queries held (FIN and RST), go away for a
-while (refuse dials, or stop answering), send wrong IDs, wrong questions,
-QR=0 replies, duplicates and garbage frames, and stall handshakes:
+while (refuse dials, or stop answering), stay connected and answer
+nothing past a deadline (blackhole), answer REFUSED or NOTIMP to
+everything for a while, send wrong IDs, wrong questions, QR=0
+replies, duplicates and garbage frames, and stall handshakes:
 
   nocache  --cache-size 0: every query has a name of its own
            (nocache-SEQ.uSOCK.xSEED.soak. or ...tSOCK..., naming the
@@ -44,7 +46,9 @@ group of assertions:
   routing    every reply came to the socket (TCP: the connection) that
              asked, with the query's ID and its question byte for byte
              (letter case included); every answer is NOERROR with exactly
-             A 192.0.2.1 (never fakeup's bad 198.51.100.66) or SERVFAIL
+             A 192.0.2.1 (never fakeup's bad 198.51.100.66) or SERVFAIL,
+             or the upstreams' own REFUSED or NOTIMP (no EDE of ours)
+             when both said so at once
   stats      dnsfwd's SIGUSR1 counters agree with what clients saw:
              queries = sent - drops at dnsfwd's socket, answers +
              servfails = queries, clients saw at most that many of each
@@ -172,7 +176,8 @@ EVENTS = [
     (8, "normal"), (2, "reorder"), (1, "close_after"), (1, "rst_after"),
     (1, "close_mid"), (1, "wrong_id"), (1, "wrong_qname"), (1, "qr0"),
     (1, "garbage"), (1, "dup"), (1, "silent"), (1, "refuse"),
-    (1, "close_all"), (1, "stall"), (1, "reset"),
+    (1, "close_all"), (1, "stall"), (1, "reset"), (1, "blackhole"),
+    (1, "rcode_all"),
 ]
 
 
@@ -228,6 +233,19 @@ class Chaos:
         elif ev == "silent":
             fu.set(mode="silent", budget=None)
             self.stop_evt.wait(rng.uniform(0.2, 1.2))
+            fu.set(mode="normal")
+        elif ev == "blackhole":
+            # Connected, answering nothing, for longer than a deadline.
+            fu.set(mode="silent", budget=None)
+            self.stop_evt.wait(rng.uniform(1.5, 3.0))
+            fu.set(mode="normal")
+        elif ev == "rcode_all":
+            # Not SERVFAIL: passed on when both fail, it would look like
+            # one of dnsfwd's own to a client without EDNS, and the
+            # counts could not be squared (the scenarios cover it).
+            fu.set(mode="rcode_all", budget=None,
+                   rcode=rng.choice(("REFUSED", "NOTIMP")))
+            self.stop_evt.wait(rng.uniform(0.5, 2.0))
             fu.set(mode="normal")
         elif ev == "refuse":
             fu.refuse()
@@ -600,6 +618,10 @@ class Phase:
             else:
                 why = "EDE%d" % ede[0]
             self.outcome[i] = "SF-" + why
+        elif rcode in (4, 5) and not opts or rcode in (4, 5) and \
+                ede_of(opts[0]) is None:
+            # Every upstream said so (both in rcode_all at once): theirs.
+            self.outcome[i] = "RC-%d" % rcode
         else:
             self.note_bad("rcode", "%s: rcode %d" % (self.names[i], rcode))
             self.outcome[i] = "bad"
@@ -740,7 +762,9 @@ class Phase:
         dl = {k: a.get(k, 0) - b.get(k, 0) for k in a}
         self.delta = dl
         cnt = self.counts()
-        seen_a = cnt.get("A", 0)
+        # The upstreams' own REFUSED or NOTIMP are answers to dnsfwd.
+        seen_a = cnt.get("A", 0) + sum(v for k, v in cnt.items()
+                                       if k and k.startswith("RC-"))
         seen_sf = sum(v for k, v in cnt.items() if k and k.startswith("SF-"))
         seen_over = cnt.get("SF-overload", 0)
         unclassified = cnt.get("SF-noedns", 0) + cnt.get("SF-no-EDE", 0)
@@ -804,6 +828,10 @@ class Phase:
         if not any(c.counts.get("refuse") or c.counts.get("silent")
                    for c in self.chaos):
             why.append("no upstream went away for a while")
+        if not any(c.counts.get("blackhole") for c in self.chaos):
+            why.append("no upstream blackholed past a deadline")
+        if not any(c.counts.get("rcode_all") for c in self.chaos):
+            why.append("no upstream refused or failed everything")
         self.check("faults", not why, "; ".join(why))
 
     def summary(self):
