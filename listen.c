@@ -71,6 +71,7 @@ struct tcp_client {
 	ev_io		 tc_rio;
 	ev_io		 tc_wio;
 	ev_timer	 tc_idle;	/* no progress for TCP_CLIENT_IDLE */
+	int64_t		 tc_progress;	/* when it last made progress, ms */
 	int		 tc_pending;	/* queries given to query.c */
 	int		 tc_denied;	/* not a client --allow admits */
 	int		 tc_abort;	/* cut it off at the next flush */
@@ -82,6 +83,7 @@ struct tcp_client {
 	size_t		 tc_outoff;
 	size_t		 tc_outlen;
 	size_t		 tc_outcap;
+	size_t		 tc_headleft;	/* of the answer being written */
 };
 
 /* The listeners' state; lives from listen_init to listen_free. */
@@ -137,6 +139,8 @@ static void	client_open(int, const union sockaddr_any *);
 static void	client_close(struct tcp_client *, const char *, int);
 static void	client_read_cb(struct ev_loop *, ev_io *, int);
 static void	client_frames(struct tcp_client *, int64_t);
+static void	client_progress(struct tcp_client *, int64_t);
+static int	client_sent(struct tcp_client *, size_t);
 static void	client_write_cb(struct ev_loop *, ev_io *, int);
 static void	client_idle_cb(struct ev_loop *, ev_timer *, int);
 static void	client_flush(struct tcp_client *);
@@ -679,7 +683,7 @@ client_open(int fd, const union sockaddr_any *peer)
 	ev_init(&c->tc_idle, client_idle_cb);
 	c->tc_idle.repeat = TCP_CLIENT_IDLE;
 	ev_io_start(ls.loop, &c->tc_rio);
-	ev_timer_again(ls.loop, &c->tc_idle);
+	client_progress(c, now_ms());
 	if (++ls.nclients == TCP_CLIENTS_MAX)
 		accept_enable(0);
 }
@@ -731,10 +735,8 @@ client_read_cb(struct ev_loop *l, ev_io *w, int revents)
 	}
 	if (n == -1)
 		return;
+	/* Bytes that do not finish a query are no progress. */
 	c->tc_inlen += (size_t)n;
-	/* Reading is progress only while it is not leaving answers unread. */
-	if (c->tc_outlen == 0)
-		ev_timer_again(ls.loop, &c->tc_idle);
 	client_frames(c, now_ms());
 }
 
@@ -744,6 +746,7 @@ client_frames(struct tcp_client *c, int64_t now)
 {
 	struct client_ref	 cr;
 	size_t			 off = 0, flen;
+	int			 asked = 0;
 
 	memset(&cr, 0, sizeof(cr));
 	cr.cr_kind = CLIENT_TCP;
@@ -765,9 +768,13 @@ client_frames(struct tcp_client *c, int64_t now)
 		else if (query_ask(&cr, c->tc_in + off + 2, flen, now) == -1)
 			c->tc_pending--;
 		off += 2 + flen;
+		asked = 1;
 	}
 	memmove(c->tc_in, c->tc_in + off, c->tc_inlen - off);
 	c->tc_inlen -= off;
+	/* Asking is progress only while it is not leaving answers unread. */
+	if (asked && c->tc_outlen == 0)
+		client_progress(c, now);
 	if (c->tc_pending >= TCP_CLIENT_PIPELINE || c->tc_abort)
 		ev_io_stop(ls.loop, &c->tc_rio);
 }
@@ -811,9 +818,8 @@ client_flush(struct tcp_client *c)
 			client_close(c, "write failed", 0);
 			return;
 		}
-		c->tc_outoff += (size_t)n;
-		c->tc_outlen -= (size_t)n;
-		ev_timer_again(ls.loop, &c->tc_idle);
+		if (client_sent(c, (size_t)n))
+			client_progress(c, now_ms());
 	}
 	c->tc_outoff = 0;
 	ev_io_stop(ls.loop, &c->tc_wio);
@@ -827,6 +833,41 @@ client_write_cb(struct ev_loop *l, ev_io *w, int revents)
 	(void)l;
 	(void)revents;
 	client_flush(container_of(w, struct tcp_client, tc_wio));
+}
+
+/*
+ * Progress is a whole query read or a whole answer written; only it
+ * restarts the idle timer, so a client cannot keep its slot by sending,
+ * or taking, a byte now and then.
+ */
+static void
+client_progress(struct tcp_client *c, int64_t now)
+{
+	c->tc_progress = now;
+	ev_timer_again(ls.loop, &c->tc_idle);
+}
+
+/* Takes n written bytes off the output; 1 if they finished an answer. */
+static int
+client_sent(struct tcp_client *c, size_t n)
+{
+	const uint8_t	*p = c->tc_out + c->tc_outoff;
+	size_t		 take;
+	int		 whole = 0;
+
+	c->tc_outoff += n;
+	c->tc_outlen -= n;
+	while (n > 0) {
+		/* The output holds whole frames: a new one's length is here. */
+		if (c->tc_headleft == 0)
+			c->tc_headleft = 2 + (size_t)dns_get16(p);
+		take = n < c->tc_headleft ? n : c->tc_headleft;
+		c->tc_headleft -= take;
+		p += take;
+		n -= take;
+		whole |= c->tc_headleft == 0;
+	}
+	return whole;
 }
 
 /*
