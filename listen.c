@@ -39,8 +39,14 @@
 #define CTL_LEN		64
 /* Datagrams handled per recvmmsg/sendmmsg call. */
 #define UDP_BATCH	32
-/* Client TCP connections served at once; accept stops beyond this. */
+/*
+ * Client TCP connections served at once.  Beyond this a new client takes
+ * the slot of the one that has gone longest without progress, if that is
+ * TCP_CLIENT_STALE_MS (RFC 7766 6.2.3: close idle connections under
+ * load); when every client made progress since, accepting waits a second.
+ */
 #define TCP_CLIENTS_MAX	256
+#define TCP_CLIENT_STALE_MS 1000
 /* Queries one TCP client may have pipelined before we stop reading it. */
 #define TCP_CLIENT_PIPELINE 64
 /* Replies queued for a TCP client that does not read; beyond it, close. */
@@ -134,6 +140,8 @@ static void	tcp_deliver(const struct client_ref *, const uint8_t *, size_t);
 static int	tcp_append(struct tcp_client *, const uint8_t *, size_t);
 static void	tcp_accept_cb(struct ev_loop *, ev_io *, int);
 static void	accept_enable(int);
+static void	accept_wait(void);
+static struct tcp_client *client_stalest(int64_t);
 static void	accept_pause_cb(struct ev_loop *, ev_timer *, int);
 static void	client_open(int, const union sockaddr_any *);
 static void	client_close(struct tcp_client *, const char *, int);
@@ -610,30 +618,61 @@ tcp_append(struct tcp_client *c, const uint8_t *msg, size_t len)
 static void
 tcp_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 {
+	static int64_t	 warned, warned_full;
 	union sockaddr_any peer;
 	socklen_t	 len = sizeof(peer);
+	struct tcp_client *old = NULL;
 	int		 fd;
 
 	(void)l;
 	(void)revents;
-	if (ls.nclients == TCP_CLIENTS_MAX) {
-		accept_enable(0);
+	if (ls.nclients == TCP_CLIENTS_MAX &&
+	    (old = client_stalest(now_ms())) == NULL) {
+		accept_wait();
 		return;
 	}
 	fd = accept4(w->fd, &peer.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (fd == -1) {
 		if (errno == EMFILE || errno == ENFILE) {
 			/* Out of descriptors: stop spinning for a second. */
-			static int64_t warned;
-
 			log_ratelimited(&warned, "accept: %s", strerror(errno));
-			accept_enable(0);
-			ev_timer_set(&ls.accept_pause, 1.0, 0.0);
-			ev_timer_start(ls.loop, &ls.accept_pause);
+			accept_wait();
 		}
 		return;
 	}
+	if (old != NULL && !client_allowed(&peer)) {
+		/* It would be refused anyway: it displaces no one. */
+		close(fd);
+		return;
+	}
+	if (old != NULL) {
+		log_ratelimited(&warned_full, "%d tcp clients: closing the one "
+		    "longest without progress for a new one", TCP_CLIENTS_MAX);
+		client_close(old, "its slot taken by a new client",
+		    old->tc_outlen > 0);
+	}
 	client_open(fd, &peer);
+}
+
+/*
+ * The client longest without progress, if that is long enough for it to
+ * go.  One waiting for answers is left to have them: each has a deadline.
+ */
+static struct tcp_client *
+client_stalest(int64_t now)
+{
+	struct tcp_client	*c, *old = NULL;
+	int			 i;
+
+	for (i = 0; i < TCP_CLIENTS_MAX; i++) {
+		if ((c = ls.clients[i]) == NULL || c->tc_pending > 0)
+			continue;
+		if (old == NULL || c->tc_progress < old->tc_progress)
+			old = c;
+	}
+	if (old == NULL || now - old->tc_progress < TCP_CLIENT_STALE_MS)
+		return NULL;
+	return old;
 }
 
 static void
@@ -649,14 +688,22 @@ accept_enable(int on)
 	}
 }
 
+/* Stops accepting for a second: no descriptor, or no slot to give. */
+static void
+accept_wait(void)
+{
+	accept_enable(0);
+	ev_timer_set(&ls.accept_pause, 1.0, 0.0);
+	ev_timer_start(ls.loop, &ls.accept_pause);
+}
+
 static void
 accept_pause_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
 	(void)l;
 	(void)w;
 	(void)revents;
-	if (ls.nclients < TCP_CLIENTS_MAX)
-		accept_enable(1);
+	accept_enable(1);
 }
 
 static void
@@ -684,8 +731,7 @@ client_open(int fd, const union sockaddr_any *peer)
 	c->tc_idle.repeat = TCP_CLIENT_IDLE;
 	ev_io_start(ls.loop, &c->tc_rio);
 	client_progress(c, now_ms());
-	if (++ls.nclients == TCP_CLIENTS_MAX)
-		accept_enable(0);
+	ls.nclients++;
 }
 
 /*
@@ -715,8 +761,12 @@ client_close(struct tcp_client *c, const char *why, int abort)
 	ls.clients[c->tc_slot] = NULL;
 	free(c->tc_out);
 	free(c);
-	if (ls.nclients-- == TCP_CLIENTS_MAX && !ev_is_active(&ls.accept_pause))
+	/* A new client waiting for a slot is taken at once. */
+	if (ls.nclients-- == TCP_CLIENTS_MAX &&
+	    ev_is_active(&ls.accept_pause)) {
+		ev_timer_stop(ls.loop, &ls.accept_pause);
 		accept_enable(1);
+	}
 }
 
 static void
