@@ -6,7 +6,8 @@
  *
  * The sockets are bound here or passed by systemd (socket activation).
  * Only loopback clients and those --allow admits are served: others get
- * nothing over UDP, so we reflect nothing, and REFUSED over TCP.
+ * nothing over UDP, so we reflect nothing, and over TCP REFUSED to their
+ * first query, then the connection is closed.
  *
  * UDP answers go out in one sendmmsg per listener per loop iteration,
  * never larger than EDNS_PAYLOAD.  A socket bound to a wildcard address
@@ -51,6 +52,11 @@
 #define TCP_CLIENT_PIPELINE 64
 /* Replies queued for a TCP client that does not read; beyond it, close. */
 #define TCP_CLIENT_OUTMAX (256 * 1024)
+/*
+ * Seconds a peer --allow denies has to send its query, to be told
+ * REFUSED: a client that means it sends at once, and it holds a slot.
+ */
+#define TCP_DENIED_WAIT	2
 
 /* A UDP listener and the replies it will send in one sendmmsg. */
 struct udp_listener {
@@ -80,6 +86,7 @@ struct tcp_client {
 	int64_t		 tc_progress;	/* when it last made progress, ms */
 	int		 tc_pending;	/* queries given to query.c */
 	int		 tc_denied;	/* not a client --allow admits */
+	int		 tc_last;	/* close once the output is written */
 	int		 tc_abort;	/* cut it off at the next flush */
 	int		 tc_dirty;
 	TAILQ_ENTRY(tcp_client) tc_dirtylink;
@@ -125,8 +132,7 @@ static int	is_wildcard(const union sockaddr_any *);
 static int	is_loopback(const union sockaddr_any *);
 static int	client_allowed(const union sockaddr_any *);
 static int	prefix_match(const uint8_t *, const uint8_t *, int);
-static void	tcp_refuse(struct tcp_client *, const struct client_ref *,
-		    const uint8_t *, size_t);
+static void	tcp_refuse(struct tcp_client *, const uint8_t *, size_t);
 static void	udp_read_cb(struct ev_loop *, ev_io *, int);
 static void	udp_rx_init(void);
 static void	udp_local(const struct msghdr *, struct client_ref *);
@@ -728,7 +734,7 @@ client_open(int fd, const union sockaddr_any *peer)
 	ev_io_init(&c->tc_rio, client_read_cb, fd, EV_READ);
 	ev_io_init(&c->tc_wio, client_write_cb, fd, EV_WRITE);
 	ev_init(&c->tc_idle, client_idle_cb);
-	c->tc_idle.repeat = TCP_CLIENT_IDLE;
+	c->tc_idle.repeat = c->tc_denied ? TCP_DENIED_WAIT : TCP_CLIENT_IDLE;
 	ev_io_start(ls.loop, &c->tc_rio);
 	client_progress(c, now_ms());
 	ls.nclients++;
@@ -812,10 +818,12 @@ client_frames(struct tcp_client *c, int64_t now)
 		}
 		if (c->tc_inlen - off - 2 < flen)
 			break;
+		if (c->tc_denied) {
+			tcp_refuse(c, c->tc_in + off + 2, flen);
+			return;
+		}
 		c->tc_pending++;
-		if (c->tc_denied)
-			tcp_refuse(c, &cr, c->tc_in + off + 2, flen);
-		else if (query_ask(&cr, c->tc_in + off + 2, flen, now) == -1)
+		if (query_ask(&cr, c->tc_in + off + 2, flen, now) == -1)
 			c->tc_pending--;
 		off += 2 + flen;
 		asked = 1;
@@ -829,23 +837,25 @@ client_frames(struct tcp_client *c, int64_t now)
 		ev_io_stop(ls.loop, &c->tc_rio);
 }
 
-/* A client --allow does not admit: REFUSED, and nothing forwarded. */
+/*
+ * A peer --allow does not admit: REFUSED to its first query, nothing
+ * forwarded and nothing more read; it is closed once that is written.
+ */
 static void
-tcp_refuse(struct tcp_client *c, const struct client_ref *cr,
-    const uint8_t *msg, size_t len)
+tcp_refuse(struct tcp_client *c, const uint8_t *msg, size_t len)
 {
-	struct dns_qinfo qi;
 	uint8_t		 out[QHEAD_MAX + 16];
 	size_t		 n;
 
 	stats.st_refused++;
-	memset(&qi, 0, sizeof(qi));
-	if (len < DNS_HDRLEN || (msg[2] & F_QR) ||
-	    (n = dns_error(out, sizeof(out), msg, len, RCODE_REFUSED)) == 0) {
-		c->tc_pending--;
-		return;
-	}
-	tcp_deliver(cr, out, n);
+	ev_io_stop(ls.loop, &c->tc_rio);
+	if (len >= DNS_HDRLEN && !(msg[2] & F_QR) &&
+	    (n = dns_error(out, sizeof(out), msg, len, RCODE_REFUSED)) > 0 &&
+	    tcp_append(c, out, n) == -1)
+		c->tc_abort = 1;
+	c->tc_inlen = 0;
+	c->tc_last = 1;
+	client_dirty_mark(c);
 }
 
 static void
@@ -873,6 +883,10 @@ client_flush(struct tcp_client *c)
 	}
 	c->tc_outoff = 0;
 	ev_io_stop(ls.loop, &c->tc_wio);
+	if (c->tc_last) {
+		client_close(c, "not allowed: refused", 0);
+		return;
+	}
 	if (c->tc_inlen > 0 && !ls.stopped)
 		client_frames(c, now_ms());	/* held back by the limit */
 }
@@ -921,9 +935,10 @@ client_sent(struct tcp_client *c, size_t n)
 }
 
 /*
- * No progress for TCP_CLIENT_IDLE: with answers unwritten the client is
- * not reading them and is cut off; with queries upstream it is waited
- * for (each has a deadline); otherwise it is idle.
+ * No progress for TCP_CLIENT_IDLE (TCP_DENIED_WAIT for a peer --allow
+ * denies): with answers unwritten the client is not reading them and is
+ * cut off; with queries upstream it is waited for (each has a deadline);
+ * otherwise it is idle.
  */
 static void
 client_idle_cb(struct ev_loop *l, ev_timer *w, int revents)
@@ -937,7 +952,8 @@ client_idle_cb(struct ev_loop *l, ev_timer *w, int revents)
 	else if (c->tc_pending > 0)
 		ev_timer_again(ls.loop, &c->tc_idle);
 	else
-		client_close(c, "idle", 0);
+		client_close(c, c->tc_denied ? "not allowed: no query" : "idle",
+		    0);
 }
 
 static void
