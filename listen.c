@@ -6,7 +6,8 @@
  *
  * The sockets are bound here or passed by systemd (socket activation).
  * Only loopback clients and those --allow admits are served: others get
- * nothing over UDP, so we reflect nothing, and REFUSED over TCP.
+ * nothing over UDP, so we reflect nothing, and over TCP REFUSED to their
+ * first query, then the connection is closed.
  *
  * UDP answers go out in one sendmmsg per listener per loop iteration,
  * never larger than EDNS_PAYLOAD.  A socket bound to a wildcard address
@@ -39,12 +40,23 @@
 #define CTL_LEN		64
 /* Datagrams handled per recvmmsg/sendmmsg call. */
 #define UDP_BATCH	32
-/* Client TCP connections served at once; accept stops beyond this. */
+/*
+ * Client TCP connections served at once.  Beyond this a new client takes
+ * the slot of the one that has gone longest without progress, if that is
+ * TCP_CLIENT_STALE_MS (RFC 7766 6.2.3: close idle connections under
+ * load); when every client made progress since, accepting waits a second.
+ */
 #define TCP_CLIENTS_MAX	256
+#define TCP_CLIENT_STALE_MS 1000
 /* Queries one TCP client may have pipelined before we stop reading it. */
 #define TCP_CLIENT_PIPELINE 64
 /* Replies queued for a TCP client that does not read; beyond it, close. */
 #define TCP_CLIENT_OUTMAX (256 * 1024)
+/*
+ * Seconds a peer --allow denies has to send its query, to be told
+ * REFUSED: a client that means it sends at once, and it holds a slot.
+ */
+#define TCP_DENIED_WAIT	2
 
 /* A UDP listener and the replies it will send in one sendmmsg. */
 struct udp_listener {
@@ -71,8 +83,10 @@ struct tcp_client {
 	ev_io		 tc_rio;
 	ev_io		 tc_wio;
 	ev_timer	 tc_idle;	/* no progress for TCP_CLIENT_IDLE */
+	int64_t		 tc_progress;	/* when it last made progress, ms */
 	int		 tc_pending;	/* queries given to query.c */
 	int		 tc_denied;	/* not a client --allow admits */
+	int		 tc_last;	/* close once the output is written */
 	int		 tc_abort;	/* cut it off at the next flush */
 	int		 tc_dirty;
 	TAILQ_ENTRY(tcp_client) tc_dirtylink;
@@ -82,6 +96,7 @@ struct tcp_client {
 	size_t		 tc_outoff;
 	size_t		 tc_outlen;
 	size_t		 tc_outcap;
+	size_t		 tc_headleft;	/* of the answer being written */
 };
 
 /* The listeners' state; lives from listen_init to listen_free. */
@@ -117,8 +132,7 @@ static int	is_wildcard(const union sockaddr_any *);
 static int	is_loopback(const union sockaddr_any *);
 static int	client_allowed(const union sockaddr_any *);
 static int	prefix_match(const uint8_t *, const uint8_t *, int);
-static void	tcp_refuse(struct tcp_client *, const struct client_ref *,
-		    const uint8_t *, size_t);
+static void	tcp_refuse(struct tcp_client *, const uint8_t *, size_t);
 static void	udp_read_cb(struct ev_loop *, ev_io *, int);
 static void	udp_rx_init(void);
 static void	udp_local(const struct msghdr *, struct client_ref *);
@@ -132,11 +146,15 @@ static void	tcp_deliver(const struct client_ref *, const uint8_t *, size_t);
 static int	tcp_append(struct tcp_client *, const uint8_t *, size_t);
 static void	tcp_accept_cb(struct ev_loop *, ev_io *, int);
 static void	accept_enable(int);
+static void	accept_wait(void);
+static struct tcp_client *client_stalest(int64_t);
 static void	accept_pause_cb(struct ev_loop *, ev_timer *, int);
 static void	client_open(int, const union sockaddr_any *);
 static void	client_close(struct tcp_client *, const char *, int);
 static void	client_read_cb(struct ev_loop *, ev_io *, int);
 static void	client_frames(struct tcp_client *, int64_t);
+static void	client_progress(struct tcp_client *, int64_t);
+static int	client_sent(struct tcp_client *, size_t);
 static void	client_write_cb(struct ev_loop *, ev_io *, int);
 static void	client_idle_cb(struct ev_loop *, ev_timer *, int);
 static void	client_flush(struct tcp_client *);
@@ -606,30 +624,61 @@ tcp_append(struct tcp_client *c, const uint8_t *msg, size_t len)
 static void
 tcp_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 {
+	static int64_t	 warned, warned_full;
 	union sockaddr_any peer;
 	socklen_t	 len = sizeof(peer);
+	struct tcp_client *old = NULL;
 	int		 fd;
 
 	(void)l;
 	(void)revents;
-	if (ls.nclients == TCP_CLIENTS_MAX) {
-		accept_enable(0);
+	if (ls.nclients == TCP_CLIENTS_MAX &&
+	    (old = client_stalest(now_ms())) == NULL) {
+		accept_wait();
 		return;
 	}
 	fd = accept4(w->fd, &peer.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (fd == -1) {
 		if (errno == EMFILE || errno == ENFILE) {
 			/* Out of descriptors: stop spinning for a second. */
-			static int64_t warned;
-
 			log_ratelimited(&warned, "accept: %s", strerror(errno));
-			accept_enable(0);
-			ev_timer_set(&ls.accept_pause, 1.0, 0.0);
-			ev_timer_start(ls.loop, &ls.accept_pause);
+			accept_wait();
 		}
 		return;
 	}
+	if (old != NULL && !client_allowed(&peer)) {
+		/* It would be refused anyway: it displaces no one. */
+		close(fd);
+		return;
+	}
+	if (old != NULL) {
+		log_ratelimited(&warned_full, "%d tcp clients: closing the one "
+		    "longest without progress for a new one", TCP_CLIENTS_MAX);
+		client_close(old, "its slot taken by a new client",
+		    old->tc_outlen > 0);
+	}
 	client_open(fd, &peer);
+}
+
+/*
+ * The client longest without progress, if that is long enough for it to
+ * go.  One waiting for answers is left to have them: each has a deadline.
+ */
+static struct tcp_client *
+client_stalest(int64_t now)
+{
+	struct tcp_client	*c, *old = NULL;
+	int			 i;
+
+	for (i = 0; i < TCP_CLIENTS_MAX; i++) {
+		if ((c = ls.clients[i]) == NULL || c->tc_pending > 0)
+			continue;
+		if (old == NULL || c->tc_progress < old->tc_progress)
+			old = c;
+	}
+	if (old == NULL || now - old->tc_progress < TCP_CLIENT_STALE_MS)
+		return NULL;
+	return old;
 }
 
 static void
@@ -645,14 +694,22 @@ accept_enable(int on)
 	}
 }
 
+/* Stops accepting for a second: no descriptor, or no slot to give. */
+static void
+accept_wait(void)
+{
+	accept_enable(0);
+	ev_timer_set(&ls.accept_pause, 1.0, 0.0);
+	ev_timer_start(ls.loop, &ls.accept_pause);
+}
+
 static void
 accept_pause_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
 	(void)l;
 	(void)w;
 	(void)revents;
-	if (ls.nclients < TCP_CLIENTS_MAX)
-		accept_enable(1);
+	accept_enable(1);
 }
 
 static void
@@ -677,11 +734,10 @@ client_open(int fd, const union sockaddr_any *peer)
 	ev_io_init(&c->tc_rio, client_read_cb, fd, EV_READ);
 	ev_io_init(&c->tc_wio, client_write_cb, fd, EV_WRITE);
 	ev_init(&c->tc_idle, client_idle_cb);
-	c->tc_idle.repeat = TCP_CLIENT_IDLE;
+	c->tc_idle.repeat = c->tc_denied ? TCP_DENIED_WAIT : TCP_CLIENT_IDLE;
 	ev_io_start(ls.loop, &c->tc_rio);
-	ev_timer_again(ls.loop, &c->tc_idle);
-	if (++ls.nclients == TCP_CLIENTS_MAX)
-		accept_enable(0);
+	client_progress(c, now_ms());
+	ls.nclients++;
 }
 
 /*
@@ -711,8 +767,12 @@ client_close(struct tcp_client *c, const char *why, int abort)
 	ls.clients[c->tc_slot] = NULL;
 	free(c->tc_out);
 	free(c);
-	if (ls.nclients-- == TCP_CLIENTS_MAX && !ev_is_active(&ls.accept_pause))
+	/* A new client waiting for a slot is taken at once. */
+	if (ls.nclients-- == TCP_CLIENTS_MAX &&
+	    ev_is_active(&ls.accept_pause)) {
+		ev_timer_stop(ls.loop, &ls.accept_pause);
 		accept_enable(1);
+	}
 }
 
 static void
@@ -731,10 +791,8 @@ client_read_cb(struct ev_loop *l, ev_io *w, int revents)
 	}
 	if (n == -1)
 		return;
+	/* Bytes that do not finish a query are no progress. */
 	c->tc_inlen += (size_t)n;
-	/* Reading is progress only while it is not leaving answers unread. */
-	if (c->tc_outlen == 0)
-		ev_timer_again(ls.loop, &c->tc_idle);
 	client_frames(c, now_ms());
 }
 
@@ -744,6 +802,7 @@ client_frames(struct tcp_client *c, int64_t now)
 {
 	struct client_ref	 cr;
 	size_t			 off = 0, flen;
+	int			 asked = 0;
 
 	memset(&cr, 0, sizeof(cr));
 	cr.cr_kind = CLIENT_TCP;
@@ -759,36 +818,44 @@ client_frames(struct tcp_client *c, int64_t now)
 		}
 		if (c->tc_inlen - off - 2 < flen)
 			break;
+		if (c->tc_denied) {
+			tcp_refuse(c, c->tc_in + off + 2, flen);
+			return;
+		}
 		c->tc_pending++;
-		if (c->tc_denied)
-			tcp_refuse(c, &cr, c->tc_in + off + 2, flen);
-		else if (query_ask(&cr, c->tc_in + off + 2, flen, now) == -1)
+		if (query_ask(&cr, c->tc_in + off + 2, flen, now) == -1)
 			c->tc_pending--;
 		off += 2 + flen;
+		asked = 1;
 	}
 	memmove(c->tc_in, c->tc_in + off, c->tc_inlen - off);
 	c->tc_inlen -= off;
+	/* Asking is progress only while it is not leaving answers unread. */
+	if (asked && c->tc_outlen == 0)
+		client_progress(c, now);
 	if (c->tc_pending >= TCP_CLIENT_PIPELINE || c->tc_abort)
 		ev_io_stop(ls.loop, &c->tc_rio);
 }
 
-/* A client --allow does not admit: REFUSED, and nothing forwarded. */
+/*
+ * A peer --allow does not admit: REFUSED to its first query, nothing
+ * forwarded and nothing more read; it is closed once that is written.
+ */
 static void
-tcp_refuse(struct tcp_client *c, const struct client_ref *cr,
-    const uint8_t *msg, size_t len)
+tcp_refuse(struct tcp_client *c, const uint8_t *msg, size_t len)
 {
-	struct dns_qinfo qi;
 	uint8_t		 out[QHEAD_MAX + 16];
 	size_t		 n;
 
 	stats.st_refused++;
-	memset(&qi, 0, sizeof(qi));
-	if (len < DNS_HDRLEN || (msg[2] & F_QR) ||
-	    (n = dns_error(out, sizeof(out), msg, len, RCODE_REFUSED)) == 0) {
-		c->tc_pending--;
-		return;
-	}
-	tcp_deliver(cr, out, n);
+	ev_io_stop(ls.loop, &c->tc_rio);
+	if (len >= DNS_HDRLEN && !(msg[2] & F_QR) &&
+	    (n = dns_error(out, sizeof(out), msg, len, RCODE_REFUSED)) > 0 &&
+	    tcp_append(c, out, n) == -1)
+		c->tc_abort = 1;
+	c->tc_inlen = 0;
+	c->tc_last = 1;
+	client_dirty_mark(c);
 }
 
 static void
@@ -811,12 +878,15 @@ client_flush(struct tcp_client *c)
 			client_close(c, "write failed", 0);
 			return;
 		}
-		c->tc_outoff += (size_t)n;
-		c->tc_outlen -= (size_t)n;
-		ev_timer_again(ls.loop, &c->tc_idle);
+		if (client_sent(c, (size_t)n))
+			client_progress(c, now_ms());
 	}
 	c->tc_outoff = 0;
 	ev_io_stop(ls.loop, &c->tc_wio);
+	if (c->tc_last) {
+		client_close(c, "not allowed: refused", 0);
+		return;
+	}
 	if (c->tc_inlen > 0 && !ls.stopped)
 		client_frames(c, now_ms());	/* held back by the limit */
 }
@@ -830,9 +900,45 @@ client_write_cb(struct ev_loop *l, ev_io *w, int revents)
 }
 
 /*
- * No progress for TCP_CLIENT_IDLE: with answers unwritten the client is
- * not reading them and is cut off; with queries upstream it is waited
- * for (each has a deadline); otherwise it is idle.
+ * Progress is a whole query read or a whole answer written; only it
+ * restarts the idle timer, so a client cannot keep its slot by sending,
+ * or taking, a byte now and then.
+ */
+static void
+client_progress(struct tcp_client *c, int64_t now)
+{
+	c->tc_progress = now;
+	ev_timer_again(ls.loop, &c->tc_idle);
+}
+
+/* Takes n written bytes off the output; 1 if they finished an answer. */
+static int
+client_sent(struct tcp_client *c, size_t n)
+{
+	const uint8_t	*p = c->tc_out + c->tc_outoff;
+	size_t		 take;
+	int		 whole = 0;
+
+	c->tc_outoff += n;
+	c->tc_outlen -= n;
+	while (n > 0) {
+		/* The output holds whole frames: a new one's length is here. */
+		if (c->tc_headleft == 0)
+			c->tc_headleft = 2 + (size_t)dns_get16(p);
+		take = n < c->tc_headleft ? n : c->tc_headleft;
+		c->tc_headleft -= take;
+		p += take;
+		n -= take;
+		whole |= c->tc_headleft == 0;
+	}
+	return whole;
+}
+
+/*
+ * No progress for TCP_CLIENT_IDLE (TCP_DENIED_WAIT for a peer --allow
+ * denies): with answers unwritten the client is not reading them and is
+ * cut off; with queries upstream it is waited for (each has a deadline);
+ * otherwise it is idle.
  */
 static void
 client_idle_cb(struct ev_loop *l, ev_timer *w, int revents)
@@ -846,7 +952,8 @@ client_idle_cb(struct ev_loop *l, ev_timer *w, int revents)
 	else if (c->tc_pending > 0)
 		ev_timer_again(ls.loop, &c->tc_idle);
 	else
-		client_close(c, "idle", 0);
+		client_close(c, c->tc_denied ? "not allowed: no query" : "idle",
+		    0);
 }
 
 static void

@@ -10,6 +10,9 @@ by a scenario that watches what happens there and that service goes on:
       limit_client_queries_shared
   64 pipelined queries per TCP client (reading stops, then resumes):
       limit_tcp_pipeline_reading_stops
+  10 s without progress per TCP client, bytes that never finish a query
+      not counting, and a full table giving up its stalest client:
+      limit_tcp_dribblers_closed
   the cache's memory (--cache-size entries of at most 1304 bytes):
       limit_cache_memory
   file descriptors (RLIMIT_NOFILE): limit_fd_exhaustion_tcp,
@@ -330,6 +333,130 @@ def limit_tcp_pipeline_reading_stops(t):
     bad = [m for m in map(dns.message.from_wire, frames)
            if it._a_of(m) != [it.GOOD_ADDR]]
     it.check(not bad, "%d answers not A %s" % (len(bad), it.GOOD_ADDR))
+
+
+def _dribblers(port, n):
+    """n TCP connections that have each sent a length prefix (200 bytes)
+    and one byte of that message: never a whole query."""
+    out = []
+    for _ in range(n):
+        s = it.tcp_connect(port)
+        s.sendall(b"\x00\xc8\x00")
+        out.append(s)
+    return out
+
+
+def _gone(s):
+    """Reads what s has: True once it shows dnsfwd's close (EOF or
+    ECONNRESET), False for nothing yet; data is a failure."""
+    s.setblocking(False)
+    try:
+        data = s.recv(65535)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    it.check(not data, "a client that never sent a whole query got %d "
+             "bytes" % len(data))
+    return True
+
+
+def _dribble(d, socks, t0, every=2.0, newcomer=1.5, until=14.5):
+    """Sends one more byte on each of socks every `every` s and, newcomer
+    s after t0, asks one query on a new connection, until every dribbler
+    is closed and the newcomer answered or `until` s have passed.
+    Returns ({socket: seconds after t0 it was seen closed}, (seconds to
+    the newcomer's reply, whether it was the answer) or None, when the
+    newcomer connected)."""
+    closed, answered, new, new_at, buf = {}, None, None, None, b""
+    q = it.make_query("after-dribblers.example.")
+    sent_at = t0
+    try:
+        while time.monotonic() < t0 + until and (len(closed) < len(socks)
+                                                 or answered is None):
+            now = time.monotonic()
+            if now - sent_at >= every:
+                sent_at = now
+                for s in socks:
+                    if s not in closed and not _send_one(s):
+                        closed[s] = now - t0
+            if new is None and now - t0 >= newcomer:
+                new_at = time.monotonic()
+                new = it.tcp_connect(d.port)
+                new.sendall(it.fakeup.frame(q.to_wire()))
+            watch = [s for s in socks if s not in closed]
+            if new is not None and answered is None:
+                watch.append(new)
+            r, _, _ = select.select(watch, [], [], 0.2)
+            for s in r:
+                if s is not new:
+                    if _gone(s):
+                        closed[s] = time.monotonic() - t0
+                    continue
+                try:
+                    data = new.recv(65535)
+                except OSError:
+                    data = b""
+                buf += data
+                n = int.from_bytes(buf[:2], "big")
+                if len(buf) >= 2 and len(buf) >= 2 + n:
+                    m = it._is_ours(q, buf[2:2 + n])
+                    answered = (time.monotonic() - new_at, m is not None
+                                and it._a_of(m) == [it.GOOD_ADDR])
+                elif not data:
+                    answered = (time.monotonic() - new_at, False)
+    finally:
+        if new is not None:
+            new.close()
+    return closed, answered, new_at
+
+
+def _send_one(s):
+    """One more byte of the query that never ends; False when dnsfwd has
+    closed the connection."""
+    try:
+        s.send(b"\x00")
+    except OSError:
+        return False
+    return True
+
+
+@scenario
+@slow
+def limit_tcp_dribblers_closed(t):
+    """256 TCP clients (all the slots) that send a length prefix and then one byte every 2 s, never a whole query, make no progress: each is closed 10 s (TCP_CLIENT_IDLE) after it connected, however often bytes arrive, and a new client is answered within 4 s by taking the slot of the one longest without progress."""
+    it._raise_nofile(4096)
+    fu = t.fakeup()
+    d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000")
+    socks = []
+    try:
+        socks = _dribblers(d.port, 256)
+        t0 = time.monotonic()
+        closed, answered, new_at = _dribble(d, socks, t0)
+        times = sorted(closed.values())
+        t.note("dribblers closed: %d of %d, at %s s" % (
+            len(times), len(socks), ["%.1f" % x for x in times[:3] +
+                                     times[-3:]]))
+        it.check(len(closed) == len(socks), "%d of 256 clients that only "
+                 "ever sent bytes of an unfinished query are still open "
+                 "%.1f s after they connected, want each closed 10 s after"
+                 % (len(socks) - len(closed), time.monotonic() - t0))
+        it.check(answered is not None and answered[1] and
+                 answered[0] <= 4.0, "a new TCP client with 256 dribblers "
+                 "holding every slot: %s, want its answer within 4 s" % (
+                     "no answer in %.1f s" % (time.monotonic() - new_at)
+                     if answered is None else "%s after %.1f s" % (
+                         "answer" if answered[1] else "wrong reply or EOF",
+                         answered[0])))
+        early = [x for x in times if x < 8.5]
+        it.check(len(early) <= 1, "%d dribblers closed within 8.5 s, want "
+                 "only the one a new client displaced, the rest at 10 s: %s"
+                 % (len(early), ["%.1f" % x for x in early[:5]]))
+    finally:
+        for s in socks:
+            s.close()
+    it.expect_a(it.ask_tcp(d.port, "after-dribble.example."), it.GOOD_ADDR,
+                "TCP after the dribblers")
 
 
 # ---------------------------------------------------------------- cache

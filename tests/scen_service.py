@@ -818,6 +818,90 @@ def svc_allow_ipv6(t):
     in_netns(body)
 
 
+def _denied_conn(src, dst, port, payload):
+    """A TCP connection from src that sends payload at once."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((src, 0))
+    s.settimeout(2)
+    s.connect((dst, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if payload:
+        s.sendall(payload)
+    return s
+
+
+def _until_closed(s, timeout):
+    """Reads s until dnsfwd closes it: (frames read, the time.monotonic()
+    of the close or None if still open at the timeout)."""
+    t0, buf, frames = time.monotonic(), b"", []
+    while time.monotonic() - t0 < timeout:
+        s.settimeout(max(0.01, timeout - (time.monotonic() - t0)))
+        try:
+            data = s.recv(65535)
+        except socket.timeout:
+            break
+        except OSError:
+            data = b""
+        if not data:
+            return frames, time.monotonic()
+        buf += data
+        while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H",
+                                                               buf[:2])[0]:
+            n = struct.unpack("!H", buf[:2])[0]
+            frames.append(buf[2:2 + n])
+            buf = buf[2 + n:]
+    return frames, None
+
+
+@scenario
+def svc_allow_denied_tcp_closed(t):
+    """A TCP peer --allow denies holds no slot: two pipelined queries get one REFUSED and the connection closed within 1 s; a silent one, or one sending half a query, is closed within 4 s (not the 10 s idle limit); refused counts 1 and nothing goes upstream."""
+    def body():
+        ip("addr", "add", "10.77.0.1/32", "dev", "lo")
+        fu = t.fakeup()
+        d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000", host="0.0.0.0")
+        before = d.stats().get("refused", 0)
+        qs = [it.make_query("deny-pipe%d.example." % i) for i in range(2)]
+        two = b"".join(it.fakeup.frame(q.to_wire()) for q in qs)
+        t0 = time.monotonic()
+        conns = [_denied_conn("10.77.0.1", "10.77.0.1", d.port, p)
+                 for p in (two, b"", two[:7])]
+        try:
+            frames, el = _until_closed(conns[0], 3)
+            el = el and el - t0
+            t.note("denied, two queries: closed after %s s" % el)
+            ms = [it._is_ours(qs[0], f) for f in frames]
+            it.check(len(frames) == 1 and ms[0] is not None and
+                     ms[0].rcode() == dns.rcode.REFUSED, "a denied peer's "
+                     "two pipelined queries got %d replies (%s), want one "
+                     "REFUSED for the first" % (len(frames),
+                                                [_rc(m) for m in ms]))
+            it.check(el is not None and el <= 1.0, "a denied peer still "
+                     "connected %s after its REFUSED, want closed at once"
+                     % ("%.1f s" % el if el else "3 s"))
+            for s, what in ((conns[1], "silent"),
+                            (conns[2], "half a query")):
+                frames, el = _until_closed(s, 6)
+                el = el and el - t0
+                t.note("denied, %s: closed after %s s" % (what, el))
+                it.check(not frames and el is not None and el <= 4.0,
+                         "a denied peer sending %s: %d replies, %s, want "
+                         "closed within 4 s" % (what, len(frames),
+                                                "closed at %.1f s" % el
+                                                if el else "open at 6 s"))
+        finally:
+            for s in conns:
+                s.close()
+        after = d.stats().get("refused", 0)
+        it.check(after - before == 1, "refused rose by %d for one denied "
+                 "peer's two queries, want 1" % (after - before))
+        it.check(fu.nqueries("deny-pipe") == 0, "%d queries of a denied "
+                 "peer went upstream" % fu.nqueries("deny-pipe"))
+        _allowed(d, "127.0.0.1", "127.0.0.1", "after-denied")
+
+    in_netns(body)
+
+
 @scenario
 def svc_allow_usage(t):
     """--allow with a bad network (prefix too long, not an address, empty or signed or spaced prefix) is a usage error: exit 2 with one line naming --allow."""
