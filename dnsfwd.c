@@ -35,6 +35,8 @@
 
 /* How long a stopping daemon waits for answers still in flight. */
 #define DRAIN_S		1.0
+/* How often `systemctl status` learns what the daemon is doing. */
+#define STATUS_S	5.0
 
 struct stats	 stats;
 
@@ -44,6 +46,7 @@ static ev_signal	 sig_term, sig_int, sig_usr1;
 static ev_timer		 drain_timer;
 static ev_prepare	 drain_prep;
 static ev_timer		 watchdog;
+static ev_timer		 status_timer;
 static int		 notify_fd = -1;
 static struct passwd	*user;
 
@@ -62,6 +65,7 @@ static void	notify_open(void);
 static void	notify(const char *);
 static void	watchdog_start(void);
 static void	watchdog_cb(struct ev_loop *, ev_timer *, int);
+static void	status_cb(struct ev_loop *, ev_timer *, int);
 
 static void
 signal_cb(struct ev_loop *l, ev_signal *w, int revents)
@@ -277,6 +281,33 @@ watchdog_cb(struct ev_loop *l, ev_timer *w, int revents)
 	notify("WATCHDOG=1");
 }
 
+/*
+ * sd_notify STATUS=: where queries go, how many were answered and how
+ * many from the cache, and the last thing that went wrong.  Sent only
+ * when it changed, so an idle daemon sends nothing.
+ */
+static void
+status_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	static char	 last[400];
+	char		 up[120], msg[400];
+	uint64_t	 q = stats.st_queries;
+	const char	*err = log_last_warning();
+
+	(void)l;
+	(void)w;
+	(void)revents;
+	mux_status(up, sizeof(up), now_ms());
+	snprintf(msg, sizeof(msg), "STATUS=%s; %llu answered, %llu%% from "
+	    "the cache%s%s", up, (unsigned long long)stats.st_answers,
+	    (unsigned long long)(q ? stats.st_cache_hits * 100 / q : 0),
+	    *err ? "; last error: " : "", err);
+	if (strcmp(msg, last) == 0)
+		return;
+	memcpy(last, msg, sizeof(last));
+	notify(msg);
+}
+
 static void
 start(void)
 {
@@ -305,6 +336,11 @@ start(void)
 	ev_set_priority(&drain_prep, EV_MINPRI);
 	ev_init(&watchdog, watchdog_cb);
 	watchdog_start();
+	ev_timer_init(&status_timer, status_cb, 0.1, STATUS_S);
+	if (notify_fd != -1) {
+		ev_timer_start(loop, &status_timer);
+		ev_unref(loop);
+	}
 }
 
 static void
@@ -321,6 +357,10 @@ teardown(void)
 	if (ev_is_active(&watchdog)) {
 		ev_ref(loop);
 		ev_timer_stop(loop, &watchdog);
+	}
+	if (ev_is_active(&status_timer)) {
+		ev_ref(loop);
+		ev_timer_stop(loop, &status_timer);
 	}
 	if (notify_fd != -1)
 		close(notify_fd);

@@ -21,7 +21,10 @@
 
 static enum log_level log_verbosity = LOG_LVL_INFO;
 static int	log_journal;
+/* The last warning or error, logged or not, for the service's status. */
+static char	last_warning[160];
 
+static void	remember(const char *);
 static void	vlog(enum log_level, int, const char *, va_list)
 		    __attribute__((__format__(printf, 3, 0)));
 
@@ -74,14 +77,28 @@ log_level_parse(const char *s, enum log_level *lvl)
 	return -1;
 }
 
+/* Cut to fit: a status line, not a log. */
+static void
+remember(const char *msg)
+{
+	size_t	 n = strnlen(msg, sizeof(last_warning) - 1);
+
+	memcpy(last_warning, msg, n);
+	last_warning[n] = '\0';
+}
+
 static void
 vlog(enum log_level lvl, int errnum, const char *fmt, va_list ap)
 {
 	char	 msg[1024];
 
-	if (lvl > log_verbosity)
+	if (lvl > log_verbosity && lvl > LOG_LVL_WARN)
 		return;
 	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (lvl <= LOG_LVL_WARN)
+		remember(msg);
+	if (lvl > log_verbosity)
+		return;
 	if (log_journal)
 		fprintf(stderr, "<%d>", levels[lvl].syslog_pri);
 	else
@@ -110,6 +127,12 @@ LOGFN(log_warnx, LOG_LVL_WARN, 0)
 LOGFN(log_info, LOG_LVL_INFO, 0)
 LOGFN(log_debug, LOG_LVL_DEBUG, 0)
 LOGFN(log_error, LOG_LVL_ERROR, 0)
+
+const char *
+log_last_warning(void)
+{
+	return last_warning;
+}
 
 void
 log_ratelimited(int64_t *last, const char *fmt, ...)

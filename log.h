@@ -20,6 +20,8 @@ void	log_warnx(const char *, ...) __attribute__((__format__(printf, 1, 2)));
 void	log_info(const char *, ...) __attribute__((__format__(printf, 1, 2)));
 void	log_debug(const char *, ...) __attribute__((__format__(printf, 1, 2)));
 void	log_error(const char *, ...) __attribute__((__format__(printf, 1, 2)));
+/* The last warning or error logged, even below the level shown; or "". */
+const char *log_last_warning(void);
 /* Warns at most once every few seconds per call site (pass a static). */
 void	log_ratelimited(int64_t *, const char *, ...)
 	    __attribute__((__format__(printf, 2, 3)));

@@ -1101,6 +1101,20 @@ mux_conn_local(int up, int slot, union sockaddr_any *sa)
 }
 
 void
+mux_status(char *buf, size_t len, int64_t now)
+{
+	struct upstream	*up = pick_upstream(now, 0);
+
+	if (up == NULL)
+		snprintf(buf, len, "no upstream reachable");
+	else if (up->up_srtt == 0)
+		snprintf(buf, len, "upstream %s", up->up_label);
+	else
+		snprintf(buf, len, "upstream %s %.0f ms", up->up_label,
+		    up->up_srtt / 1000.0);
+}
+
+void
 mux_log_stats(void)
 {
 	int	 i;

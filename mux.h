@@ -56,6 +56,8 @@ int	mux_conn_local(int up, int slot, union sockaddr_any *sa);
 void	mux_shutdown(void);
 /* Logs each upstream's standing and counts (SIGUSR1). */
 void	mux_log_stats(void);
+/* The upstream the next query would go to, and its round-trip time. */
+void	mux_status(char *, size_t, int64_t);
 int	mux_inflight(void);
 
 #endif /* MUX_H */

@@ -276,3 +276,38 @@ def health_own_resets_no_blame(t):
                  "changes noticed: %s" % (len(d.grep("network changed")),
                                           d.tail(6)))
     svc.in_netns(body)
+
+
+@scenario
+def health_notify_status(t):
+    """Under systemd (NOTIFY_SOCKET), STATUS= tells what the daemon is doing: the upstream in use and its round-trip time, the queries answered and the share from the cache, and the last error (an upstream refusing connections); never a query name, and nothing new while nothing changes."""
+    svc = __import__("scen_service")
+    fu, dead = t.fakeup(), t.fakeup()
+    dead.refuse()
+    ns, val = svc._notify_socket(t, False)
+    try:
+        env = dict(svc._NO_NOTIFY, NOTIFY_SOCKET=val)
+        d = t.dnsfwd(*it.tls_up(dead), *it.tls_up(fu, ca=False),
+                     "--timeout", "1500", env=env, wait_ready=False)
+        svc._notes(ns, 10, until="READY=1")
+        for i in range(3):
+            it.expect_a(it.ask_udp(d.port, "secret-name%d.example." % i))
+        it.expect_a(it.ask_udp(d.port, "secret-name0.example."))
+        got = svc._notes(ns, 7)
+        st = [ln for _, lines in got for ln in lines
+              if ln.startswith("STATUS=")]
+        it.check(st, "no STATUS= within 7 s: %s" % got)
+        last = st[-1]
+        t.note(last)
+        want = ["u1 127.0.0.1:%d" % fu.port, "4 answered", "25% from the "
+                "cache", "last error: u0 127.0.0.1:%d" % dead.port]
+        it.check(all(w in last for w in want), "STATUS %r lacks one of %s" %
+                 (last, want))
+        it.check(not any("secret" in s for s in st), "a query name in the "
+                 "status: %s" % st)
+        again = svc._notes(ns, 5.5)
+        it.check(not [ln for _, lines in again for ln in lines
+                      if ln.startswith("STATUS=")], "STATUS= sent again with "
+                 "nothing changed: %s" % again)
+    finally:
+        ns.close()
