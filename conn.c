@@ -139,6 +139,14 @@ conn_dial(struct conn *c, char *why, size_t whylen)
 	    sizeof(user_timeout));
 	if (cn.cf->cf_prewarm)
 		keep_probes(fd);
+	/*
+	 * TCP Fast Open: connect() returns at once and the SYN leaves with
+	 * the ClientHello, carrying it when the server gave us a cookie.
+	 * Kernels without it refuse the option: a plain connect, then.
+	 */
+	if (!cn.cf->cf_no_fastopen)
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, &one,
+		    sizeof(one));
 	if (connect(fd, &uc->uc_addr.sa, uc->uc_addrlen) == -1 &&
 	    errno != EINPROGRESS) {
 		snprintf(why, whylen, "%s", strerror(errno));

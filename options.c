@@ -142,6 +142,9 @@ static const struct optdef opts[] = {
 	OPT_FLAG("no-resume", cf_no_resume,
 	    "never resume TLS sessions: each connection makes a full "
 	    "handshake"),
+	OPT_FLAG("no-fastopen", cf_no_fastopen,
+	    "never use TCP Fast Open: the ClientHello waits for the "
+	    "handshake"),
 	OPT_FLAG("prewarm", cf_prewarm,
 	    "keep one connection per upstream open from start-up, while "
 	    "queries arrive"),

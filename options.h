@@ -57,6 +57,7 @@ struct config {
 	int		cf_prefetch;
 	int		cf_keep_ecs;
 	int		cf_no_resume;	/* --no-resume: no session tickets */
+	int		cf_no_fastopen;	/* --no-fastopen: no TFO cookies */
 	int		cf_prewarm;
 	struct allow	cf_allow[ALLOW_MAX];
 	int		cf_nallow;

@@ -74,6 +74,9 @@ for N ms after every read, so that a peer's TLS reads and writes hit
 would-block often.  fu.set(handshake_pause_ms=N) reads nothing for N ms
 before the handshake's last step and N ms after it, so that a TLS 1.3
 client's session tickets reach it while its first writes are blocked.
+FakeUpstream(fastopen=True) takes TCP Fast Open (RFC 7413) on its
+listening socket: with the server bit of net.ipv4.tcp_fastopen, a client
+gets a cookie and may send data in its SYN on the next connection.
 FakeUpstream(nagle=True) leaves Nagle's algorithm on for accepted
 connections, as unbound 1.17 does: an answer written while the previous
 one is unacknowledged waits for the client's ACK.
@@ -645,9 +648,10 @@ class _Conn:
 class FakeUpstream:
     def __init__(self, certfile=None, keyfile=None, tls=True, tls_max=None,
                  host="127.0.0.1", port=0, sock_buf=None, mss=None,
-                 nagle=False):
+                 nagle=False, fastopen=False):
         self.host, self.port = host, port
         self.nagle = nagle      # leave Nagle on, as unbound 1.17 does
+        self.fastopen = fastopen  # TCP Fast Open on the listening socket
         self.sock_buf, self.mss = sock_buf, mss
         self.ctx = None
         if tls:
@@ -815,6 +819,8 @@ class FakeUpstream:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sock_buf)
         if self.mss:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, self.mss)
+        if self.fastopen:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
         s.bind((self.host, self.port))
         s.listen(128)
         self.port = s.getsockname()[1]

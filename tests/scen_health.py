@@ -311,3 +311,43 @@ def health_notify_status(t):
                  "nothing changed: %s" % again)
     finally:
         ns.close()
+
+
+def _tfo_counters():
+    """TcpExt TCPFastOpen* counters of the calling thread's namespace."""
+    with open("/proc/thread-self/net/netstat") as f:
+        rows = [ln.split() for ln in f if ln.startswith("TcpExt:")]
+    return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:])
+            if k.startswith("TCPFastOpen")}
+
+
+@scenario
+def health_fastopen(t):
+    """TCP Fast Open, in a namespace of its own with net.ipv4.tcp_fastopen=3: a reconnect to a server that handed out a cookie carries data in its SYN (TcpExt TCPFastOpenActive rises) and answers; a server without Fast Open still answers; --no-fastopen never sends data in a SYN."""
+    svc = __import__("scen_service")
+
+    def reconnect_twice(fu, *extra):
+        d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000", *extra)
+        before = _tfo_counters()
+        for i in range(3):
+            it.expect_a(it.ask_udp(d.port, "tfo%d.example." % i), it.GOOD_ADDR,
+                        "query %d" % i)
+            fu.close_all(graceful=True)
+            time.sleep(0.1)
+        after = _tfo_counters()
+        d.stop_and_check()
+        return {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+    def body():
+        with open("/proc/sys/net/ipv4/tcp_fastopen", "w") as f:
+            f.write("3\n")
+        delta = reconnect_twice(t.fakeup(fastopen=True))
+        t.note("Fast Open server: %s" % delta)
+        it.check(delta.get("TCPFastOpenActive", 0) >= 1, "no connection "
+                 "sent data in its SYN to a Fast Open server: %s" % delta)
+        delta = reconnect_twice(t.fakeup())
+        t.note("plain server: %s" % delta)
+        delta = reconnect_twice(t.fakeup(fastopen=True), "--no-fastopen")
+        it.check(delta.get("TCPFastOpenActive", 0) == 0, "--no-fastopen "
+                 "sent data in a SYN: %s" % delta)
+    svc.in_netns(body)
