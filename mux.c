@@ -88,6 +88,7 @@ static struct {
 	int		 hedge_tokens;	/* in 1/HEDGE_EVERY of a hedge */
 	int64_t		 boot_offset;
 	int64_t		 last_active;	/* a client's query, for --prewarm */
+	int64_t		 last_hedge;	/* a second copy sent, or 0 */
 	int64_t		 overload_warned;
 } mux;
 
@@ -565,6 +566,7 @@ attempt(struct pq *pq, struct conn *c, int why, int64_t now)
 		c->c_up->up_n.n_hedges++;
 		stats.st_hedges++;
 		mux.hedge_tokens -= HEDGE_EVERY;
+		mux.last_hedge = now;
 	} else if (why == ATT_FIRST &&
 	    mux.hedge_tokens < HEDGE_BURST * HEDGE_EVERY)
 		mux.hedge_tokens++;
@@ -872,21 +874,26 @@ warm_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /*
  * The warm connection outlives our idle timeout: closing it only to open
- * it again would cost a handshake and spare the server nothing.  It
- * still goes when the server asked for that (RFC 7828), or closes it.
+ * it again would cost a handshake and spare the server nothing.  With one
+ * upstream, a second copy of a query goes over a second connection: it
+ * is kept too while second copies were sent recently, so that the next
+ * one need not wait for a handshake.  Either still goes when the server
+ * asked for that (RFC 7828), or closes it.
  */
 static int
 keep_warm(const struct conn *c, int64_t now)
 {
 	const struct upstream *up = c->c_up;
-	int	 i;
+	int	 i, before = 0;
 
-	if (!warm_wanted(now) || c->c_server_idle)
+	if (c->c_server_idle)
 		return 0;
 	for (i = 0; i < c->c_idx; i++)
-		if (up->up_conns[i].c_state == CONN_READY)
-			return 0;
-	return 1;
+		before += up->up_conns[i].c_state == CONN_READY;
+	if (before == 0)
+		return warm_wanted(now);
+	return before == 1 && mux.nup == 1 && mux.last_hedge != 0 &&
+	    now - mux.last_hedge <= PREWARM_RECENT_MS;
 }
 
 /*

@@ -1689,6 +1689,15 @@ test_keep_warm(void)
 	c0->c_server_idle = 1;
 	CHECK(!keep_warm(c0, now));
 	c0->c_server_idle = 0;
+	/* One upstream, second copies sent lately: the second is kept too. */
+	mux.last_hedge = now;
+	CHECK(keep_warm(c1, now) && keep_warm(c1, now + PREWARM_RECENT_MS));
+	CHECK(!keep_warm(c1, now + PREWARM_RECENT_MS + 1));
+	c1->c_server_idle = 1;
+	CHECK(!keep_warm(c1, now));
+	c1->c_server_idle = 0;
+	mux.last_hedge = 0;
+	CHECK(!keep_warm(c1, now));
 
 	/* The idle timer keeps the first ready one and closes the rest. */
 	make_idle(0, 0);
