@@ -1001,7 +1001,7 @@ def svc_netchange_unrelated(t):
 @scenario
 @slow
 def svc_netchange_max_delay(t):
-    """A steady stream of events (an address added or removed every 100 ms for 4 s) does not postpone the check: a route change at its start moves a query stuck on a silent connection within 2.5 s, while the stream still runs."""
+    """A steady stream of events (an address added or removed every 100 ms for 4 s) does not postpone the check: a route change at its start moves a query stuck on a silent connection within 3 s, while the stream still runs."""
     def body():
         fu = t.fakeup()
         fu.set(mode="blackhole_first_conn")
@@ -1030,8 +1030,8 @@ def svc_netchange_max_delay(t):
         it.check(answered is not None, "answered only after the stream of "
                  "events stopped (%.1f s after the route change, the stream "
                  "lasted %.1f s)" % (r.elapsed - 0.7, stream))
-        it.check(answered < 2.5, "answered %.2f s after the route change, "
-                 "want within 2.5 s" % answered)
+        it.check(answered < 3.0, "answered %.2f s after the route change, "
+                 "want within 3 s" % answered)
         t.note("answered %.2f s after the route change" % answered)
         it.check(fu.stats()["conns"] == 2, "fakeup saw %d connections, want "
                  "2" % fu.stats()["conns"])
@@ -1256,7 +1256,7 @@ def _ask_stream(d, tag, stop, lat):
 @scenario
 @slow
 def svc_netchange_lost_route_replies(t):
-    """Route lookups the kernel never answers (swallowed by tests/nlshim.c) neither stall the event loop nor count as a change: with 8 upstreams and an address event every 400 ms for 3 s, every query is answered within 0.6 s and no connection is replaced; a connection's local address going away is still seen (from the address dump) and the connection replaced within 2 s."""
+    """Route lookups the kernel never answers (swallowed by tests/nlshim.c) neither stall the event loop nor count as a change: with 8 upstreams and an address event every 400 ms for 3 s, every query is answered within 1 s (not the 1.6 s of 8 blocking lookups) and no connection is replaced; a connection's local address going away is still seen (from the address dump) and the connection replaced within 2 s."""
     so = _nlshim(t)
 
     def body():
@@ -1295,7 +1295,7 @@ def _lost_replies_body(t, fu, so):
     answered = [x for x in lat if x is not None]
     t.note("%d queries during the events, slowest %.3f s" % (
         len(lat), max(answered or [0])))
-    it.check(max(answered or [0]) < 0.6, "a query took %.2f s while "
+    it.check(max(answered or [0]) < 1.0, "a query took %.2f s while "
              "rtnetlink events were looked at: the event loop waited" %
              max(answered or [0]))
     it.check(len(lat) >= 10 and len(answered) == len(lat), "%d of %d "
