@@ -101,7 +101,7 @@ def priv_no_resume(t):
 @scenario
 @slow
 def priv_netchange_forgets_tickets(t):
-    """After a network change the next handshake is a full one: the session ticket of the old network is not offered."""
+    """After a network change (the route to the upstream moves) the next handshake is a full one: the session ticket of the old network is not offered."""
     def body():
         fu = t.fakeup()
         d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000", "--connections",
@@ -109,7 +109,7 @@ def priv_netchange_forgets_tickets(t):
         _handshakes(t, fu, d, "nct-", n=2)
         it.check(fu.stats()["resumed"] == 1, "precondition: the reconnect "
                  "did not resume (%s)" % fu.stats())
-        svc.ip("addr", "add", "10.66.0.3/32", "dev", "lo")
+        svc.move_local_route()
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and fu.stats()["closed"] < 2:
             time.sleep(0.02)
@@ -248,7 +248,7 @@ def priv_prewarm_server_idle(t):
 @scenario
 @slow
 def priv_prewarm_recovers(t):
-    """With --prewarm, a network change replaces the warm connection at once, before any query (with a full handshake: the old network's ticket is forgotten), and an upstream that refuses connections is dialled again as its backoff ends, not only when a query comes."""
+    """With --prewarm, a network change (the route to the upstream moves) replaces the warm connection at once, before any query (with a full handshake: the old network's ticket is forgotten), and an upstream that refuses connections is dialled again as its backoff ends, not only when a query comes."""
     def body():
         fu = t.fakeup()
         d = t.dnsfwd(*it.tls_up(fu), "--prewarm", "--connections", "1",
@@ -256,7 +256,7 @@ def priv_prewarm_recovers(t):
         it.check(_until(lambda: fu.stats()["handshakes"] >= 1, 3),
                  "--prewarm: no handshake within 3 s of start")
         it.expect_a(it.ask_udp(d.port, "pwr1.example."))
-        svc.ip("addr", "add", "10.66.0.4/32", "dev", "lo")
+        svc.move_local_route()
         it.check(_until(lambda: fu.stats()["handshakes"] >= 2, 2),
                  "no new connection within 2 s of the network change: %s"
                  % fu.stats())
