@@ -58,7 +58,21 @@ VG_SKIP = {
     "pin_applies_to_preceding": SHORT,
     "journal_priority_prefixes": SHORT,
     "svc_tcp_user_timeout": SHORT,
-    "silent_connection_replaced": "wants SERVFAIL within about the 0.5 s "
+    "silent_connection_replaced": "wants the second copy's answer between "
+    "the 250 ms attempt timeout and the 0.5 s deadline",
+    "svc_netchange_max_delay": "wants the move acted on within about the "
+    "1 s debounce maximum",
+    "svc_netchange_lost_route_replies": "wants every query answered within "
+    "1 s while netmon works",
+    "health_blackhole_upstream": "wants 95% of a query every 50 ms "
+    "answered within the 1.5 s deadline",
+    "health_rcode_upstream": "wants 95% of a query every 50 ms answered "
+    "within the 1.5 s deadline",
+    "health_dropped_query": SHORT,
+    "health_dropped_query_two": SHORT,
+    "health_upstream_recovers": "wants 95% of a query every 100 ms "
+    "answered within the 2 s deadline",
+    "coalesced_own_deadline": "wants the joiner's answer 0.25 s before its "
     "deadline",
     "failover_slow_dial": "wants the answer within 1.5 s after a stalled "
     "dial",
