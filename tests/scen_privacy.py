@@ -401,13 +401,21 @@ def priv_padding_upstream(t):
     it.check(not unanswered, "%d of %d not answered: %s" % (
         len(unanswered), len(jobs), unanswered[:4]))
     problems = []
+    # A second copy, sent after an attempt timeout on a busy machine, is
+    # padded as well, and counted.
+    hedges = d.stats()["hedges"]
+    extra = 0
     for (name, tcp, edns) in jobs:
         recs = fu.records(name)
         what = "%s%s" % ("TCP" if tcp else "UDP", "+OPT" if edns else "")
-        if len(recs) != 1:
+        if len(recs) not in (1, 2):
             problems.append("%s %s: upstream saw %d" % (what, name[:20],
                                                         len(recs)))
+        extra += max(0, len(recs) - 1)
         problems += _pad_problems(recs, what)
+    if extra > hedges:
+        problems.append("%d second copies, but only %d sent after an "
+                        "attempt timeout" % (extra, hedges))
     it.check(not problems, "%d problems, e.g. %s" % (len(problems),
                                                      problems[:5]))
     # With --keep-ecs the client's ECS goes upstream, padded all the same.
