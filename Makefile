@@ -249,6 +249,9 @@ bench/echo: bench/echo.c
 bench/relay: bench/relay.c
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/relay.c
 
+bench/pathemu: bench/pathemu.c
+	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/pathemu.c -lm
+
 bench/latency: bench/latency.c
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/latency.c -lm
 
@@ -261,6 +264,7 @@ bench:
 	$(PY) bench/bench.py
 
 bench-clean:
-	rm -f bench/echo bench/relay bench/latency bench/nodelay.so
+	rm -f bench/echo bench/relay bench/latency bench/nodelay.so \
+	    bench/pathemu
 
 .PHONY: bench bench-clean
