@@ -111,9 +111,10 @@ UNIT =		tests/test_dns tests/test_mux tests/test_cache tests/test_query \
 VARIANTS =	dnsfwd dnsfwd-asan dnsfwd-mbedtls3
 
 check: deps
-	$(MAKE) $(UNIT) $(VARIANTS) $(FUZZ_BINS)
+	$(MAKE) $(UNIT) $(VARIANTS) $(FUZZ_BINS) bench/pathemu
 	mandoc -Tlint -W warning dnsfwd.8
 	$(PY) tests/runall.py $(UNIT) -- $(VARIANTS) -- tests/units.py \
+	    tests/test_pathemu.py \
 	    "tests/soak.py --short --dnsfwd ./dnsfwd-asan" \
 	    "env FUZZ_JOBS=1 bash fuzz/run.sh $(FUZZ_SMOKE_SECONDS) \
 	    $(FUZZ_TARGETS)"
