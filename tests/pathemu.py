@@ -13,17 +13,33 @@
 Side "a" is the client's namespace, side "b" the server's; "up" is a to b.
 Path I is a TUN device peI in each namespace, with a point-to-point
 address pair: Path.a_addr 198.18.I.1 in a and Path.b_addr 198.19.I.1 in b
-(198.18.0.0/15 is for benchmarks, RFC 2544), so a server that listens on
-several b addresses is reached through one path per address, each with its
-own settings, and its answers go back the way they came.  Each path is a
-pathemu process of its own, started and stopped by PID; the namespaces
-(named pathemu-PID-N-a and -b) are deleted by close(), which the context
-manager, a failed set-up and atexit call, and by the next Link of a later
-run if this process was killed.  Processes started by popen() are killed by
-PID in close().  Needs root, /dev/net/tun, ip(8) and bench/pathemu built
-(`make bench/pathemu`); unavailable() says what is missing.
+(198.18.0.0/15 is for benchmarks, RFC 2544; IPv4 only, MTU 1500), so a
+server that listens on several b addresses is reached through one path per
+address, each with its own settings, and its answers go back the way they
+came.  Each path is a pathemu process of its own.
 
-Also a command line for a running path:
+Link(paths=1, queue=None, seed=None, nice=-10, realtime=True): queue is
+pathemu's slots per direction (-q), seed makes loss and jitter repeatable;
+pathemu runs under SCHED_FIFO 1 (Path.realtime says whether it could), else
+at nice `nice`: on busy cores that takes its scheduling error from
+milliseconds to tens of microseconds (bench/README.md).  Link.popen(side,
+argv), run(side, argv), socket(side, ...) and in_ns(side, fn) put
+processes, sockets and calls in a namespace; link.ns_a and ns_b are the
+names for `ip netns exec`.  Path.set(line or KEY=VALUE...) takes pathemu's
+keys (delay_ms, jitter_ms, loss, blackhole, order, each bare or with up_ or
+down_), get() and stats() return dicts, clear() zeroes the counters;
+PathemuError when pathemu refuses.
+
+Everything is stopped by PID: pathemu by Path.stop() or close(), processes
+started by popen() in close(); pathemu also exits when this process dies
+(its stdin is a pipe from here).  The namespaces (pathemu-PID-N-a and -b)
+are deleted by close(), which the context manager, a failed set-up and
+atexit call, or, if this process was killed, by the next Link made on the
+machine.  Needs root, /dev/net/tun, ip(8) and bench/pathemu built (`make
+bench/pathemu`; $PATHEMU names another build); unavailable() says what is
+missing.
+
+A command line for a running path:
     python3 tests/pathemu.py SOCKET set up_delay_ms=15
 """
 import atexit
@@ -40,7 +56,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATHEMU = os.path.join(ROOT, "bench", "pathemu")
+PATHEMU = os.environ.get("PATHEMU", os.path.join(ROOT, "bench", "pathemu"))
 PREFIX = "pathemu-"
 CLONE_NEWNET = 0x40000000
 MTU = 1500
@@ -108,7 +124,8 @@ def _pairs(reply):
 class Path:
     """One emulated path: a pathemu process and its TUN pair peI."""
 
-    def __init__(self, link, index, queue=None, seed=None, nice=-10):
+    def __init__(self, link, index, queue=None, seed=None, nice=-10,
+                 realtime=True):
         self.index = index
         self.ifname = "pe%d" % index
         self.a_addr = "198.18.%d.1" % index
@@ -127,10 +144,7 @@ class Path:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
                                      stdout=self.log, stderr=self.log)
         self._wait_ready()
-        if nice:
-            # Ahead of busy neighbours: it sleeps but for the packets, and
-            # each time the scheduler makes it wait adds to the delay.
-            os.setpriority(os.PRIO_PROCESS, self.proc.pid, nice)
+        self._schedule(realtime, nice)
         for ns, here, there in ((link.ns_a, self.a_addr, self.b_addr),
                                 (link.ns_b, self.b_addr, self.a_addr)):
             ip("addr", "add", here, "peer", there, "dev", self.ifname, ns=ns)
@@ -143,6 +157,23 @@ class Path:
             ip("link", "set", self.ifname, "mtu", str(MTU), "txqueuelen",
                str(TXQUEUELEN), "up", ns=ns)
         self.clear()
+
+    def _schedule(self, realtime, nice):
+        """Puts pathemu ahead of busy neighbours: it sleeps but for the
+        packets, and each time the scheduler makes it wait adds to the
+        delay.  SCHED_FIFO 1 where allowed (the kernel's RT throttling
+        still leaves 5 % of each core to others), else nice."""
+        self.realtime = False
+        if realtime:
+            try:
+                os.sched_setscheduler(self.proc.pid, os.SCHED_FIFO,
+                                      os.sched_param(1))
+                self.realtime = True
+                return
+            except OSError:
+                pass
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, nice)
 
     def _wait_ready(self):
         deadline = time.monotonic() + 5
@@ -198,7 +229,7 @@ class Link:
     """Namespaces a and b joined by `paths` emulated paths (see above)."""
 
     def __init__(self, paths=1, binary=PATHEMU, queue=None, seed=None,
-                 nice=-10):
+                 nice=-10, realtime=True):
         global _serial
         why = unavailable(binary)
         if why:
@@ -221,7 +252,7 @@ class Link:
                 ip("netns", "add", ns)
                 ip("link", "set", "lo", "up", ns=ns)
             for i in range(paths):
-                Path(self, i, queue, seed, nice)
+                Path(self, i, queue, seed, nice, realtime)
         except BaseException:
             self.close()
             raise
@@ -268,6 +299,9 @@ class Link:
         th = threading.Thread(target=body, name="pathemu-ns", daemon=True)
         th.start()
         th.join(30)
+        if th.is_alive():
+            raise PathemuError("%r still running in %s after 30 s" % (
+                fn, self.ns(side)))
         if "exc" in box:
             raise box["exc"]
         return box.get("ret")
