@@ -35,12 +35,12 @@
  * Packets leave on a CLOCK_MONOTONIC timerfd armed at absolute times with
  * a timer slack of 1 ns (the default 50 us would add up to that), never
  * early; how late is the scheduler's doing: on this 2-vCPU machine kept
- * busy by other builds, 150-350 us on average and up to 5-19 ms at nice
- * -10, 55-90 us and up to 3-7 ms under SCHED_FIFO (late_*_us counts it).
- * One thread, one read and one write per packet, 7-12 us of CPU each here:
- * 60,000 packets/s passed one direction with none dropped, 115,000/s flat
- * out with a tenth dropped on the TUN queue (bench/README.md), where the
- * kernel drops what pathemu is too slow to read.  IPv4 or IPv6 alike.
+ * busy by other builds, 40-90 us on average and up to 0.2-3 ms under
+ * SCHED_FIFO, 150-520 us and up to 5-19 ms at nice -10 (late_*_us counts
+ * it).  One thread, one read and one write per packet, 5.6-24 us of CPU
+ * each here: 60,000 packets/s passed one direction with none dropped, the
+ * senders' limit (bench/README.md); the kernel drops, on the TUN queue,
+ * what pathemu is too slow to read.  It passes IPv4 and IPv6 alike.
  * No bandwidth limit, no duplication, no corruption.  Runs until
  * SIGTERM or SIGINT, or with -e until its standard input reaches end of
  * file (a pipe from the harness, so that it never outlives the harness),
