@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Checks of the path emulator, bench/pathemu, through tests/pathemu.py.
 
-    /usr/bin/python3 tests/test_pathemu.py [-k SUBSTRING] [--rate]
+    /usr/bin/python3 tests/test_pathemu.py [-k SUBSTRING]
+    /usr/bin/python3 tests/test_pathemu.py --rate [--senders N] [--pps R]
+        [--delay-ms D]
 
 Run from the top of the tree after `make bench/pathemu`.  The client
 sends ICMP echo requests from namespace a through the path; b's kernel
@@ -20,8 +22,10 @@ Every check is a function below whose docstring is the claim it checks.
 Prints "ok NAME", "FAIL NAME: reason" or "skip NAME: reason" per check,
 then "N passed, N failed" (and ", N skipped"); exits 1 if any failed.
 Every check is skipped, and counted, when not root, without /dev/net/tun
-or without bench/pathemu.  --rate instead measures the packet rate the
-emulator sustains (not part of make check).
+or without bench/pathemu.  --rate instead floods one direction from N
+sender processes (at R packets/s in all, or flat out) and prints what
+passed, what the kernel dropped ahead of pathemu, and pathemu's CPU per
+packet (not part of make check).
 """
 import argparse
 import math
@@ -69,10 +73,6 @@ print(n, flush=True)
 
 
 class Fail(Exception):
-    pass
-
-
-class Skip(Exception):
     pass
 
 
