@@ -118,10 +118,10 @@ UNIT =		tests/test_dns tests/test_mux tests/test_cache tests/test_query \
 VARIANTS =	dnsfwd dnsfwd-asan dnsfwd-mbedtls3
 
 check: deps
-	$(MAKE) headers $(UNIT) $(VARIANTS) $(FUZZ_BINS)
+	$(MAKE) headers $(UNIT) $(VARIANTS) $(FUZZ_BINS) bench/pathemu
 	mandoc -Tlint -W warning dnsfwd.8
 	$(PY) tests/runall.py $(UNIT) -- $(VARIANTS) -- tests/units.py \
-	    tests/siphash_ref.py tests/test_fakeup.py \
+	    tests/siphash_ref.py tests/test_fakeup.py tests/test_pathemu.py \
 	    "tests/soak.py --short --dnsfwd ./dnsfwd-asan" \
 	    "env FUZZ_JOBS=1 bash fuzz/run.sh $(FUZZ_SMOKE_SECONDS) \
 	    $(FUZZ_TARGETS)"
@@ -264,6 +264,9 @@ bench/echo: bench/echo.c
 bench/relay: bench/relay.c
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/relay.c
 
+bench/pathemu: bench/pathemu.c
+	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/pathemu.c -lm
+
 bench/latency: bench/latency.c
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) -o $@ bench/latency.c -lm
 
@@ -276,6 +279,7 @@ bench:
 	$(PY) bench/bench.py
 
 bench-clean:
-	rm -f bench/echo bench/relay bench/latency bench/nodelay.so
+	rm -f bench/echo bench/relay bench/latency bench/nodelay.so \
+	    bench/pathemu
 
 .PHONY: bench bench-clean
