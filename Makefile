@@ -26,11 +26,13 @@ SAN =		-fsanitize=address,undefined -fno-omit-frame-pointer \
 		-fno-sanitize-recover=undefined
 PY =		/usr/bin/python3
 
-SRCS =		dnsfwd.c options.c listen.c query.c mux.c conn.c health.c \
+SRCS =		dnsfwd.c options.c listen.c query.c mux.c upstream.c conn.c \
+		health.c \
 		netmon.c cache.c tls.c dns.c siphash.c log.c util.c
 # One header per module (its interface); conn.h is the pool's and the
 # connection's alone; dnsfwd.h holds what all share.
-HDRS =		dnsfwd.h options.h listen.h query.h mux.h conn.h health.h \
+HDRS =		dnsfwd.h options.h listen.h query.h mux.h upstream.h conn.h \
+		health.h \
 		netmon.h cache.h tls.h dns.h siphash.h log.h util.h
 # mbedTLS 3.6 from Debian 13, unpacked here by tests/mbedtls3.sh.
 M3 =		build/mbedtls3
@@ -67,7 +69,7 @@ tests/test_dns: tests/test_dns.c dns.c siphash.c util.c log.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_dns.c dns.c siphash.c \
 	    util.c log.c $(LIBS)
 
-tests/test_mux: tests/test_mux.c tests/check.h mux.c conn.c health.c dns.c siphash.c \
+tests/test_mux: tests/test_mux.c tests/check.h mux.c upstream.c conn.c health.c dns.c siphash.c \
 	    log.c util.c tls.c $(HDRS)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -I. -o $@ tests/test_mux.c health.c \
 	    dns.c siphash.c log.c util.c tls.c $(LIBS)
@@ -204,7 +206,7 @@ fuzz/query-fuzz: fuzz/fuzz_query.c fuzz/fuzz.h query.c cache.c dns.c siphash.c l
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_query.c cache.c dns.c siphash.c \
 	    log.c util.c $(FUZZ_WRAP) -lev -lm
 
-fuzz/upstream-fuzz: fuzz/fuzz_upstream.c fuzz/fuzz.h mux.c conn.c health.c \
+fuzz/upstream-fuzz: fuzz/fuzz_upstream.c fuzz/fuzz.h mux.c upstream.c conn.c health.c \
 	    dns.c siphash.c tls.c log.c util.c $(HDRS)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_upstream.c health.c dns.c siphash.c \
 	    tls.c log.c util.c $(FUZZ_WRAP) -lmbedtls -lmbedx509 -lmbedcrypto \

@@ -143,6 +143,8 @@ struct upstream {
 	char		 up_label[80];
 	struct tls_upstream *up_tls;
 	struct conn	*up_conns;
+	int		 up_nconns;	/* --connections */
+	int		 up_maxq;	/* --max-inflight */
 	int		 up_idx;
 	/* Dials that failed back it off; meanwhile it is unreachable. */
 	int		 up_fails;	/* failed dials since the last success */

@@ -185,6 +185,18 @@ state(const struct upstream *up, int64_t now)
 }
 
 void
+health_status(const struct upstream *up, char *buf, size_t len)
+{
+	if (up == NULL)
+		snprintf(buf, len, "no upstream reachable");
+	else if (up->up_srtt == 0)
+		snprintf(buf, len, "upstream %s", up->up_label);
+	else
+		snprintf(buf, len, "upstream %s %.0f ms", up->up_label,
+		    up->up_srtt / 1000.0);
+}
+
+void
 health_log(const struct upstream *up, int64_t now)
 {
 	const struct up_counts *n = &up->up_n;

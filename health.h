@@ -6,6 +6,7 @@
 #ifndef HEALTH_H
 #define HEALTH_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct att;
@@ -37,6 +38,8 @@ int	health_probe_due(const struct upstream *, int64_t);
 void	health_probed(struct upstream *, int64_t);
 /* Forgets all it learnt: the path to it changed. */
 void	health_reset(struct upstream *);
+/* The upstream in use (NULL: none) for the service's status. */
+void	health_status(const struct upstream *, char *, size_t);
 /* One line for SIGUSR1. */
 void	health_log(const struct upstream *, int64_t);
 

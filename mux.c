@@ -38,12 +38,9 @@
 #include "log.h"
 #include "mux.h"
 #include "options.h"
-#include "tls.h"
+#include "upstream.h"
 #include "util.h"
 
-/* Failed dials back off from this, doubling, up to the maximum. */
-#define BACKOFF_MIN_MS	250
-#define BACKOFF_MAX_MS	30000
 /* A jump of the boot clock past the monotonic one this large is a sleep. */
 #define SUSPEND_MS	2000
 /* With --prewarm, connections are kept while queries came this recently. */
@@ -96,15 +93,6 @@ static void	 dispatch(int64_t);
 static void	 hedge(struct pq *, int64_t);
 static void	 probe(struct pq *, const struct upstream *, int64_t);
 static struct upstream *pick_upstream(int64_t, uint32_t);
-static struct conn *pick_conn(struct upstream *, const struct conn *);
-static int	 up_usable(struct upstream *, int64_t);
-static int	 need_dial(struct upstream *);
-static int	 slow_dial(struct upstream *);
-static int	 dialing(struct upstream *);
-static int	 may_dial(struct upstream *, int64_t);
-static struct conn *idle_conn(struct upstream *);
-static int	 dial(struct upstream *, int64_t);
-static void	 upstream_failed(struct upstream *, const char *, int64_t);
 static void	 upstream_reset(struct upstream *, const char *, int64_t);
 static void	 pool_close(struct conn *, const char *, int64_t);
 static void	 take_back(struct attlist *, int, int64_t);
@@ -148,33 +136,12 @@ static const struct conn_events events = {
 };
 
 #define PQ_INDEX(pq)	((int32_t)((pq) - mux.pool))
-#define UP_BIT(up)	(1u << (up)->up_idx)
 
 /* In flight on every connection, and as many again waiting. */
 int
 mux_capacity(const struct config *cf)
 {
 	return 2 * cf->cf_nup * cf->cf_connections * cf->cf_max_inflight;
-}
-
-static void
-upstream_init(struct upstream *up, const struct upstream_cfg *uc, int idx)
-{
-	const struct config *cf = mux.cf;
-	char		 a[64];
-	int		 i;
-
-	up->up_cfg = uc;
-	up->up_idx = idx;
-	snprintf(up->up_label, sizeof(up->up_label), "u%d %s", idx,
-	    addr_str(&uc->uc_addr.sa, a, sizeof(a)));
-	if (uc->uc_tls)
-		up->up_tls = tls_upstream_new(uc->uc_name,
-		    (const uint8_t (*)[32])uc->uc_pins, uc->uc_npins,
-		    !cf->cf_no_resume);
-	up->up_conns = xcalloc((size_t)cf->cf_connections, sizeof(struct conn));
-	for (i = 0; i < cf->cf_connections; i++)
-		conn_init(&up->up_conns[i], up, i);
 }
 
 void
@@ -200,7 +167,7 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 	mux.hedge_tokens = HEDGE_BURST * HEDGE_EVERY;
 	conn_setup(loop, cf, &events, mux.pool, mux.hmask);
 	for (i = 0; i < mux.nup; i++)
-		upstream_init(&mux.ups[i], &cf->cf_up[i], i);
+		upstream_init(&mux.ups[i], cf, &cf->cf_up[i], i);
 	ev_init(&mux.deadline_timer, deadline_cb);
 	ev_init(&mux.att_timer, att_timer_cb);
 	ev_init(&mux.warm_timer, warm_cb);
@@ -228,10 +195,8 @@ mux_shutdown(void)
 
 			if (c->c_state != CONN_IDLE)
 				pool_close(c, "shutting down", now_ms());
-			conn_free(c);
 		}
-		free(up->up_conns);
-		tls_upstream_free(up->up_tls);
+		upstream_free(up);
 	}
 	ev_timer_stop(mux.loop, &mux.deadline_timer);
 	ev_timer_stop(mux.loop, &mux.att_timer);
@@ -302,16 +267,9 @@ mux_overdue(int h)
 static void
 deadline_insert(struct pq *pq, int64_t deadline, int64_t now)
 {
-	struct pq	*p;
-
 	pq->pq_deadline = deadline;
-	TAILQ_FOREACH_REVERSE(p, &mux.deadlines, pqlist, pq_dlink)
-		if (p->pq_deadline <= deadline)
-			break;
-	if (p != NULL)
-		TAILQ_INSERT_AFTER(&mux.deadlines, p, pq, pq_dlink);
-	else
-		TAILQ_INSERT_HEAD(&mux.deadlines, pq, pq_dlink);
+	TAILQ_INSERT_SORTED(&mux.deadlines, pq, pq, pqlist, pq_dlink,
+	    pq_deadline);
 	/* A timer armed for a later head would fire too late. */
 	if (!ev_is_active(&mux.deadline_timer) ||
 	    TAILQ_FIRST(&mux.deadlines) == pq)
@@ -339,13 +297,14 @@ dispatch(int64_t now)
 			fail_waiting(now);
 			return;
 		}
-		if ((c = pick_conn(up, NULL)) != NULL) {
+		if ((c = upstream_conn(up, NULL)) != NULL) {
 			pq_unqueue(pq);
 			attempt(pq, c, ATT_FIRST, now);
 			probe(pq, up, now);
 			continue;
 		}
-		if (need_dial(up) && dial(up, now) == -1)
+		if (upstream_need_dial(up, mux.nwait) &&
+		    upstream_dial(up, now) == -1)
 			continue;	/* that upstream now backs off */
 		return;
 	}
@@ -376,8 +335,8 @@ hedge(struct pq *pq, int64_t now)
 		stats.st_hedges_unpaid++;
 		return;
 	}
-	up = pick_upstream(now, pq->pq_said | (busy ? UP_BIT(busy->c_up) : 0));
-	if (up == NULL && busy != NULL && !(pq->pq_said & UP_BIT(busy->c_up)))
+	up = pick_upstream(now, pq->pq_said | (busy ? upstream_bit(busy->c_up) : 0));
+	if (up == NULL && busy != NULL && !(pq->pq_said & upstream_bit(busy->c_up)))
 		up = busy->c_up;
 	if (up == NULL) {
 		pq_unqueue(pq);
@@ -386,22 +345,14 @@ hedge(struct pq *pq, int64_t now)
 			    MUX_UNREACHABLE, NULL, 0, now);
 		return;
 	}
-	if ((c = pick_conn(up, busy)) != NULL) {
+	if ((c = upstream_conn(up, busy)) != NULL) {
 		pq_unqueue(pq);
 		attempt(pq, c, busy != NULL ? ATT_HEDGE : ATT_FIRST, now);
-	} else if (idle_conn(up) == NULL) {
+	} else if (upstream_idle(up) == NULL) {
 		if (busy != NULL)	/* no other connection to be had */
 			pq_unqueue(pq);
-	} else if (may_dial(up, now))
-		(void)dial(up, now);
-}
-
-/* An idle slot, no dial under way, and no backoff to wait out. */
-static int
-may_dial(struct upstream *up, int64_t now)
-{
-	return idle_conn(up) != NULL && !dialing(up) &&
-	    (up->up_fails == 0 || now >= up->up_retry_at);
+	} else if (upstream_may_dial(up, now))
+		(void)upstream_dial(up, now);
 }
 
 /*
@@ -420,134 +371,14 @@ probe(struct pq *pq, const struct upstream *chosen, int64_t now)
 		if (up == chosen || !health_probe_due(up, now) ||
 		    up->up_fails > 0)
 			continue;
-		if ((c = pick_conn(up, NULL)) != NULL) {
+		if ((c = upstream_conn(up, NULL)) != NULL) {
 			attempt(pq, c, ATT_PROBE, now);
 			health_probed(up, now);
 			return;
 		}
-		if (may_dial(up, now))
-			(void)dial(up, now);
+		if (upstream_may_dial(up, now))
+			(void)upstream_dial(up, now);
 	}
-}
-
-/*
- * True while the upstream's only hope is a dial that has taken over half
- * the query timeout: a black hole, most likely, so others go first.
- */
-static int
-slow_dial(struct upstream *up)
-{
-	int	 i, slow = 0;
-
-	for (i = 0; i < mux.cf->cf_connections; i++) {
-		if (up->up_conns[i].c_state == CONN_READY)
-			return 0;
-		slow |= up->up_conns[i].c_slow;
-	}
-	return slow;
-}
-
-/*
- * An upstream whose dials fail, but a query may go there now: its
- * backoff is over (the query is the probe), a connection is up, or one
- * being dialled will take it.
- */
-static int
-up_usable(struct upstream *up, int64_t now)
-{
-	return now >= up->up_retry_at || pick_conn(up, NULL) != NULL ||
-	    !need_dial(up);
-}
-
-/*
- * The best upstream not in `avoid` by health_rank, and of those alike
- * the lowest round-trip time; NULL when none may be used.
- */
-static struct upstream *
-pick_upstream(int64_t now, uint32_t avoid)
-{
-	struct upstream	*up, *best = NULL;
-	int		 i, rank, best_rank = 0, unreachable;
-
-	for (i = 0; i < mux.nup; i++) {
-		up = &mux.ups[i];
-		if (avoid & UP_BIT(up))
-			continue;
-		unreachable = up->up_fails > 0 || slow_dial(up);
-		if (unreachable && !up_usable(up, now))
-			continue;
-		rank = health_rank(up, unreachable);
-		if (best == NULL || rank < best_rank || (rank == best_rank &&
-		    up->up_srtt < best->up_srtt)) {
-			best = up;
-			best_rank = rank;
-		}
-	}
-	return best;
-}
-
-/* The ready connection with the fewest in flight and room, but `not`. */
-static struct conn *
-pick_conn(struct upstream *up, const struct conn *not)
-{
-	struct conn	*c, *best = NULL;
-	int		 i;
-
-	for (i = 0; i < mux.cf->cf_connections; i++) {
-		c = &up->up_conns[i];
-		if (c == not || !conn_has_room(c))
-			continue;
-		if (best == NULL || c->c_inflight < best->c_inflight)
-			best = c;
-	}
-	return best;
-}
-
-static int
-dialing(struct upstream *up)
-{
-	int	 i, n = 0;
-
-	for (i = 0; i < mux.cf->cf_connections; i++)
-		n += up->up_conns[i].c_state == CONN_CONNECTING ||
-		    up->up_conns[i].c_state == CONN_HANDSHAKE;
-	return n;
-}
-
-/*
- * True when a free slot exists and the connections being dialled will
- * not have room for everything waiting.
- */
-static int
-need_dial(struct upstream *up)
-{
-	return idle_conn(up) != NULL &&
-	    mux.nwait > dialing(up) * mux.cf->cf_max_inflight;
-}
-
-static struct conn *
-idle_conn(struct upstream *up)
-{
-	int	 i;
-
-	for (i = 0; i < mux.cf->cf_connections; i++)
-		if (up->up_conns[i].c_state == CONN_IDLE)
-			return &up->up_conns[i];
-	return NULL;
-}
-
-/* Dials an idle slot; -1 when it failed at once and the upstream backs off. */
-static int
-dial(struct upstream *up, int64_t now)
-{
-	char	 why[80];
-
-	if (up->up_fails > 0)	/* one probe per backoff period */
-		up->up_retry_at = now + up->up_backoff_ms;
-	if (conn_dial(idle_conn(up), why, sizeof(why)) == 0)
-		return 0;
-	upstream_failed(up, why, now);
-	return -1;
 }
 
 /* Writes a copy of pq on c, and arms its attempt timeout. */
@@ -590,18 +421,10 @@ att_end(struct att *a)
 static void
 att_timeout_insert(struct att *a, int64_t due, int64_t now)
 {
-	struct att	*p;
-
 	if (due >= a->a_pq->pq_deadline)
 		return;
 	a->a_due = due;
-	TAILQ_FOREACH_REVERSE(p, &mux.atimeouts, attlist, a_tlink)
-		if (p->a_due <= due)
-			break;
-	if (p != NULL)
-		TAILQ_INSERT_AFTER(&mux.atimeouts, p, a, a_tlink);
-	else
-		TAILQ_INSERT_HEAD(&mux.atimeouts, a, a_tlink);
+	TAILQ_INSERT_SORTED(&mux.atimeouts, a, att, attlist, a_tlink, a_due);
 	if (!ev_is_active(&mux.att_timer) || TAILQ_FIRST(&mux.atimeouts) == a)
 		timer_arm(mux.loop, &mux.att_timer, due, now);
 }
@@ -649,15 +472,17 @@ att_timed_out(struct att *a, int64_t now)
 		pq_enqueue(pq, PQ_ON_HEDGE, 0);
 }
 
+/* The best upstream not in `avoid`, NULL when none may be used. */
+static struct upstream *
+pick_upstream(int64_t now, uint32_t avoid)
+{
+	return upstream_pick(mux.ups, mux.nup, avoid, mux.nwait, now);
+}
+
 static void
 on_ready(struct conn *c, int64_t now)
 {
-	struct upstream	*up = c->c_up;
-
-	if (up->up_fails > 0)
-		log_info("%s: reachable again", up->up_label);
-	up->up_fails = 0;
-	up->up_backoff_ms = 0;
+	upstream_reachable(c->c_up);
 	dispatch(now);
 }
 
@@ -699,7 +524,7 @@ static void
 refused(struct pq *pq, const struct upstream *up, uint8_t *msg, size_t len,
     int64_t now)
 {
-	pq->pq_said |= UP_BIT(up);
+	pq->pq_said |= upstream_bit(up);
 	if (pq->pq_badrc == 0)
 		pq->pq_badrc = msg[3] & F_RCODE;
 	if (pq_live(pq) > 0 || pq->pq_list != PQ_ON_NONE)
@@ -792,27 +617,6 @@ take_back(struct attlist *back, int blame, int64_t now)
 	}
 }
 
-static void
-upstream_failed(struct upstream *up, const char *why, int64_t now)
-{
-	uint32_t	 jitter;
-	int		 b;
-
-	up->up_fails++;
-	b = up->up_backoff_ms == 0 ? BACKOFF_MIN_MS : up->up_backoff_ms * 2;
-	if (b > BACKOFF_MAX_MS)
-		b = BACKOFF_MAX_MS;
-	up->up_backoff_ms = b;
-	/* Up to a quarter less, so many dnsfwd do not retry in step. */
-	random_bytes(&jitter, sizeof(jitter));
-	up->up_retry_at = now + b - (int64_t)(jitter % (uint32_t)(b / 4 + 1));
-	if (up->up_fails == 1)
-		up->up_warned = 0;
-	log_ratelimited(&up->up_warned, "%s: %s (failure %d, next try in "
-	    "%d ms)", up->up_label, why, up->up_fails,
-	    (int)(up->up_retry_at - now));
-}
-
 void
 mux_active(int64_t now)
 {
@@ -829,23 +633,16 @@ warm_wanted(int64_t now)
 /*
  * --prewarm: while queries came recently, each upstream keeps one
  * connection open, so that the first query after a quiet spell pays no
- * handshake.  One is enough: a second opens only when the first is full.
+ * handshake; while it fails, the warm timer dials again as each backoff
+ * ends.
  */
 static void
 prewarm(struct upstream *up, int64_t now)
 {
-	int	 i;
+	int64_t	 at;
 
-	if (!warm_wanted(now))
-		return;
-	for (i = 0; i < mux.cf->cf_connections; i++)
-		if (up->up_conns[i].c_state != CONN_IDLE)
-			return;
-	if (up->up_fails == 0 || now >= up->up_retry_at)
-		(void)dial(up, now);
-	/* Failing: try again when the backoff allows, not at the next query. */
-	if (up->up_fails > 0)
-		warm_later(up->up_retry_at, now);
+	if (warm_wanted(now) && (at = upstream_warm(up, now)) != 0)
+		warm_later(at, now);
 }
 
 /* The warm timer fires at the earliest backoff end asked for. */
@@ -873,27 +670,15 @@ warm_cb(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /*
- * The warm connection outlives our idle timeout: closing it only to open
- * it again would cost a handshake and spare the server nothing.  With one
- * upstream, a second copy of a query goes over a second connection: it
- * is kept too while second copies were sent recently, so that the next
- * one need not wait for a handshake.  Either still goes when the server
- * asked for that (RFC 7828), or closes it.
+ * An idle connection past its timeout stays open while --prewarm wants
+ * it, or, with one upstream, while second copies were sent lately: they
+ * go over a second connection, which then needs no handshake.
  */
 static int
 keep_warm(const struct conn *c, int64_t now)
 {
-	const struct upstream *up = c->c_up;
-	int	 i, before = 0;
-
-	if (c->c_server_idle)
-		return 0;
-	for (i = 0; i < c->c_idx; i++)
-		before += up->up_conns[i].c_state == CONN_READY;
-	if (before == 0)
-		return warm_wanted(now);
-	return before == 1 && mux.nup == 1 && mux.last_hedge != 0 &&
-	    now - mux.last_hedge <= PREWARM_RECENT_MS;
+	return upstream_keep(c, warm_wanted(now), mux.nup == 1 &&
+	    mux.last_hedge != 0 && now - mux.last_hedge <= PREWARM_RECENT_MS);
 }
 
 /*
@@ -1101,24 +886,15 @@ mux_netchange(uint32_t moved, int64_t now)
 int
 mux_conn_local(int up, int slot, union sockaddr_any *sa)
 {
-	if (up < 0 || up >= mux.nup || slot < 0 ||
-	    slot >= mux.cf->cf_connections)
+	if (up < 0 || up >= mux.nup)
 		return -1;
-	return conn_local(&mux.ups[up].up_conns[slot], sa);
+	return upstream_local(&mux.ups[up], slot, sa);
 }
 
 void
 mux_status(char *buf, size_t len, int64_t now)
 {
-	struct upstream	*up = pick_upstream(now, 0);
-
-	if (up == NULL)
-		snprintf(buf, len, "no upstream reachable");
-	else if (up->up_srtt == 0)
-		snprintf(buf, len, "upstream %s", up->up_label);
-	else
-		snprintf(buf, len, "upstream %s %.0f ms", up->up_label,
-		    up->up_srtt / 1000.0);
+	health_status(pick_upstream(now, 0), buf, len);
 }
 
 void
@@ -1130,24 +906,15 @@ mux_log_stats(void)
 		health_log(&mux.ups[i], now_ms());
 }
 
-/*
- * Its connections may be dead without knowing it, its backoff and what
- * we learnt of it are about another path, and a ticket would link this
- * machine across networks.  --prewarm dials the replacement at once.
- */
+/* Its path changed: --prewarm dials the replacement at once. */
 static void
 upstream_reset(struct upstream *up, const char *why, int64_t now)
 {
 	int	 j;
 
-	for (j = 0; j < mux.cf->cf_connections; j++)
+	for (j = 0; j < up->up_nconns; j++)
 		if (up->up_conns[j].c_state != CONN_IDLE)
 			pool_close(&up->up_conns[j], why, now);
-	up->up_fails = 0;
-	up->up_backoff_ms = 0;
-	up->up_retry_at = 0;
-	health_reset(up);
-	if (up->up_tls != NULL)
-		tls_upstream_forget(up->up_tls);
+	upstream_forget(up);
 	prewarm(up, now);
 }

@@ -58,6 +58,23 @@ void	timer_arm(struct ev_loop *, struct ev_timer *, int64_t when,
 } while (0)
 
 /*
+ * Inserts elm into a TAILQ kept in order of its `key` member, searching
+ * from the tail: keys that mostly come in order cost O(1) (ev.pod, "Be
+ * smart about timeouts").
+ */
+#define TAILQ_INSERT_SORTED(head, elm, type, headname, field, key) do {	\
+	struct type *p_;						\
+									\
+	TAILQ_FOREACH_REVERSE(p_, head, headname, field)		\
+		if (p_->key <= (elm)->key)				\
+			break;						\
+	if (p_ != NULL)							\
+		TAILQ_INSERT_AFTER(head, p_, elm, field);		\
+	else								\
+		TAILQ_INSERT_HEAD(head, elm, field);			\
+} while (0)
+
+/*
  * Hash chains of indices into a fixed array (the pending pool, the cache
  * table): a bucket holds the first index of its chain, each element the
  * next, -1 ends a chain.  Indices, not pointers, so an element is linked

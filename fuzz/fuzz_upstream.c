@@ -60,6 +60,7 @@
  * -DFZ_STATS, it prints how many sends were answered after each input.
  */
 #include "../conn.c"
+#include "../upstream.c"
 #include "../mux.c"
 
 #include <sys/socket.h>

@@ -22,6 +22,7 @@
 #define tls_drained	fake_tls_drained
 #define tls_upstream_forget fake_tls_upstream_forget
 #include "../conn.c"
+#include "../upstream.c"
 #include "../mux.c"
 
 #include <sys/socket.h>

@@ -1,0 +1,265 @@
+/*
+ * One upstream and its connection slots: which connection takes a
+ * query, dialling with backoff, which idle connections are kept, and
+ * forgetting what was learnt when its path changes.  How well it answers
+ * is health.c's to judge; where queries go is the pool's (mux.c).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "conn.h"
+#include "health.h"
+#include "log.h"
+#include "options.h"
+#include "tls.h"
+#include "upstream.h"
+#include "util.h"
+
+/* Failed dials back off from this, doubling, up to the maximum. */
+#define BACKOFF_MIN_MS	250
+#define BACKOFF_MAX_MS	30000
+
+void
+upstream_init(struct upstream *up, const struct config *cf,
+    const struct upstream_cfg *uc, int idx)
+{
+	char	 a[64];
+	int	 i;
+
+	up->up_cfg = uc;
+	up->up_idx = idx;
+	up->up_nconns = cf->cf_connections;
+	up->up_maxq = cf->cf_max_inflight;
+	snprintf(up->up_label, sizeof(up->up_label), "u%d %s", idx,
+	    addr_str(&uc->uc_addr.sa, a, sizeof(a)));
+	if (uc->uc_tls)
+		up->up_tls = tls_upstream_new(uc->uc_name,
+		    (const uint8_t (*)[32])uc->uc_pins, uc->uc_npins,
+		    !cf->cf_no_resume);
+	up->up_conns = xcalloc((size_t)up->up_nconns, sizeof(struct conn));
+	for (i = 0; i < up->up_nconns; i++)
+		conn_init(&up->up_conns[i], up, i);
+}
+
+void
+upstream_free(struct upstream *up)
+{
+	int	 i;
+
+	for (i = 0; i < up->up_nconns; i++)
+		conn_free(&up->up_conns[i]);
+	free(up->up_conns);
+	tls_upstream_free(up->up_tls);
+}
+
+struct conn *
+upstream_conn(struct upstream *up, const struct conn *not)
+{
+	struct conn	*c, *best = NULL;
+	int		 i;
+
+	for (i = 0; i < up->up_nconns; i++) {
+		c = &up->up_conns[i];
+		if (c == not || !conn_has_room(c))
+			continue;
+		if (best == NULL || c->c_inflight < best->c_inflight)
+			best = c;
+	}
+	return best;
+}
+
+struct conn *
+upstream_idle(struct upstream *up)
+{
+	int	 i;
+
+	for (i = 0; i < up->up_nconns; i++)
+		if (up->up_conns[i].c_state == CONN_IDLE)
+			return &up->up_conns[i];
+	return NULL;
+}
+
+int
+upstream_dialing(const struct upstream *up)
+{
+	int	 i, n = 0;
+
+	for (i = 0; i < up->up_nconns; i++)
+		n += up->up_conns[i].c_state == CONN_CONNECTING ||
+		    up->up_conns[i].c_state == CONN_HANDSHAKE;
+	return n;
+}
+
+/* A black hole, most likely, so that others go first. */
+int
+upstream_slow(const struct upstream *up)
+{
+	int	 i, slow = 0;
+
+	for (i = 0; i < up->up_nconns; i++) {
+		if (up->up_conns[i].c_state == CONN_READY)
+			return 0;
+		slow |= up->up_conns[i].c_slow;
+	}
+	return slow;
+}
+
+int
+upstream_backing_off(const struct upstream *up, int64_t now)
+{
+	return up->up_fails > 0 && now < up->up_retry_at;
+}
+
+int
+upstream_need_dial(struct upstream *up, int nwait)
+{
+	return upstream_idle(up) != NULL &&
+	    nwait > upstream_dialing(up) * up->up_maxq;
+}
+
+/*
+ * An upstream whose dials fail, but a query may go there now: its
+ * backoff is over (the query is the probe), a connection is up, or one
+ * being dialled will take it.
+ */
+static int
+usable(struct upstream *up, int nwait, int64_t now)
+{
+	return now >= up->up_retry_at || upstream_conn(up, NULL) != NULL ||
+	    !upstream_need_dial(up, nwait);
+}
+
+/* By health_rank, and of those alike the lowest round-trip time. */
+struct upstream *
+upstream_pick(struct upstream *ups, int n, uint32_t avoid, int nwait,
+    int64_t now)
+{
+	struct upstream	*up, *best = NULL;
+	int		 i, rank, best_rank = 0, unreachable;
+
+	for (i = 0; i < n; i++) {
+		up = &ups[i];
+		if (avoid & upstream_bit(up))
+			continue;
+		unreachable = up->up_fails > 0 || upstream_slow(up);
+		if (unreachable && !usable(up, nwait, now))
+			continue;
+		rank = health_rank(up, unreachable);
+		if (best == NULL || rank < best_rank || (rank == best_rank &&
+		    up->up_srtt < best->up_srtt)) {
+			best = up;
+			best_rank = rank;
+		}
+	}
+	return best;
+}
+
+int
+upstream_may_dial(struct upstream *up, int64_t now)
+{
+	return upstream_idle(up) != NULL && upstream_dialing(up) == 0 &&
+	    !upstream_backing_off(up, now);
+}
+
+int
+upstream_dial(struct upstream *up, int64_t now)
+{
+	char	 why[80];
+
+	if (up->up_fails > 0)	/* one probe per backoff period */
+		up->up_retry_at = now + up->up_backoff_ms;
+	if (conn_dial(upstream_idle(up), why, sizeof(why)) == 0)
+		return 0;
+	upstream_failed(up, why, now);
+	return -1;
+}
+
+void
+upstream_failed(struct upstream *up, const char *why, int64_t now)
+{
+	uint32_t	 jitter;
+	int		 b;
+
+	up->up_fails++;
+	b = up->up_backoff_ms == 0 ? BACKOFF_MIN_MS : up->up_backoff_ms * 2;
+	if (b > BACKOFF_MAX_MS)
+		b = BACKOFF_MAX_MS;
+	up->up_backoff_ms = b;
+	/* Up to a quarter less, so many dnsfwd do not retry in step. */
+	random_bytes(&jitter, sizeof(jitter));
+	up->up_retry_at = now + b - (int64_t)(jitter % (uint32_t)(b / 4 + 1));
+	if (up->up_fails == 1)
+		up->up_warned = 0;
+	log_ratelimited(&up->up_warned, "%s: %s (failure %d, next try in "
+	    "%d ms)", up->up_label, why, up->up_fails,
+	    (int)(up->up_retry_at - now));
+}
+
+void
+upstream_reachable(struct upstream *up)
+{
+	if (up->up_fails > 0)
+		log_info("%s: reachable again", up->up_label);
+	up->up_fails = 0;
+	up->up_backoff_ms = 0;
+}
+
+/*
+ * One warm connection is enough: a second opens only when the first is
+ * full.  While failing, the next try waits for the backoff, not for the
+ * next query.
+ */
+int64_t
+upstream_warm(struct upstream *up, int64_t now)
+{
+	int	 i;
+
+	for (i = 0; i < up->up_nconns; i++)
+		if (up->up_conns[i].c_state != CONN_IDLE)
+			return 0;
+	if (up->up_fails == 0 || now >= up->up_retry_at)
+		(void)upstream_dial(up, now);
+	return up->up_fails > 0 ? up->up_retry_at : 0;
+}
+
+/*
+ * Closing a kept connection only to open it again would cost a handshake
+ * and spare the server nothing; it still goes when the server asked for
+ * that (RFC 7828).
+ */
+int
+upstream_keep(const struct conn *c, int warm, int second)
+{
+	const struct upstream *up = c->c_up;
+	int	 i, before = 0;
+
+	if (c->c_server_idle)
+		return 0;
+	for (i = 0; i < c->c_idx; i++)
+		before += up->up_conns[i].c_state == CONN_READY;
+	return before == 0 ? warm : before == 1 && second;
+}
+
+/*
+ * Its connections may be dead without knowing it, its backoff and what
+ * we learnt of it are about another path, and a ticket would link this
+ * machine across networks.
+ */
+void
+upstream_forget(struct upstream *up)
+{
+	up->up_fails = 0;
+	up->up_backoff_ms = 0;
+	up->up_retry_at = 0;
+	health_reset(up);
+	if (up->up_tls != NULL)
+		tls_upstream_forget(up->up_tls);
+}
+
+int
+upstream_local(const struct upstream *up, int slot, union sockaddr_any *sa)
+{
+	if (slot < 0 || slot >= up->up_nconns)
+		return -1;
+	return conn_local(&up->up_conns[slot], sa);
+}

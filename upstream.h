@@ -1,0 +1,69 @@
+/*
+ * upstream.c: one upstream and its connection slots: which connection
+ * takes a query, dialling with backoff, which idle connections are kept,
+ * and forgetting what was learnt when its path changes.  The pool
+ * (mux.c) owns the upstreams; nothing else includes this header.
+ */
+#ifndef UPSTREAM_H
+#define UPSTREAM_H
+
+#include <stdint.h>
+
+struct config;
+struct conn;
+struct upstream;
+struct upstream_cfg;
+union sockaddr_any;
+
+void	upstream_init(struct upstream *, const struct config *,
+	    const struct upstream_cfg *, int);
+/* Frees its slots, whose connections are closed, and its TLS state. */
+void	upstream_free(struct upstream *);
+/* The ready connection with the fewest in flight and room, but `not`. */
+struct conn *upstream_conn(struct upstream *, const struct conn *);
+/* A slot with no connection, or NULL. */
+struct conn *upstream_idle(struct upstream *);
+/* Connections being dialled. */
+int	upstream_dialing(const struct upstream *);
+/* Its only hope is a dial that has taken over half the timeout. */
+int	upstream_slow(const struct upstream *);
+/* Dials fail and its backoff has not run out. */
+int	upstream_backing_off(const struct upstream *, int64_t);
+/* Its bit in masks of upstreams (struct upstream is in conn.h). */
+#define upstream_bit(up)	(1u << (up)->up_idx)
+
+/*
+ * The upstream a query goes to: of the n not in `avoid` that may take
+ * one now, the first answering well, then those not tried yet, then the
+ * demoted, then those whose dials fail; among equals the lowest smoothed
+ * round-trip time.  nwait queries wait for a connection.  NULL: none.
+ */
+struct upstream *upstream_pick(struct upstream *, int, uint32_t, int,
+	    int64_t);
+/* A free slot, and those being dialled will not hold all nwait waiting. */
+int	upstream_need_dial(struct upstream *, int);
+/* An idle slot, no dial under way, and no backoff to wait out. */
+int	upstream_may_dial(struct upstream *, int64_t);
+/* Dials an idle slot; -1 when it failed at once and it backs off. */
+int	upstream_dial(struct upstream *, int64_t);
+/* A dial or handshake failed: back off, doubling, with jitter. */
+void	upstream_failed(struct upstream *, const char *, int64_t);
+/* A connection came up: dials succeed again. */
+void	upstream_reachable(struct upstream *);
+/*
+ * --prewarm wants one connection open: dials it when none is, unless the
+ * backoff forbids; returns when to try again while failing, else 0.
+ */
+int64_t	upstream_warm(struct upstream *, int64_t);
+/*
+ * Whether an idle connection stays open: `warm` (--prewarm, and clients
+ * asked lately) keeps the first ready one, `second` (second copies sent
+ * lately, one upstream) the second.
+ */
+int	upstream_keep(const struct conn *, int warm, int second);
+/* Its path changed: backoff, what was learnt and the ticket go. */
+void	upstream_forget(struct upstream *);
+/* The local address of slot `slot`'s connection; -1 when none. */
+int	upstream_local(const struct upstream *, int, union sockaddr_any *);
+
+#endif /* UPSTREAM_H */
