@@ -1,10 +1,10 @@
 /*
- * The upstream pool: it owns the upstreams and their connection slots,
- * chooses where each query goes, keeps the deadlines, the wait queue and
- * the hedge queue, requeues what a closed connection hands back, keeps
- * --prewarm connections, and starts afresh after a network change or a
- * suspend.  How upstreams are judged is health.c's; one connection's
- * I/O is conn.c's.
+ * The upstream pool: what becomes of each query sent upstream (its
+ * copies, their timeouts, the deadline, the wait and hedge queues, what
+ * a closed connection hands back), --prewarm, and starting afresh after
+ * a network change or a suspend.  Choosing among upstreams and their
+ * connections is upstream.c's, judging them health.c's, one
+ * connection's I/O conn.c's.
  *
  * Every mux_send becomes a pending query (pq) from a fixed pool, and its
  * sender is called back with it exactly once: answer, timeout, no
