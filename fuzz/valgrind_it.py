@@ -79,6 +79,15 @@ VG_SKIP = {
     "overload_servfail": "wants each overload SERVFAIL within 0.5 s of 30 "
     "queries sent at once",
     "svc_notify_watchdog": "counts WATCHDOG=1 pings in 2 s, 0.2 s apart",
+    "path_lost_segment_other_upstream": "wants answers within RTT + 70 ms, "
+    "and the second copies' within about 230 ms, of a query every 20 ms",
+    "path_hedge_after_attempt_timeout": "wants the second copy's answer "
+    "within a round trip (+80 ms) of the 100 ms attempt timeout",
+    "path_hedge_budget_slow_path": "wants a query every 25 ms for 8 s "
+    "answered within the 4 s deadline, and the 30 ms path measured as such "
+    "before the jump",
+    "path_fastopen_saves_round_trip": "measures a 30 ms round trip saved on "
+    "a reconnect whose handshake takes about a second under memcheck",
     "limit_fd_exhaustion_tcp": "counts the descriptors in /proc/PID/fd "
     "against RLIMIT_NOFILE, and valgrind keeps some of its own there",
     "limit_fd_exhaustion_upstream": "counts the descriptors in /proc/PID/fd "

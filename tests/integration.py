@@ -3774,7 +3774,8 @@ def main():
 
 # Scenarios of the service and of the DNS-over-TLS side, in modules of their
 # own that register into SCENARIOS through this module.
-for _m in ("scen_service", "scen_privacy", "scen_limits", "scen_health"):
+for _m in ("scen_service", "scen_privacy", "scen_limits", "scen_health",
+           "scen_path"):
     __import__(_m).register(sys.modules[__name__])
 
 if __name__ == "__main__":

@@ -1,0 +1,516 @@
+"""dnsfwd integration scenarios: a real path, through the emulator.
+
+dnsfwd and the client in namespace a, fake DoT upstreams in namespace b,
+joined by bench/pathemu (tests/pathemu.py) with a 30 ms round trip per
+path (issue 16, "Tests"):
+
+  path_lost_segment_other_upstream  a blackholed connection holds back no
+                                    answer on another
+  path_hedge_after_attempt_timeout  a second copy after the attempt
+                                    timeout, its answer delivered
+  path_hedge_budget_slow_path       a path that turns slow costs no more
+                                    second copies than the budget
+  path_fastopen_saves_round_trip    a reconnect takes Fast Open and costs
+                                    a round trip less
+
+and one that fails on this tree, registered only when the environment has
+DNSFWD_KNOWN_FAILING=1 (KNOWN_FAILING, at the end, says why):
+
+  path_slow_steady_outlier_waited   an answer 20 % late on a steady
+                                    300 ms path is not an attempt timeout
+
+Each scenario runs its body on a thread moved into namespace a, so the
+dnsfwd it starts and the client sockets it opens live there; fakeup is
+started from a thread in namespace b (its listening socket and every
+thread it starts stay there) and binds that path's b address.  Each is
+skipped, and counted, when a Link cannot be made (not root, no
+/dev/net/tun, bench/pathemu not built).  The bounds leave room for two
+busy cores: tens of milliseconds over the path's own figures, never as
+much as what they rule out (TCP's retransmission, a deadline).
+"""
+import ctypes
+import math
+import os
+import statistics
+import threading
+import time
+
+import dns.rcode
+
+import fakeup
+import pathemu
+import scen
+
+it = None                  # the integration module, set by register()
+_reg = scen.Registry(__name__)
+scenario, slow = _reg.scenario, _reg.slow
+
+
+def register(mod):
+    _reg.register(mod)
+
+
+RTT_MS = 30                 # each path's round trip: 15 ms each way
+ATTEMPT_MIN_MS = 100        # health.c: the attempt timeout's floor
+HEDGE_EVERY, HEDGE_BURST = 20, 10   # mux.c: the hedge budget
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _in_ns(link, side, fn, *args, timeout=120):
+    """fn(*args) on a new thread moved into namespace side of link; its
+    value, or its exception raised here.  Sockets, threads and processes
+    it makes stay in that namespace; the thread ends with fn."""
+    box = {}
+
+    def body():
+        try:
+            fd = os.open("/run/netns/" + link.ns(side), os.O_RDONLY)
+            try:
+                if _libc.setns(fd, pathemu.CLONE_NEWNET) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, "setns: " + os.strerror(e))
+            finally:
+                os.close(fd)
+            box["ret"] = fn(*args)
+        except BaseException as e:      # handed to the caller's thread
+            box["exc"] = e
+
+    th = threading.Thread(target=body, name="path-" + side, daemon=True)
+    th.start()
+    th.join(timeout)
+    if th.is_alive():
+        raise it.Fail("scenario body in namespace %s still running after "
+                      "%d s" % (side, timeout))
+    if "exc" in box:
+        raise box["exc"]
+    return box.get("ret")
+
+
+def _on_path(t, paths, body, timeout=150):
+    """Makes a Link of `paths` paths, each with a 30 ms round trip, runs
+    body(link) in namespace a, and stops the daemons and fakeups it
+    started while the link is still up; Skip when no Link can be made."""
+    why = pathemu.unavailable()
+    if why:
+        raise it.Skip("no emulated path: %s" % why)
+    link = pathemu.Link(paths=paths)
+    errs = []
+    try:
+        for p in link.path:
+            p.set(delay_ms=RTT_MS / 2)
+        return _in_ns(link, "a", body, link, timeout=timeout)
+    finally:
+        for d in t.daemons:
+            if d.proc is not None and not d.checked:
+                try:
+                    d.stop_and_check()
+                except it.Fail as e:
+                    errs.append(str(e))
+        for fu in t.ups:
+            fu.stop()
+        link.close()
+        if errs:
+            raise it.Fail("; ".join(errs))
+
+
+def _fakeup(t, link, path, **kw):
+    """A fakeup in namespace b, listening on path's b address."""
+    return _in_ns(link, "b", lambda: t.fakeup(host=path.b_addr, **kw),
+                  timeout=30)
+
+
+def _up(fu, path, ca=True):
+    return it.tls_up(fu, ca=ca, host=path.b_addr)
+
+
+def _upstreams(d):
+    """SIGUSR1's per-upstream lines, as {"u0": {key: value}}."""
+    d.stats()
+    out = {}
+    for ln in d.grep("upstream u"):
+        f = ln.split("upstream ", 1)[1].split()
+        out[f[0]] = dict(x.split("=", 1) for x in f[2:] if "=" in x)
+    return out
+
+
+def _attempt_ms(u):
+    """The attempt timeout health.c gives an upstream of line u (None: a
+    daemon without these lines, held to the floor)."""
+    if not u:
+        return ATTEMPT_MIN_MS
+    srtt, rttvar = float(u["srtt_ms"]), float(u["rttvar_ms"])
+    if srtt == 0:
+        return 1000.0
+    return max(ATTEMPT_MIN_MS, math.ceil(srtt + 4 * rttvar))
+
+
+def _ms(x):
+    return x * 1000.0
+
+
+def _good(r):
+    return (r is not None and r.msg is not None and
+            r.msg.rcode() == dns.rcode.NOERROR and r.addrs() == [it.GOOD_ADDR])
+
+
+def _warm(d, prefix, n):
+    """n queries one after another; their latencies in ms."""
+    out = []
+    for i in range(n):
+        r = it.ask_udp(d.port, "%s%d.example." % (prefix, i), timeout=3)
+        it.expect_a(r, it.GOOD_ADDR, "warm-up %d" % i)
+        out.append(_ms(r.elapsed))
+    return out
+
+
+def _stream(port, seconds, gap, prefix, timeout=4.0, at=None):
+    """A query for a new name every `gap` s for `seconds`, each from its
+    own thread; [(monotonic time sent, name, Reply)].  at: {offset s:
+    fn}, each fn called on a thread of its own at that offset."""
+    t0 = time.monotonic() + 0.05
+    n = int(seconds / gap)
+    out = [None] * n
+
+    def one(i):
+        left = t0 + i * gap - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+        name = "%s%d.example." % (prefix, i)
+        sent = time.monotonic()
+        out[i] = (sent, name, it.ask_udp(port, name, timeout=timeout))
+
+    def later(off, fn):
+        left = t0 + off - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+        fn()
+    ths = [threading.Thread(target=one, args=(i,), daemon=True)
+           for i in range(n)]
+    ths += [threading.Thread(target=later, args=(off, fn), daemon=True)
+            for off, fn in sorted((at or {}).items())]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(seconds + timeout + 10)
+    return [x for x in out if x is not None], t0
+
+
+def _pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+
+
+def _no_failures(res, what):
+    bad = [(name, r.describe()) for _, name, r in res if not _good(r)]
+    it.check(not bad, "%s: %d of %d queries not answered NOERROR: %s" % (
+        what, len(bad), len(res), bad[:4]))
+
+
+# ---------------------------------------------------------------- scenarios
+
+@scenario
+@slow
+def path_lost_segment_other_upstream(t):
+    """Two upstreams, each behind its own 30 ms path, a query every 20 ms: the path of the one in use blackholed for 400 ms, the answers through the other keep their latency (max within RTT + 70 ms) and the queries caught on the blackholed one are answered within an attempt timeout + RTT + 100 ms via the other (second copies), not after TCP's retransmission."""
+    hole_ms = 400
+
+    def body(link):
+        p0, p1 = link.path
+        fus = [_fakeup(t, link, p0), _fakeup(t, link, p1)]
+        d = t.dnsfwd(*_up(fus[0], p0), *_up(fus[1], p1, ca=False),
+                     "--timeout", "3000")
+        warm = _warm(d, "w", 12)
+        ups = _upstreams(d)
+        att = {k: _attempt_ms(v) for k, v in ups.items()}
+        t.note("warm-up p50 %.1f ms; upstreams %s; attempt timeouts %s" % (
+            statistics.median(warm), {k: (v["srtt_ms"], v["rttvar_ms"])
+                                       for k, v in ups.items()}, att))
+        before = d.stats()
+        box = {}
+
+        def blackhole():
+            # The upstream in use: the one that saw the latest queries.
+            now = time.monotonic()
+            recent = []
+            for fu in fus:
+                with fu.lock:
+                    recent.append(sum(1 for q in fu.queries
+                                      if q["t"] >= now - 0.3))
+            k = 0 if recent[0] >= recent[1] else 1
+            box.update(k=k, recent=recent, start=time.monotonic())
+            link.path[k].set(blackhole=1)
+            time.sleep(hole_ms / 1000.0)
+            link.path[k].set(blackhole=0)
+            box["end"] = time.monotonic()
+
+        res, t0 = _stream(d.port, 3.0, 0.02, "s", timeout=3.5,
+                          at={1.0: blackhole})
+        after = d.stats()
+        it.check("end" in box, "the blackhole never ran")
+        k = box["k"]
+        held, other = fus[k], fus[1 - k]
+        seen = {}
+        with other.lock:
+            for q in other.queries:
+                seen.setdefault(q["qname"], q["t"])
+        pre = [_ms(r.elapsed) for s, _, r in res
+               if s < box["start"] - 0.1 and _good(r)]
+        direct, caught = [], []
+        for s, name, r in res:
+            if not (box["start"] - RTT_MS / 1000.0 <= s <= box["end"]):
+                continue
+            # A first copy reaches the other upstream after one way
+            # (15 ms); a second copy only after an attempt timeout.
+            first_there = name in seen and seen[name] - s < 0.075
+            (direct if first_there else caught).append(
+                (name, _ms(r.elapsed) if r.msg is not None else None))
+        hedges = after.get("hedges", 0) - before.get("hedges", 0)
+        won = after.get("hedges_won", 0) - before.get("hedges_won", 0)
+        dmax = max([x for _, x in direct if x is not None] or [0])
+        cmax = max([x for _, x in caught if x is not None] or [0])
+        bound_c = att.get("u%d" % k, ATTEMPT_MIN_MS) + RTT_MS + 100
+        t.note("u%d blackholed %d ms (queries in the 0.3 s before: %s); "
+               "before: p50 %.1f max %.1f ms over %d; during: %d answered "
+               "via u%d first, max %.1f ms; %d caught on u%d, max %.1f ms "
+               "(bound %.0f); hedges %d, won %d; path stats %s" % (
+                   k, hole_ms, box["recent"], _pct(pre, 0.5),
+                   max(pre or [0]), len(pre), len(direct), 1 - k, dmax,
+                   len(caught), k, cmax, bound_c, hedges, won,
+                   link.path[k].stats()))
+        _no_failures(res, "blackhole of u%d" % k)
+        it.check(caught, "no query was caught on the blackholed u%d" % k)
+        it.check(cmax <= bound_c and cmax < hole_ms, "a query caught on "
+                 "the blackholed u%d waited %.1f ms, want within its "
+                 "attempt timeout + RTT + 100 ms (%.0f ms), before the "
+                 "path came back (%d ms): %s" % (k, cmax, bound_c, hole_ms,
+                                                 caught))
+        it.check(len(direct) >= 5, "only %d queries went to u%d first "
+                 "while u%d was blackholed" % (len(direct), 1 - k, k))
+        it.check(dmax <= RTT_MS + 70, "a query answered by u%d, its first "
+                 "copy sent there, waited %.1f ms while u%d was blackholed "
+                 "(want <= %d ms): %s" % (1 - k, dmax, k, RTT_MS + 70,
+                                          direct))
+        it.check(hedges >= 1 and won >= 1, "hedges %d, hedges_won %d: "
+                 "want second copies sent and winning" % (hedges, won))
+        d.stop_and_check()
+        t.note("the blackholed upstream saw %d of the stream's queries" %
+               held.nqueries("s"))
+    _on_path(t, 2, body)
+
+
+@scenario
+def path_hedge_after_attempt_timeout(t):
+    """One upstream behind a 30 ms path drops the first query for a name: the client gets the answer after the attempt timeout (srtt + 4 x rttvar, at least 100 ms) and within it + RTT + 80 ms, from a second copy over a second connection; hedges and hedges_won rise by 1."""
+    def body(link):
+        p = link.path[0]
+        fu = _fakeup(t, link, p)
+        df = fakeup.DropFirst(1, names=["prime.example.",
+                                        "popular.example."])
+        fu.set(drop_first=df)
+        d = t.dnsfwd(*_up(fu, p), "--timeout", "3000")
+        warm = _warm(d, "w", 10)
+        # The first second copy has to dial the second connection (TCP
+        # and TLS: two round trips more); it is kept warm after that.
+        r = it.ask_udp(d.port, "prime.example.", timeout=3)
+        it.expect_a(r, it.GOOD_ADDR, "first dropped name")
+        prime_ms = _ms(r.elapsed)
+        warm += _warm(d, "v", 6)
+        u = _upstreams(d).get("u0", {})
+        att = _attempt_ms(u)
+        before = d.stats()
+        r = it.ask_udp(d.port, "popular.example.", timeout=3)
+        after = d.stats()
+        it.expect_a(r, it.GOOD_ADDR, "dropped name")
+        got = _ms(r.elapsed)
+        hedges = after.get("hedges", 0) - before.get("hedges", 0)
+        won = after.get("hedges_won", 0) - before.get("hedges_won", 0)
+        conns = [q["conn"] for q in fu.records("popular.example.")]
+        t.note("warm-up p50 %.1f ms max %.1f; srtt %s rttvar %s ms: "
+               "attempt timeout %.0f ms; answer after %.1f ms (bound %.0f);"
+               " the first drop, with a dial, %.1f ms; hedges +%d, won +%d;"
+               " copies on connections %s" % (
+                   statistics.median(warm), max(warm), u.get("srtt_ms"),
+                   u.get("rttvar_ms"), att, got, att + RTT_MS + 80, prime_ms,
+                   hedges, won, conns))
+        it.check(len(df.dropped) == 2, "%d queries dropped, want 2" %
+                 len(df.dropped))
+        it.check(att - 5 <= got <= att + RTT_MS + 80, "the dropped name "
+                 "answered after %.1f ms, want after its %.0f ms attempt "
+                 "timeout and within a round trip (+80 ms) of it" % (
+                     got, att))
+        it.check(hedges == 1 and won == 1, "hedges +%d, hedges_won +%d, "
+                 "want +1 each" % (hedges, won))
+        it.check(len(conns) == 2 and conns[0] != conns[1], "copies went "
+                 "over connections %s, want two different ones" % conns)
+        d.stop_and_check()
+    _on_path(t, 1, body)
+
+
+def _hedge_counts(st, u):
+    """(hedges, hedges_unpaid, timeouts) of a stats dict and an upstream
+    line; 0 for what a daemon does not count."""
+    return (st.get("hedges", 0), st.get("hedges_unpaid", 0),
+            int(u.get("timeouts", 0)))
+
+
+@scenario
+@slow
+def path_hedge_budget_slow_path(t):
+    """A query every 25 ms through one path whose round trip jumps from 30 to 300 ms: second copies stay within the budget (10 saved + 1 per 20 queries), at least one is sent at the jump, every query is answered, and the smoothed RTT catches up (>= 250 ms)."""
+    def body(link):
+        p = link.path[0]
+        fu = _fakeup(t, link, p)
+        d = t.dnsfwd(*_up(fu, p), "--timeout", "4000")
+        warm = _warm(d, "w", 25)     # saves the budget up to its 10
+        before = d.stats()
+        mid = {}
+
+        def slow_down():
+            p.set(delay_ms=150)
+            mid["jump"] = time.monotonic()
+
+        def look():
+            mid["stats"] = d.stats()
+        res, t0 = _stream(d.port, 8.0, 0.025, "b", timeout=4.5,
+                          at={2.0: slow_down, 5.0: look})
+        after = d.stats()
+        u = _upstreams(d).get("u0", {})
+        n = len(res)
+        hedges = after.get("hedges", 0) - before.get("hedges", 0)
+        unpaid = (after.get("hedges_unpaid", 0) -
+                  before.get("hedges_unpaid", 0))
+        late = after.get("hedges", 0) - mid["stats"].get("hedges", 0)
+        n_late = sum(1 for s, _, _ in res if s > t0 + 5.0)
+        lat_fast = [_ms(r.elapsed) for s, _, r in res
+                    if s < mid["jump"] and _good(r)]
+        lat_slow = [_ms(r.elapsed) for s, _, r in res
+                    if s > t0 + 5.0 and _good(r)]
+        budget = HEDGE_BURST + n // HEDGE_EVERY
+        t.note("warm-up p50 %.1f ms; %d queries; at 30 ms p50 %.1f max "
+               "%.1f, at 300 ms (last 3 s) p50 %.1f max %.1f; hedges %d "
+               "(budget %d), unpaid %d; in the last 3 s %d of %d queries; "
+               "at the end srtt %s rttvar %s ms, timeouts %s" % (
+                   statistics.median(warm), n, _pct(lat_fast, 0.5),
+                   max(lat_fast or [0]), _pct(lat_slow, 0.5),
+                   max(lat_slow or [0]), hedges, budget, unpaid, late,
+                   n_late, u.get("srtt_ms"), u.get("rttvar_ms"),
+                   u.get("timeouts")))
+        _no_failures(res, "path turned slow")
+        it.check(hedges <= budget, "%d second copies for %d queries, over "
+                 "the budget of %d" % (hedges, n, budget))
+        it.check(hedges >= 1, "no second copy when the round trip jumped "
+                 "past the attempt timeout")
+        it.check(float(u.get("srtt_ms", 0)) >= 250, "srtt %s ms after 6 s "
+                 "of a 300 ms path" % u.get("srtt_ms"))
+        d.stop_and_check()
+    _on_path(t, 1, body)
+
+
+def path_slow_steady_outlier_waited(t):
+    """On a steady 300 ms path (the smoothed RTT caught up after 3 s of a query every 25 ms), an answer 60 ms (20 %) later than usual is waited for: no attempt timeout, no second copy, the upstream not demoted."""
+    def body(link):
+        p = link.path[0]
+        p.set(delay_ms=150)
+        fu = _fakeup(t, link, p)
+        fu.rule("outlier.example.", delay_ms=60)
+        d = t.dnsfwd(*_up(fu, p), "--timeout", "4000")
+        res, _ = _stream(d.port, 3.0, 0.025, "st", timeout=4.5)
+        _no_failures(res, "steady 300 ms path")
+        time.sleep(0.5)
+        u0 = _upstreams(d).get("u0", {})
+        h0 = _hedge_counts(d.stats(), u0)
+        r = it.ask_udp(d.port, "outlier.example.", timeout=4)
+        it.expect_a(r, it.GOOD_ADDR, "the late answer")
+        time.sleep(0.3)
+        u1 = _upstreams(d).get("u0", {})
+        h1 = _hedge_counts(d.stats(), u1)
+        demoted = d.grep("no answer within the attempt timeout")
+        t.note("before: srtt %s rttvar %s ms (attempt timeout %.0f ms); "
+               "the answer 60 ms late after %.1f ms; hedges +%d, unpaid "
+               "+%d, timeouts +%d; %d demotions logged" % (
+                   u0.get("srtt_ms"), u0.get("rttvar_ms"), _attempt_ms(u0),
+                   _ms(r.elapsed), h1[0] - h0[0], h1[1] - h0[1],
+                   h1[2] - h0[2], len(demoted)))
+        it.check(h1 == h0, "an answer 60 ms late on a 300 ms path was an "
+                 "attempt timeout (srtt %s, rttvar %s ms: %.0f ms): hedges, "
+                 "unpaid, timeouts %s -> %s" % (
+                     u0.get("srtt_ms"), u0.get("rttvar_ms"),
+                     _attempt_ms(u0), h0, h1))
+        d.stop_and_check()
+    _on_path(t, 1, body)
+
+
+def _tfo_active():
+    """TcpExt TCPFastOpenActive of the calling thread's namespace."""
+    with open("/proc/thread-self/net/netstat") as f:
+        rows = [ln.split() for ln in f if ln.startswith("TcpExt:")]
+    return dict(zip(rows[0][1:], map(int, rows[1][1:]))).get(
+        "TCPFastOpenActive", 0)
+
+
+def _set_fastopen(value):
+    with open("/proc/sys/net/ipv4/tcp_fastopen", "w") as f:
+        f.write("%d\n" % value)
+
+
+@scenario
+@slow
+def path_fastopen_saves_round_trip(t):
+    """With net.ipv4.tcp_fastopen=3 on both sides of a 30 ms path and a Fast Open server, the first query after the server closed the connection goes over a reconnect that takes Fast Open (TCPFastOpenActive rises each time) and costs about one round trip less (median at least 15 ms less) than with --no-fastopen, which never sends data in a SYN."""
+    rounds = 6
+
+    def reconnects(d, fu, tag):
+        it.expect_a(it.ask_udp(d.port, "%s-first.example." % tag, timeout=3),
+                    it.GOOD_ADDR, "%s: first query" % tag)
+        before = _tfo_active()
+        out = []
+        for i in range(rounds):
+            fu.close_all(graceful=True)
+            time.sleep(0.3)        # the close reaches dnsfwd (one way)
+            r = it.ask_udp(d.port, "%s%d.example." % (tag, i), timeout=3)
+            it.expect_a(r, it.GOOD_ADDR, "%s: query %d after a reconnect"
+                        % (tag, i))
+            out.append(_ms(r.elapsed))
+        return out, _tfo_active() - before
+
+    def body(link):
+        p = link.path[0]
+        _set_fastopen(3)
+        link.in_ns("b", _set_fastopen, 3)
+        fu = _fakeup(t, link, p, fastopen=True)
+        d = t.dnsfwd(*_up(fu, p), "--timeout", "3000")
+        fo, fo_active = reconnects(d, fu, "fo")
+        d.stop_and_check()
+        t.note("Fast Open: first query after a reconnect %s ms, median "
+               "%.1f; TCPFastOpenActive +%d" % (
+                   ["%.1f" % x for x in fo], statistics.median(fo),
+                   fo_active))
+        it.check(fo_active >= rounds - 1, "TCPFastOpenActive rose by %d "
+                 "over %d reconnects to a Fast Open server" % (fo_active,
+                                                              rounds))
+        d = t.dnsfwd(*_up(fu, p), "--timeout", "3000", "--no-fastopen")
+        plain, plain_active = reconnects(d, fu, "nofo")
+        d.stop_and_check()
+        gain = statistics.median(plain) - statistics.median(fo)
+        t.note("--no-fastopen: %s ms, median %.1f; TCPFastOpenActive +%d; "
+               "Fast Open saves %.1f ms at the median (RTT %d ms)" % (
+                   ["%.1f" % x for x in plain], statistics.median(plain),
+                   plain_active, gain, RTT_MS))
+        it.check(plain_active == 0, "--no-fastopen sent data in %d SYNs" %
+                 plain_active)
+        it.check(gain >= RTT_MS / 2, "Fast Open saved %.1f ms at the median "
+                 "(%.1f vs %.1f), want about one %d ms round trip" % (
+                     gain, statistics.median(fo), statistics.median(plain),
+                     RTT_MS))
+    _on_path(t, 1, body)
+
+
+# Fails on this tree (86f19e0): the variance term of the attempt timeout
+# has no floor, so on a steady path rttvar falls to a millisecond or two
+# and the timeout hugs srtt.  Run with DNSFWD_KNOWN_FAILING=1.
+KNOWN_FAILING = [path_slow_steady_outlier_waited]
+if os.environ.get("DNSFWD_KNOWN_FAILING"):
+    for _fn in KNOWN_FAILING:
+        scenario(_fn)
