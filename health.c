@@ -43,16 +43,24 @@ health_rank(const struct upstream *up, int unreachable)
 	return up->up_srtt == 0 ? 1 : 0;
 }
 
-/* Half of what is left to the deadline at most: room for another copy. */
+/*
+ * srtt + 4 x rttvar, but on a steady path rttvar falls to almost nothing
+ * and the timeout would hug srtt, where an answer a little late, as
+ * upstreams' answers are, counts as lost: the variance term is at least
+ * a quarter of srtt, as TCP's minimum RTO keeps its timer off the RTT.
+ * Half of what is left to the deadline at most: room for another copy.
+ */
 int64_t
 health_attempt_ms(const struct upstream *up, int64_t deadline, int64_t now)
 {
-	int64_t	 t;
+	int64_t	 t, var = 4 * up->up_rttvar;
 
+	if (var < up->up_srtt / 4)
+		var = up->up_srtt / 4;
 	if (up->up_srtt == 0)
 		t = ATTEMPT_INIT_MS;
 	else
-		t = (up->up_srtt + 4 * up->up_rttvar + 999) / 1000;
+		t = (up->up_srtt + var + 999) / 1000;
 	if (t < ATTEMPT_MIN_MS)
 		t = ATTEMPT_MIN_MS;
 	if (t > (deadline - now) / 2)

@@ -12,10 +12,6 @@ path (issue 16, "Tests"):
                                     second copies than the budget
   path_fastopen_saves_round_trip    a reconnect takes Fast Open and costs
                                     a round trip less
-
-and one that fails on this tree, registered only when the environment has
-DNSFWD_KNOWN_FAILING=1 (KNOWN_FAILING, at the end, says why):
-
   path_slow_steady_outlier_waited   an answer 20 % late on a steady
                                     300 ms path is not an attempt timeout
 
@@ -408,6 +404,8 @@ def path_hedge_budget_slow_path(t):
     _on_path(t, 1, body)
 
 
+@scenario
+@slow
 def path_slow_steady_outlier_waited(t):
     """On a steady 300 ms path (the smoothed RTT caught up after 3 s of a query every 25 ms), an answer 60 ms (20 %) later than usual is waited for: no attempt timeout, no second copy, the upstream not demoted."""
     def body(link):
@@ -505,12 +503,3 @@ def path_fastopen_saves_round_trip(t):
                      gain, statistics.median(fo), statistics.median(plain),
                      RTT_MS))
     _on_path(t, 1, body)
-
-
-# Fails on this tree (86f19e0): the variance term of the attempt timeout
-# has no floor, so on a steady path rttvar falls to a millisecond or two
-# and the timeout hugs srtt.  Run with DNSFWD_KNOWN_FAILING=1.
-KNOWN_FAILING = [path_slow_steady_outlier_waited]
-if os.environ.get("DNSFWD_KNOWN_FAILING"):
-    for _fn in KNOWN_FAILING:
-        scenario(_fn)
