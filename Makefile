@@ -149,6 +149,41 @@ uninstall:
 	elif [ -e $(DESTDIR)/etc/default/dnsfwd ]; then \
 	    echo "kept $(DESTDIR)/etc/default/dnsfwd: it was changed"; fi
 
+# The Debian package (issue 17, debian/).  `make deb` copies the tree (the
+# files git knows, changed or not, or every file outside build/ without
+# git) to $(DEB_OUT)/src, runs dpkg-buildpackage -us -uc -b there, so that
+# every artifact lands in $(DEB_OUT), and fails if lintian has an error or
+# a warning to report.  DEB_VERSION=V builds version V instead, with a
+# changelog entry added in the copy (the boot test's upgrade);
+# DEB_LINTIAN=no skips lintian.
+DEB_DEBS =	debhelper dpkg-dev lintian
+DEB_OUT ?=	build/deb
+DEB_VERSION ?=
+DEB_LINTIAN ?=	yes
+
+deb:
+	@$(MAKE) -s deps-install PKGS="$(DEBS) $(DEB_DEBS)"
+	rm -rf $(DEB_OUT)
+	mkdir -p $(DEB_OUT)/src
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	    git ls-files -z -co --exclude-standard; \
+	else \
+	    find . \( -path ./build -o -path ./.git \) -prune -o -type f \
+	    -print0; \
+	fi | tar --null --no-recursion --ignore-failed-read -T - -cf - | \
+	    tar -C $(DEB_OUT)/src -xf -
+	if [ -n "$(DEB_VERSION)" ]; then \
+	    cd $(DEB_OUT)/src && \
+	    { printf 'dnsfwd (%s) unstable; urgency=medium\n\n  * %s\n\n -- %s  %s\n\n' \
+	    "$(DEB_VERSION)" "Rebuilt as $(DEB_VERSION)." \
+	    "$$(dpkg-parsechangelog -SMaintainer)" "$$(date -R)"; \
+	    cat debian/changelog; } >debian/changelog.new && \
+	    mv debian/changelog.new debian/changelog; \
+	fi
+	cd $(DEB_OUT)/src && dpkg-buildpackage -us -uc -b
+	if [ "$(DEB_LINTIAN)" != no ]; then \
+	    lintian --fail-on error,warning $(DEB_OUT)/*.changes; fi
+
 # Fault-injection soak: 40,000 queries against each build (about 90 s each).
 soak: dnsfwd dnsfwd-asan
 	$(PY) tests/soak.py --dnsfwd ./dnsfwd
@@ -157,7 +192,8 @@ soak: dnsfwd dnsfwd-asan
 clean:
 	rm -f $(VARIANTS) $(UNIT)
 
-.PHONY: all check soak deps deps-run deps-install run lint install uninstall clean
+.PHONY: all check soak deps deps-run deps-install run lint install uninstall clean \
+	deb
 
 # Fuzzing and memory checking (issue 9).
 # `make fuzz` runs each libFuzzer target of fuzz/ (see the comment at the
