@@ -172,6 +172,39 @@ class Tally:
 TALLY = Tally()
 
 
+PROCS = []                      # long-running children, each its own group
+CGROUPS = []                    # the containers' cgroups
+
+
+def spawn(argv, **kw):
+    """Popen in a process group of its own, stopped by stop_all()."""
+    p = subprocess.Popen(argv, start_new_session=True, **kw)
+    with PRINT:
+        PROCS.append(p)
+    return p
+
+
+def stop_all():
+    """On the way out: SIGTERM to every group still running (systemd-nspawn
+    then powers its container off), SIGKILL to any left after 30 s."""
+    live = [p for p in PROCS if p.poll() is None]
+    for p in live:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + 30
+    for p in live:
+        try:
+            p.wait(max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
 def run(argv, timeout, **kw):
     return subprocess.run(argv, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True,
@@ -342,7 +375,20 @@ def make_cgroup(name):
             own = line[3:].strip()
     path = os.path.join(cgroup2_mount() + own, name)
     os.mkdir(path)
+    CGROUPS.append(path)
     return path
+
+
+def remove_stale_cgroups():
+    """The cgroups of containers of a boot test that was killed."""
+    base = cgroup2_mount()
+    for line in open("/proc/self/cgroup"):
+        if line.startswith("0::"):
+            base += line[3:].strip()
+    for d in glob.glob(os.path.join(base, "dnsfwd-*-[0-9]*")):
+        pid = d.rsplit("-", 1)[1]
+        if not os.path.exists("/proc/" + pid):
+            remove_cgroup(d)
 
 
 def remove_cgroup(path):
@@ -399,7 +445,7 @@ class Container:
         # CGROUP"), and 257 calls cgroup v1 unsupported.
         env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
         self.cgroup = make_cgroup(self.name)
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             ["/bin/sh", "-c", 'echo $$ >"$0/cgroup.procs" && exec "$@"',
              self.cgroup, "setpriv", "--pdeathsig", "TERM", "--",
              "systemd-nspawn", "--quiet", "--boot", "--directory=" + self.root,
@@ -512,13 +558,12 @@ def build_host(which, out):
     """`make deb` on this host; returns the .deb."""
     log = out + ".log"
     with open(log, "w") as f:
-        p = subprocess.Popen(["make", "-s", "-C", TOP] +
-                             make_deb_args(which, out), stdout=f,
-                             stderr=subprocess.STDOUT, env=clean_env())
+        p = spawn(["make", "-s", "-C", TOP] + make_deb_args(which, out),
+                  stdout=f, stderr=subprocess.STDOUT, env=clean_env())
         try:
             p.wait(600)
         except subprocess.TimeoutExpired:
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)
             p.wait()
     check(p.returncode == 0, "make deb (%s) failed:%s" %
           (which, tail(open(log).read(), 25)))
@@ -529,10 +574,9 @@ def nspawn(argv, timeout, log):
     """Runs systemd-nspawn ARGV; on a timeout, stops it (SIGTERM, which it
     passes on to the container) before it kills it."""
     with open(log, "w") as f:
-        p = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--",
-                              "systemd-nspawn"] + argv,
-                             stdin=subprocess.DEVNULL, stdout=f,
-                             stderr=subprocess.STDOUT)
+        p = spawn(["setpriv", "--pdeathsig", "TERM", "--",
+                   "systemd-nspawn"] + argv, stdin=subprocess.DEVNULL,
+                  stdout=f, stderr=subprocess.STDOUT)
         try:
             return p.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -1106,6 +1150,7 @@ def main():
         print("0 passed, 0 failed, %d skipped" % len(dists))
         return 0
     os.makedirs(WORK, exist_ok=True)
+    remove_stale_cgroups()
     main_mirror, sec_mirror = mirrors()
     names = set()
     for d in dists:
@@ -1139,15 +1184,24 @@ def main():
     check(p.returncode == 0, "mkcerts.sh: %s" % p.stdout)
     src = os.path.join(WORK, "src")
     export_tree(src)
-    # Daemon threads: if this script is stopped (SIGTERM, or ^C), it exits
-    # without waiting for them, and each container, whose systemd-nspawn
-    # was started with a parent-death signal, is powered off.
+    # Daemon threads: if this script is stopped (SIGTERM, or ^C), it does
+    # not wait for them; stop_all() stops the builds and powers the
+    # containers off (and systemd-nspawn's parent-death signal, should this
+    # script be killed outright).
     threads = [threading.Thread(target=release, args=(d, tars, pki, src),
                                 daemon=True) for d in dists]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        stop_all()
+        for cg in CGROUPS:
+            try:
+                remove_cgroup(cg)
+            except OSError as e:
+                say("could not remove cgroup %s: %s" % (cg, e))
     if not TALLY.failed and not args.keep:
         shutil.rmtree(os.path.join(WORK, "roots"), ignore_errors=True)
     elif os.path.isdir(os.path.join(WORK, "roots")):
