@@ -193,7 +193,8 @@ deb:
 # in its own network namespace, the package built for it installed with
 # apt, and checked: socket activation on 127.0.0.1 and [::1], the sandbox,
 # restarts, a bad option, the systemd-resolved recipe, upgrade, remove and
-# purge.  About 3 minutes with the roots cached, 2 more to make them.
+# purge.  About two minutes with the roots cached; making them takes one
+# to five more, with the mirror and the machine's load.
 boot-test:
 	@$(MAKE) -s deps-install PKGS="$(DEBS) $(DEB_DEBS) $(BOOT_DEBS)"
 	$(PY) tests/boottest.py
