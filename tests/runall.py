@@ -1,13 +1,17 @@
 #!/usr/bin/python3
 """Runs every test of `make check` and prints one closing total.
 
-usage: runall.py UNIT_TEST... -- DNSFWD_BINARY... [-- SCRIPT...]
+usage: runall.py UNIT_TEST... -- DNSFWD_BINARY... [-- SCRIPT...
+                 [-- LONG_SCRIPT...]]
 
 Each unit test binary, each integration run (tests/integration.py
 against one build of dnsfwd) and each test script (run with Debian's
 python3) ends with a line `N passed, N failed`; this adds them up.  The
-runs go two at a time, one per core.
+runs go two at a time, one per core.  A LONG_SCRIPT, one that takes
+minutes (the boot test), starts first, so that the others run beside it
+rather than after it; its output comes last.
 """
+import itertools
 import re
 import shlex
 import subprocess
@@ -20,8 +24,14 @@ TOTAL = re.compile(r"(\d+) passed, (\d+) failed(?:, (\d+) skipped)?")
 
 def run(name, argv):
     t0 = time.monotonic()
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, timeout=600)
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=600)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout or ""
+        out = out.decode(errors="replace") if isinstance(out, bytes) else out
+        return name, out + "\nkilled after 600 s\n", (0, 1, 0), \
+            time.monotonic() - t0
     out = p.stdout
     m = None
     for m in TOTAL.finditer(out):
@@ -33,6 +43,11 @@ def run(name, argv):
     return name, out, (passed, failed, skipped), time.monotonic() - t0
 
 
+def script_job(s):
+    return (s, (["/usr/bin/python3"] if s.split()[0].endswith(".py")
+                else []) + shlex.split(s))
+
+
 def main():
     groups = [[]]
     for a in sys.argv[1:]:
@@ -40,19 +55,21 @@ def main():
             groups.append([])
         else:
             groups[-1].append(a)
-    units, builds, scripts = (groups + [[], []])[:3]
+    units, builds, scripts, long_scripts = (groups + [[], [], []])[:4]
     jobs = [(u, ["./" + u if "/" not in u else u]) for u in units]
     jobs += [("integration " + b,
               ["/usr/bin/python3", "tests/integration.py", "--dnsfwd",
                "./" + b]) for b in builds]
-    jobs += [(s, (["/usr/bin/python3"] if s.split()[0].endswith(".py")
-                  else []) + shlex.split(s)) for s in scripts]
+    jobs += [script_job(s) for s in scripts]
     total = [0, 0, 0]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for name, out, counts, secs in pool.map(lambda j: run(*j), jobs):
+        early = [pool.submit(run, *script_job(s)) for s in long_scripts]
+        for name, out, counts, secs in itertools.chain(
+                pool.map(lambda j: run(*j), jobs), (f.result() for f in early)):
             sys.stdout.write(out)
             print("== %s: %d passed, %d failed, %d skipped (%.1f s)" %
                   (name, *counts, secs))
+            sys.stdout.flush()
             total = [a + b for a, b in zip(total, counts)]
     # Skips are counted and shown, never silent.
     print("%d passed, %d failed%s" % (total[0], total[1],

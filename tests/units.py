@@ -188,7 +188,7 @@ def install_tree():
 
 
 def install_prefix():
-    """With PREFIX=/usr the units go to /usr/lib/systemd/system and ExecStartPre=/ExecStart= name /usr/sbin/dnsfwd; UNITDIR= moves the units."""
+    """With PREFIX=/usr the units go to /usr/lib/systemd/system and ExecStart= names /usr/sbin/dnsfwd; UNITDIR= moves the units."""
     root = fresh("prefix")
     make("install", root, "PREFIX=/usr")
     svc = os.path.join(root, "usr/lib/systemd/system/dnsfwd.service")
@@ -198,9 +198,8 @@ def install_prefix():
     text = read(svc)
     check("/usr/local" not in text, "/usr/local left in the unit")
     u = parse_unit(svc)
-    for key in ("ExecStartPre", "ExecStart"):
-        check(one(u, "Service", key).split()[0] == "/usr/sbin/dnsfwd",
-              "%s=%s" % (key, one(u, "Service", key)))
+    check(one(u, "Service", "ExecStart").split()[0] == "/usr/sbin/dnsfwd",
+          "ExecStart=%s" % one(u, "Service", "ExecStart"))
     root = fresh("unitdir")
     make("install", root, "PREFIX=/usr", "UNITDIR=/lib/systemd/system")
     check(os.path.exists(os.path.join(root, "lib/systemd/system/"
@@ -261,17 +260,20 @@ def service_deps():
 
 
 def service_exec():
-    """ExecStartPre= runs dnsfwd --check and ExecStart= dnsfwd, both with $DNSFWD_OPTS from EnvironmentFile=-/etc/default/dnsfwd; Restart=on-failure; a WatchdogSec=."""
+    """ExecStart= runs dnsfwd with $DNSFWD_OPTS from EnvironmentFile=-/etc/default/dnsfwd and no ExecStartPre= (whose failure RestartPreventExitStatus= cannot stop); Restart=on-failure except after exit status 2, a usage error; a WatchdogSec=."""
     u = parse_unit(os.path.join(installed(), UNITDIR, "dnsfwd.service"))
     check(one(u, "Service", "EnvironmentFile") == "-/etc/default/dnsfwd",
           "EnvironmentFile=")
-    check(one(u, "Service", "ExecStartPre") ==
-          "/usr/local/sbin/dnsfwd --check $DNSFWD_OPTS",
-          "ExecStartPre=%s" % one(u, "Service", "ExecStartPre"))
+    check(not values(u, "Service", "ExecStartPre"),
+          "ExecStartPre=%s: a failure there is retried whatever "
+          "RestartPreventExitStatus= says" % values(u, "Service",
+                                                    "ExecStartPre"))
     check(one(u, "Service", "ExecStart") ==
           "/usr/local/sbin/dnsfwd $DNSFWD_OPTS",
           "ExecStart=%s" % one(u, "Service", "ExecStart"))
     check(one(u, "Service", "Restart") == "on-failure", "Restart=")
+    check(one(u, "Service", "RestartPreventExitStatus") == "2",
+          "RestartPreventExitStatus=, want 2 (usage error, see dnsfwd(8))")
     m = re.fullmatch(r"(\d+)s?", one(u, "Service", "WatchdogSec"))
     check(m and 2 <= int(m.group(1)) <= 300, "WatchdogSec=")
     check(one(u, "Service", "DynamicUser") == "yes", "DynamicUser=")
@@ -296,7 +298,7 @@ def socket_addrs():
 
 
 def default_opts():
-    """/etc/default/dnsfwd sets DNSFWD_OPTS to the four Quad9 and Cloudflare upstreams, and dnsfwd --check accepts them (as ExecStartPre= will)."""
+    """/etc/default/dnsfwd sets DNSFWD_OPTS to the four Quad9 and Cloudflare upstreams, and dnsfwd --check accepts them (as dnsfwd will when it starts)."""
     root = installed()
     conf = os.path.join(root, "etc/default/dnsfwd")
     p = run(["/bin/sh", "-c", '. "$1"; printf %s "$DNSFWD_OPTS"', "sh",
@@ -574,7 +576,7 @@ def sandbox_syscalls():
                 "--ca-file", pki + "/ca.pem", "--log-level", "debug"]
         launcher = [sys.executable, os.path.abspath(__file__),
                     "--exec-filtered", prog.hex()]
-        # ExecStartPre=
+        # --check under the same filter (no longer an ExecStartPre=)
         c = subprocess.Popen(launcher + ["", daemon, "--check"] + opts,
                              stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
