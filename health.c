@@ -47,7 +47,7 @@ health_rank(const struct upstream *up, int unreachable)
  * srtt + 4 x rttvar, but on a steady path rttvar falls to almost nothing
  * and the timeout would hug srtt, where an answer a little late, as
  * upstreams' answers are, counts as lost: the variance term is at least
- * a quarter of srtt, as TCP's minimum RTO keeps its timer off the RTT.
+ * half of srtt, as TCP's minimum RTO keeps its timer off the RTT.
  * Half of what is left to the deadline at most: room for another copy.
  */
 int64_t
@@ -55,8 +55,8 @@ health_attempt_ms(const struct upstream *up, int64_t deadline, int64_t now)
 {
 	int64_t	 t, var = 4 * up->up_rttvar;
 
-	if (var < up->up_srtt / 4)
-		var = up->up_srtt / 4;
+	if (var < up->up_srtt / 2)
+		var = up->up_srtt / 2;
 	if (up->up_srtt == 0)
 		t = ATTEMPT_INIT_MS;
 	else

@@ -453,7 +453,8 @@ att_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
  * No answer in the attempt's time: the upstream is demoted, and the
  * query, while its client still waits, goes on to a second copy.  This
  * one stays out, since its answer may yet come first; a copy whose query
- * was answered meanwhile has nothing more to tell, and ends.
+ * was answered meanwhile has nothing more to tell, and ends, unless it
+ * is a probe: its late answer still shows the upstream is back.
  */
 static void
 att_timed_out(struct att *a, int64_t now)
@@ -465,11 +466,13 @@ att_timed_out(struct att *a, int64_t now)
 	health_failed(up, a, "no answer within the attempt timeout", now);
 	a->a_late = 1;
 	pq->pq_overdue = 1;
-	if (pq->pq_done == NULL) {
+	if (pq->pq_done != NULL) {
+		if (pq->pq_list == PQ_ON_NONE && pq_live(pq) < PQ_ATTS)
+			pq_enqueue(pq, PQ_ON_HEDGE, 0);
+	} else if (!a->a_probe) {
 		att_end(a);
 		pq_release(pq);
-	} else if (pq->pq_list == PQ_ON_NONE && pq_live(pq) < PQ_ATTS)
-		pq_enqueue(pq, PQ_ON_HEDGE, 0);
+	}
 }
 
 /* The best upstream not in `avoid`, NULL when none may be used. */
@@ -769,12 +772,13 @@ pq_complete(struct pq *pq, enum mux_status status, uint8_t *msg,
 	pq_unqueue(pq);
 	/*
 	 * A copy already counted as timed out has nothing more to tell,
-	 * unless its connection has read nothing since: the deadline decides
+	 * unless it is a probe (a late answer shows the upstream is back) or
+	 * its connection has read nothing since: the deadline decides
 	 * whether that one is dead.
 	 */
 	for (k = 0; k < PQ_ATTS; k++) {
 		a = &pq->pq_att[k];
-		if (a->a_conn != NULL && a->a_late &&
+		if (a->a_conn != NULL && a->a_late && !a->a_probe &&
 		    a->a_conn->c_reads != a->a_reads)
 			att_end(a);
 	}

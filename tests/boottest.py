@@ -879,10 +879,13 @@ class Release:
                       lambda: control.encode() in self.export_journal(), 10)
 
     def c_status_text(self):
-        """systemctl status dnsfwd shows the daemon's STATUS= line"""
-        text = self.show("dnsfwd.service", "StatusText")
-        if not text:
-            raise Skip("the daemon sends no STATUS= yet (StatusText empty)")
+        """systemctl status dnsfwd shows what the daemon does: the upstream in use, the queries answered, the share from the cache"""
+        text = self.wait_for(
+            "a STATUS= line with the queries answered",
+            lambda: (lambda x: x if "answered" in x else "")(
+                self.show("dnsfwd.service", "StatusText")), 12)
+        check("upstream u0" in text and "from the cache" in text,
+              "StatusText %r lacks the upstream or the cache share" % text)
         out = self.sh("systemctl status --no-pager dnsfwd.service").stdout
         check("Status: \"%s" % text[:20] in out,
               "no Status: line in:%s" % tail(out))
