@@ -469,14 +469,16 @@ dir_get(const struct dir *d, char *out, size_t outlen, size_t *len)
 	    c->c_jitter_ms, n, c->c_loss, n, c->c_blackhole, n, c->c_order);
 }
 
+/* One report for each direction, up first, as the control socket says it. */
 static void
-cmd_get(char *out, size_t outlen)
+both(void (*fn)(const struct dir *, char *, size_t, size_t *), char *out,
+    size_t outlen)
 {
 	size_t	 len = 0;
 
-	dir_get(&up, out, outlen, &len);
+	fn(&up, out, outlen, &len);
 	append(out, outlen, &len, " ");
-	dir_get(&down, out, outlen, &len);
+	fn(&down, out, outlen, &len);
 }
 
 static void
@@ -500,15 +502,6 @@ dir_stats(const struct dir *d, char *out, size_t outlen, size_t *len)
 	    n, (unsigned long long)d->d_late_max / 1000);
 }
 
-static void
-cmd_stats(char *out, size_t outlen)
-{
-	size_t	 len = 0;
-
-	dir_stats(&up, out, outlen, &len);
-	append(out, outlen, &len, " ");
-	dir_stats(&down, out, outlen, &len);
-}
 
 static void
 clear_counters(struct dir *d)
@@ -558,9 +551,9 @@ command(char *line, size_t n, char *out, size_t outlen)
 	else if (strspn(args, " \t") != strlen(args))
 		snprintf(out, outlen, "error: %s takes no arguments", line);
 	else if (strcmp(line, "get") == 0)
-		cmd_get(out, outlen);
+		both(dir_get, out, outlen);
 	else if (strcmp(line, "stats") == 0)
-		cmd_stats(out, outlen);
+		both(dir_stats, out, outlen);
 	else {
 		clear_counters(&up);
 		clear_counters(&down);
@@ -851,7 +844,7 @@ main(int argc, char **argv)
 	watch_all(fa, fb, sfd, eof);
 	run();
 	unlink(sockpath);
-	cmd_stats(out, sizeof(out));
+	both(dir_stats, out, sizeof(out));
 	fprintf(stderr, "pathemu: %s\n", out);
 	return 0;
 }

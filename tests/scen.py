@@ -12,6 +12,17 @@ itself: the module's `it` is set, so its helpers can use integration.py's,
 and its scenarios are added to the list, in order, slow ones marked.
 """
 import sys
+import time
+
+
+def until(pred, timeout, step=0.02):
+    """pred() polled every `step` s for at most `timeout` s; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
 
 
 class Registry:

@@ -130,15 +130,6 @@ def priv_netchange_forgets_tickets(t):
 
 # ---------------------------------------------------------------- prewarm
 
-def _until(pred, timeout, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
-
-
 def _keepalive_timer(port):
     """dnsfwd's TCP sockets to port: for each, the seconds left on the
     kernel's keepalive timer (ss -o shows timer:(keepalive,9.8sec,0)), or
@@ -165,7 +156,7 @@ def priv_prewarm(t):
                   "1", "--timeout", "2000")
     d3 = t.dnsfwd(*it.tls_up(fu3), "--prewarm", "--connections", "2",
                   "--idle-timeout", "1", "--timeout", "2000")
-    it.check(_until(lambda: fu1.stats()["handshakes"] >= 1, 3),
+    it.check(scen.until(lambda: fu1.stats()["handshakes"] >= 1, 3),
              "--prewarm: no handshake within 3 s of start")
     time.sleep(0.5)
     it.check(fu1.stats()["conns"] == 1, "--prewarm --connections 2 opened "
@@ -187,12 +178,12 @@ def priv_prewarm(t):
     it.check(_keepalive_timer(fu2.port) == [None], "without --prewarm "
              "the kernel probes the connection: %s" %
              _keepalive_timer(fu2.port))
-    it.check(_until(lambda: fu3.stats()["conns"] >= 1, 3),
+    it.check(scen.until(lambda: fu3.stats()["conns"] >= 1, 3),
              "--prewarm --idle-timeout 1: no connection at start")
     it.expect_a(it.ask_udp(d3.port, "pw3.example."))
     t_q = time.monotonic()
     s3 = fu3.stats()
-    it.check(_until(lambda: fu2.stats()["closed"] >= 1, 3),
+    it.check(scen.until(lambda: fu2.stats()["closed"] >= 1, 3),
              "without --prewarm the idle connection was still open 3 s "
              "after its query (--idle-timeout 1)")
     time.sleep(max(0.0, t_q + 3.5 - time.monotonic()))
@@ -208,12 +199,12 @@ def priv_prewarm(t):
     conns0 = fu3.stats()["conns"]
     fu3.close_all()
     t_close = time.monotonic()
-    it.check(_until(lambda: fu3.stats()["conns"] > conns0, 2.0),
+    it.check(scen.until(lambda: fu3.stats()["conns"] > conns0, 2.0),
              "no new connection within 2 s of the server's close: %s" %
              fu3.stats())
     t.note("reopened %.2f s after the server's close" %
            (fu3.conn_times[-1] - t_close))
-    it.check(_until(lambda: fu3.stats()["handshakes"] > s3["handshakes"],
+    it.check(scen.until(lambda: fu3.stats()["handshakes"] > s3["handshakes"],
                     2), "the reopened connection made no TLS handshake")
     it.check(fu3.nqueries() == 2, "the upstream saw %d queries, want 2" %
              fu3.nqueries())
@@ -229,16 +220,16 @@ def priv_prewarm_server_idle(t):
     fu.set(answer_options=[(OPT_KEEPALIVE, b"\x00\x0f")])
     d = t.dnsfwd(*it.tls_up(fu), "--prewarm", "--idle-timeout", "10",
                  "--timeout", "2000")
-    it.check(_until(lambda: fu.stats()["handshakes"] >= 1, 3),
+    it.check(scen.until(lambda: fu.stats()["handshakes"] >= 1, 3),
              "--prewarm: no handshake within 3 s of start")
     it.expect_a(it.ask_udp(d.port, "pws.example."))
     t0 = time.monotonic()
-    it.check(_until(lambda: fu.stats()["closed"] >= 1, 4), "the connection "
+    it.check(scen.until(lambda: fu.stats()["closed"] >= 1, 4), "the connection "
              "was still open 4 s after the answer (server said 1.5 s)")
     dt = time.monotonic() - t0
     it.check(dt <= 1.45, "closed %.2f s after the answer; want before the "
              "server's 1.5 s" % dt)
-    it.check(_until(lambda: fu.stats()["conns"] >= 2, 1.0), "no connection "
+    it.check(scen.until(lambda: fu.stats()["conns"] >= 2, 1.0), "no connection "
              "opened within 1 s of the close: %s" % fu.stats())
     it.check(fu.nqueries() == 1, "the upstream saw %d queries, want 1" %
              fu.nqueries())
@@ -253,11 +244,11 @@ def priv_prewarm_recovers(t):
         fu = t.fakeup()
         d = t.dnsfwd(*it.tls_up(fu), "--prewarm", "--connections", "1",
                      "--timeout", "2000")
-        it.check(_until(lambda: fu.stats()["handshakes"] >= 1, 3),
+        it.check(scen.until(lambda: fu.stats()["handshakes"] >= 1, 3),
                  "--prewarm: no handshake within 3 s of start")
         it.expect_a(it.ask_udp(d.port, "pwr1.example."))
         svc.move_local_route()
-        it.check(_until(lambda: fu.stats()["handshakes"] >= 2, 2),
+        it.check(scen.until(lambda: fu.stats()["handshakes"] >= 2, 2),
                  "no new connection within 2 s of the network change: %s"
                  % fu.stats())
         it.check(fu.stats()["resumed"] == 0, "the connection after the "
@@ -267,7 +258,7 @@ def priv_prewarm_recovers(t):
         refused = fu.stats()["conns"]
         fu.unrefuse()
         t0 = time.monotonic()
-        it.check(_until(lambda: fu.stats()["handshakes"] >= 3, 5),
+        it.check(scen.until(lambda: fu.stats()["handshakes"] >= 3, 5),
                  "no connection within 5 s of the upstream accepting again, "
                  "without a query: %s" % fu.stats())
         it.check(fu.stats()["conns"] == refused + 1, "connections: %d "
@@ -299,7 +290,7 @@ def priv_server_keepalive(t):
     it.expect_a(it.ask_udp(d.port, "ka1.example."))
     t0 = time.monotonic()
     it.expect_a(it.ask_udp(dc.port, "ka-ctl.example."))
-    it.check(_until(lambda: fu.stats()["closed"] >= 1, 4), "the connection "
+    it.check(scen.until(lambda: fu.stats()["closed"] >= 1, 4), "the connection "
              "was still open 4 s after the answer (server said 1.5 s)")
     dt = time.monotonic() - t0
     it.check(0.6 <= dt <= 1.45, "connection closed %.2f s after the "

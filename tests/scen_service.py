@@ -972,15 +972,6 @@ def _apply(change):
             ip(*cmd)
 
 
-def _until(pred, timeout, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
-
-
 def _netchange(t, change, tag):
     """A query stuck on a silent connection is answered at once on a new
     one when `change` (ip arguments, run 0.7 s after sending) changes the
@@ -1292,7 +1283,7 @@ def _two_paths_body(t, fu):
     t0 = time.monotonic()
     ip("route", "replace", PATHS_UP % 0 + "/24", "via", "10.2.0.1", "dev",
        "vB")
-    dropped = _until(lambda: "10.1.0.2" not in _local_addrs(
+    dropped = scen.until(lambda: "10.1.0.2" not in _local_addrs(
         d.proc.pid, fu.port), 3.0)
     dt = time.monotonic() - t0
     it.check(dropped and dt < 2.0, "the connection over path A was %s "
@@ -1391,7 +1382,7 @@ def _lost_replies_body(t, fu, so):
     # dnsfwd's FIN cannot leave from an address that is gone: look at
     # its side of the connections.
     ip("addr", "del", "10.1.0.2/24", "dev", "vA")
-    it.check(_until(lambda: "10.1.0.2" not in _local_addrs(
+    it.check(scen.until(lambda: "10.1.0.2" not in _local_addrs(
         d.proc.pid, fu.port), 2.0), "a connection's local address went "
              "away and dnsfwd kept the connection")
     it.expect_a(it.ask_udp(d.port, "lr-after.example."),

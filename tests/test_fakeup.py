@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 import dns.flags
 import dns.message
@@ -31,6 +30,7 @@ import dns.rdatatype
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import checks  # noqa: E402
 import fakeup  # noqa: E402
 
 PKI = None                      # set in main()
@@ -363,29 +363,15 @@ def main():
         print("mkcerts.sh failed: %s" % p.stdout)
         print("0 passed, 1 failed")
         return 1
-    passed = failed = 0
+    def stop_fakeups():
+        for fu in STARTED:
+            fu.stop()
+            for e in fu.errors:
+                print("  fakeup %d: %s" % (fu.port, e))
+        STARTED.clear()
     try:
-        for fn in CHECKS:
-            if args.k not in fn.__name__:
-                continue
-            try:
-                fn()
-                print("ok", fn.__name__)
-                passed += 1
-            except Fail as e:
-                print("FAIL %s: %s" % (fn.__name__, e))
-                failed += 1
-            except Exception:
-                print("FAIL %s: %s" % (fn.__name__,
-                                       traceback.format_exc().strip()))
-                failed += 1
-            finally:
-                for fu in STARTED:
-                    fu.stop()
-                    for e in fu.errors:
-                        print("  fakeup %d: %s" % (fu.port, e))
-                STARTED.clear()
-            sys.stdout.flush()
+        passed, failed, _ = checks.run(CHECKS, args.k, fail=Fail,
+                                       after=stop_fakeups)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("test_fakeup: %d passed, %d failed" % (passed, failed))

@@ -33,11 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+
+import checks  # noqa: E402
 
 MAX_EXPOSURE = 1.2
 UNITDIR = "usr/local/lib/systemd/system"
@@ -683,24 +684,8 @@ def main():
     WORK = tempfile.mkdtemp(prefix="dnsfwd-units.")
     passed = failed = skipped = 0
     try:
-        for fn in CHECKS:
-            if args.k not in fn.__name__:
-                continue
-            try:
-                fn()
-                print("ok", fn.__name__)
-                passed += 1
-            except Skip as e:
-                print("skip %s: %s" % (fn.__name__, e))
-                skipped += 1
-            except Fail as e:
-                print("FAIL %s: %s" % (fn.__name__, e))
-                failed += 1
-            except Exception:
-                print("FAIL %s: %s" % (fn.__name__,
-                                       traceback.format_exc().strip()))
-                failed += 1
-            sys.stdout.flush()
+        passed, failed, skipped = checks.run(CHECKS, args.k, fail=Fail,
+                                             skip=Skip)
     finally:
         for p in PROCS:
             if p.poll() is None:
