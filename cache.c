@@ -227,9 +227,9 @@ alloc_entry(int64_t now)
 
 /*
  * How long an answer (its OPT already cut) may be kept, 0: not at all.
- * Positive answers live as long as their shortest answer or authority TTL; negative ones (RFC
- * 2308: NXDOMAIN, NODATA, a CNAME chain ending in either) as min(SOA
- * TTL, SOA MINIMUM) and need the SOA.
+ * Positive answers live as long as their shortest answer or authority
+ * TTL; negative ones (RFC 2308: NXDOMAIN, NODATA, a CNAME chain ending
+ * in either) as min(SOA TTL, SOA MINIMUM) and need the SOA.
  */
 static uint32_t
 answer_ttl(const uint8_t *m, size_t len, size_t qend)

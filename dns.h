@@ -12,7 +12,7 @@
 
 #define DNS_HDRLEN	12
 #define DNS_MAXMSG	65535
-/* Largest client query we accept: the EDNS payload size of DNS Flag Day 2020. */
+/* Largest client query we accept: DNS Flag Day 2020's EDNS payload size. */
 #define QUERY_MAX	1232
 /*
  * Payload size we advertise in OPT records we write ourselves, and the

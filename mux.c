@@ -335,8 +335,10 @@ hedge(struct pq *pq, int64_t now)
 		stats.st_hedges_unpaid++;
 		return;
 	}
-	up = pick_upstream(now, pq->pq_said | (busy ? upstream_bit(busy->c_up) : 0));
-	if (up == NULL && busy != NULL && !(pq->pq_said & upstream_bit(busy->c_up)))
+	up = pick_upstream(now, pq->pq_said |
+	    (busy != NULL ? upstream_bit(busy->c_up) : 0));
+	if (up == NULL && busy != NULL &&
+	    !(pq->pq_said & upstream_bit(busy->c_up)))
 		up = busy->c_up;
 	if (up == NULL) {
 		pq_unqueue(pq);
