@@ -153,6 +153,7 @@ struct upstream {
 	/* Round trips of its answers, smoothed as RFC 6298 does, in us. */
 	int64_t		 up_srtt;	/* 0: no answer yet */
 	int64_t		 up_rttvar;
+	int64_t		 up_sampled;	/* the last answer, or an explorer sent */
 	/* Answers that failed demote it; it is probed with copies meanwhile. */
 	int		 up_bad;	/* failed answers since a good one */
 	int64_t		 up_demoted_at;

@@ -70,10 +70,11 @@ health_attempt_ms(const struct upstream *up, int64_t deadline, int64_t now)
 
 /* RFC 6298 2.2 and 2.3, in microseconds; srtt 0 means "no sample". */
 void
-health_rtt(struct upstream *up, int64_t ms)
+health_rtt(struct upstream *up, int64_t ms, int64_t now)
 {
 	int64_t	 r = (ms > 0 ? ms : 0) * 1000, d;
 
+	up->up_sampled = now;
 	if (up->up_srtt == 0) {
 		up->up_srtt = r > 0 ? r : 1;
 		up->up_rttvar = r / 2;
@@ -177,6 +178,7 @@ void
 health_reset(struct upstream *up)
 {
 	up->up_srtt = up->up_rttvar = 0;
+	up->up_sampled = 0;
 	up->up_bad = 0;
 	up->up_probe_ms = 0;
 	up->up_probe_at = 0;

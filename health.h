@@ -20,8 +20,8 @@ int	health_rank(const struct upstream *, int unreachable);
 /* How long an attempt sent there now may go unanswered, in ms. */
 int64_t	health_attempt_ms(const struct upstream *, int64_t deadline,
 	    int64_t now);
-/* An answer's round trip, in ms. */
-void	health_rtt(struct upstream *, int64_t);
+/* An answer's round trip, in ms, measured at `now`. */
+void	health_rtt(struct upstream *, int64_t, int64_t);
 /*
  * Counts an answer's RCODE; returns 1, having demoted the upstream, for
  * one that means it failed the query (REFUSED, SERVFAIL, NOTIMP,

@@ -297,6 +297,7 @@ dispatch(int64_t now)
 			fail_waiting(now);
 			return;
 		}
+		up = upstream_explore(mux.ups, mux.nup, up, now);
 		if ((c = upstream_conn(up, NULL)) != NULL) {
 			pq_unqueue(pq);
 			attempt(pq, c, ATT_FIRST, now);
@@ -504,7 +505,7 @@ on_reply(struct conn *c, struct att *a, uint8_t *msg, size_t len,
 	struct pq	*pq = a->a_pq;
 	int		 rcode = msg[3] & F_RCODE;
 
-	health_rtt(up, now - a->a_sent);
+	health_rtt(up, now - a->a_sent, now);
 	att_end(a);
 	if (health_rcode_failed(up, a, rcode, now)) {
 		if (pq->pq_done != NULL)

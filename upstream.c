@@ -18,6 +18,12 @@
 /* Failed dials back off from this, doubling, up to the maximum. */
 #define BACKOFF_MIN_MS	250
 #define BACKOFF_MAX_MS	30000
+/*
+ * An upstream in good standing but not chosen is sent one real query
+ * when its round-trip time is this old: a few bad samples must not keep
+ * a faster one unused for ever.
+ */
+#define EXPLORE_MS	2000
 
 void
 upstream_init(struct upstream *up, const struct config *cf,
@@ -150,6 +156,30 @@ upstream_pick(struct upstream *ups, int n, uint32_t avoid, int nwait,
 			best = up;
 			best_rank = rank;
 		}
+	}
+	return best;
+}
+
+/*
+ * Instead of best, an upstream in good standing, connected, whose
+ * round-trip time was last measured EXPLORE_MS ago; it is counted as
+ * measured now, so one query at a time explores.
+ */
+struct upstream *
+upstream_explore(struct upstream *ups, int n, struct upstream *best,
+    int64_t now)
+{
+	struct upstream	*up;
+	int		 i;
+
+	for (i = 0; i < n; i++) {
+		up = &ups[i];
+		if (up == best || up->up_srtt == 0 || up->up_bad > 0 ||
+		    now - up->up_sampled < EXPLORE_MS ||
+		    upstream_conn(up, NULL) == NULL)
+			continue;
+		up->up_sampled = now;
+		return up;
 	}
 	return best;
 }

@@ -40,6 +40,12 @@ int	upstream_backing_off(const struct upstream *, int64_t);
  */
 struct upstream *upstream_pick(struct upstream *, int, uint32_t, int,
 	    int64_t);
+/*
+ * Now and then, instead of best, an upstream in good standing whose
+ * round-trip time is old, so that one that got faster is found.
+ */
+struct upstream *upstream_explore(struct upstream *, int, struct upstream *,
+	    int64_t);
 /* A free slot, and those being dialled will not hold all nwait waiting. */
 int	upstream_need_dial(struct upstream *, int);
 /* An idle slot, no dial under way, and no backoff to wait out. */

@@ -826,6 +826,27 @@ class FakeUpstream:
         self.port = s.getsockname()[1]
         self._lsock = s
 
+    def _hold(self):
+        """Keeps the port while refusing: bound, not listening, so dials
+        are refused and no other test's listener can take the port (a
+        dnsfwd dialling it would reach that one instead)."""
+        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((self.host, self.port))
+        except OSError as e:
+            s.close()
+            with self.lock:
+                self.errors.append("hold: %r" % e)
+            return
+        self._held = s
+
+    def _unhold(self):
+        if getattr(self, "_held", None) is not None:
+            self._held.close()
+            self._held = None
+
     def _accept_loop(self):
         """Owns the listening socket: opens/closes it as asked, accepts."""
         cids = itertools.count(1)
@@ -833,6 +854,7 @@ class FakeUpstream:
             with self.lock:
                 want, req = self._want_listen, self._req
             if want and self._lsock is None:
+                self._unhold()
                 try:
                     self._open()
                 except OSError as e:
@@ -841,6 +863,7 @@ class FakeUpstream:
             elif not want and self._lsock is not None:
                 self._lsock.close()
                 self._lsock = None
+                self._hold()
             with self.lock:
                 self._done = req
             if self._lsock is None:
@@ -878,6 +901,7 @@ class FakeUpstream:
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None
+        self._unhold()
 
     def _listen(self, want):
         with self.lock:

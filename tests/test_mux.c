@@ -1527,12 +1527,15 @@ test_rtt_choice(void)
 	struct conn	*c;
 	struct rec	*a;
 	int64_t		 t;
+	int		 i;
 
 	setup(3, 1, 8);
 	mux.ups[0].up_srtt = 40000;
 	mux.ups[1].up_srtt = 5000;
 	mux.ups[1].up_rttvar = 2000;
 	mux.ups[2].up_srtt = 20000;
+	for (i = 0; i < 3; i++)		/* measured now: none to explore */
+		mux.ups[i].up_sampled = now_ms();
 	CHECK(pick_upstream(now_ms(), 0) == &mux.ups[1]);
 	a = sendname(9, "r");
 	flush_cb(loop, NULL, 0);
@@ -1550,6 +1553,29 @@ test_rtt_choice(void)
 	CHECK(a->calls == 1 && a->now == t);
 	CHECK(mux.ups[1].up_srtt == 5000 + (80000 - 5000) / 8);
 	CHECK(mux.ups[1].up_rttvar == 2000 + (75000 - 2000) / 4);
+
+	/*
+	 * An upstream in good standing not measured for EXPLORE_MS gets the
+	 * next query, one only; the best gets the one after.
+	 */
+	t = now_ms();
+	mux.ups[0].up_sampled = t - EXPLORE_MS;
+	mux.ups[2].up_sampled = t;
+	mux.ups[1].up_srtt = 5000;
+	a = sendname(10, "explore");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(a)->a_conn == &mux.ups[0].up_conns[0]);
+	CHECK(mux.ups[0].up_sampled >= t);
+	a = sendname(11, "best");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(a)->a_conn == &mux.ups[1].up_conns[0]);
+	/* A demoted one is probed with copies, not explored. */
+	mux.ups[0].up_sampled = t - EXPLORE_MS;
+	mux.ups[0].up_bad = 1;
+	mux.ups[0].up_probe_at = t + 60000;
+	a = sendname(12, "notdemoted");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(a)->a_conn == &mux.ups[1].up_conns[0]);
 	teardown();
 }
 
@@ -1563,6 +1589,7 @@ test_slow_dial(void)
 	setup(2, 1, 8);
 	mux.ups[0].up_srtt = 1000;
 	mux.ups[1].up_srtt = 50000;
+	mux.ups[0].up_sampled = mux.ups[1].up_sampled = now_ms();
 	a = &mux.ups[0].up_conns[0];
 	make_idle(0, 0);
 	r = sendname(1, "slow");
