@@ -135,7 +135,19 @@ usable(struct upstream *up, int nwait, int64_t now)
 	    !upstream_need_dial(up, nwait);
 }
 
-/* By health_rank, and of those alike the lowest round-trip time. */
+/*
+ * Clearly faster: by an eighth and a millisecond.  Upstreams as fast as
+ * each other within their samples' noise would otherwise take turns with
+ * every answer, and a choice that holds keeps one connection busy and
+ * the others idle.
+ */
+static int
+faster(const struct upstream *a, const struct upstream *b)
+{
+	return a->up_srtt < b->up_srtt - b->up_srtt / 8 - 1000;
+}
+
+/* By health_rank, and of those alike the clearly faster, else the first. */
 struct upstream *
 upstream_pick(struct upstream *ups, int n, uint32_t avoid, int nwait,
     int64_t now)
@@ -152,7 +164,7 @@ upstream_pick(struct upstream *ups, int n, uint32_t avoid, int nwait,
 			continue;
 		rank = health_rank(up, unreachable);
 		if (best == NULL || rank < best_rank || (rank == best_rank &&
-		    up->up_srtt < best->up_srtt)) {
+		    faster(up, best))) {
 			best = up;
 			best_rank = rank;
 		}

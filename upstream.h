@@ -35,8 +35,9 @@ int	upstream_backing_off(const struct upstream *, int64_t);
 /*
  * The upstream a query goes to: of the n not in `avoid` that may take
  * one now, the first answering well, then those not tried yet, then the
- * demoted, then those whose dials fail; among equals the lowest smoothed
- * round-trip time.  nwait queries wait for a connection.  NULL: none.
+ * demoted, then those whose dials fail; among equals the one with a
+ * clearly lower smoothed round-trip time, else the first given.  nwait
+ * queries wait for a connection.  NULL: none.
  */
 struct upstream *upstream_pick(struct upstream *, int, uint32_t, int,
 	    int64_t);
