@@ -275,7 +275,8 @@ bench/nodelay.so: bench/nodelay.c
 
 bench:
 	@$(MAKE) -s deps-install PKGS="$(DEBS) $(BENCH_DEBS)"
-	$(MAKE) dnsfwd bench/echo bench/relay bench/latency bench/nodelay.so
+	$(MAKE) dnsfwd bench/echo bench/relay bench/latency bench/nodelay.so \
+	    bench/pathemu
 	$(PY) bench/bench.py
 
 bench-clean:

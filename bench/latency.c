@@ -12,7 +12,8 @@
  * after the last query for stragglers; a query not answered by then is
  * lost.  Prints one JSON object: sent, received, lost, bad (answers that
  * are not NOERROR with an answer record), late (queries sent more than
- * 1 ms behind schedule: the client itself fell behind), over40ms, min,
+ * 1 ms behind schedule: the client itself fell behind), servfail (answers
+ * with rcode SERVFAIL, counted in bad too), over40ms, min,
  * avg, p50, p90, p99, p999 and max in microseconds.  With -o, writes each
  * answered query's RTT in microseconds to FILE, one per line, in sending
  * order.
@@ -130,6 +131,7 @@ main(int argc, char **argv)
 	int64_t			*sent_at, *rtt, *sorted, start, now, next, deadline;
 	int64_t			 interval, sum = 0;
 	long			 count = 1, i = 0, received = 0, bad = 0, late = 0;
+	long			 servfail = 0;
 	long			 over40 = 0, k, n;
 	double			 rate = 100;
 	int			 fd, c, port = 0, wait_ms = 2000;
@@ -228,6 +230,8 @@ main(int argc, char **argv)
 				rtt[n] = 1;
 			if ((buf[3] & 0x0f) != 0 || (buf[6] | buf[7]) == 0)
 				bad++;
+			if ((buf[3] & 0x0f) == 2)
+				servfail++;
 			received++;
 		}
 	}
@@ -241,10 +245,11 @@ main(int argc, char **argv)
 	}
 	qsort(sorted, (size_t)n, sizeof(*sorted), cmp_i64);
 	printf("{\"sent\": %ld, \"received\": %ld, \"lost\": %ld, \"bad\": %ld, "
-	    "\"late\": %ld, \"over40ms\": %ld, \"min_us\": %.1f, "
+	    "\"late\": %ld, \"servfail\": %ld, \"over40ms\": %ld, "
+	    "\"min_us\": %.1f, "
 	    "\"avg_us\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, "
 	    "\"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f}\n",
-	    i, received, i - received, bad, late, over40,
+	    i, received, i - received, bad, late, servfail, over40,
 	    n ? (double)sorted[0] / 1000.0 : 0.0,
 	    n ? (double)sum / (double)n / 1000.0 : 0.0,
 	    pct(sorted, n, 50), pct(sorted, n, 90), pct(sorted, n, 99),
