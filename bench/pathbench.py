@@ -753,6 +753,33 @@ def write(res, fq, elapsed):
     replace_section(os.path.join(HERE, "RESULTS.md"), text)
     if not QUICK:
         replace_section(os.path.join(HERE, "README.md"), text)
+        replace_section(os.path.join(ROOT, "README.md"), "\n".join(headline(res, fq)))
+
+
+def headline(res, fq):
+    """The top-level README's PATH table: p50 / p99.9 per case."""
+    cases = case_keys(res)
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    short = {"noloss": "no loss", "nodelay": "no loss, upstream TCP_NODELAY",
+             "loss1": "1% loss", "loss3": "3% loss", "blackhole": "one upstream blackholed"}
+    L = ["| PATH, last full run, %s: p50 / p99.9 ms (SERVFAIL + lost) | %s | first query "
+         "after %d s |" % (date, " | ".join(short[c] for c in cases), SILENCE),
+         "|---|" + "--:|" * (len(cases) + 1)]
+    for k in PATH_KEYS:
+        row = []
+        for c in cases:
+            x = res[c][k]
+            bad = x["servfail"] + x["lost"]
+            row.append("%.1f / %.1f%s" % (ms(x["p50_us"]), ms(x["p999_us"]),
+                                          " (%d)" % bad if bad and k != FLOOR else ""))
+        f = fq.get(k, {}).get("first_us") if fq else None
+        L.append("| %s | %s | %s |" % (LABELS[k], " | ".join(row),
+                                       B.fmt(ms(f), "%.1f ms")))
+    if fq:
+        for k in ("dnsfwd-nofo", "dnsfwd-prewarm"):
+            L.append("| %s |%s %s |" % (LABELS[k], " |" * len(cases),
+                                        B.fmt(ms(fq[k]["first_us"]), "%.1f ms")))
+    return L
 
 
 def run(bench, ctx):
