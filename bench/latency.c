@@ -14,9 +14,9 @@
  * are not NOERROR with an answer record), late (queries sent more than
  * 1 ms behind schedule: the client itself fell behind), servfail (answers
  * with rcode SERVFAIL, counted in bad too), over40ms, min,
- * avg, p50, p90, p99, p999 and max in microseconds.  With -o, writes each
- * answered query's RTT in microseconds to FILE, one per line, in sending
- * order.
+ * avg, p50, p90, p99, p999 and max in microseconds.  With -o, writes
+ * one line per query sent, in sending order, to FILE: its RTT in
+ * microseconds and its rcode, or "-1 -1" when it was not answered.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -129,6 +129,7 @@ main(int argc, char **argv)
 	struct sockaddr_in	 sin;
 	uint8_t			 buf[1500];
 	int64_t			*sent_at, *rtt, *sorted, start, now, next, deadline;
+	uint8_t			*rcode;
 	int64_t			 interval, sum = 0;
 	long			 count = 1, i = 0, received = 0, bad = 0, late = 0;
 	long			 servfail = 0;
@@ -165,7 +166,8 @@ main(int argc, char **argv)
 	sent_at = calloc((size_t)count, sizeof(*sent_at));
 	rtt = calloc((size_t)count, sizeof(*rtt));
 	sorted = calloc((size_t)count, sizeof(*sorted));
-	if (sent_at == NULL || rtt == NULL || sorted == NULL) {
+	rcode = calloc((size_t)count, sizeof(*rcode));
+	if (sent_at == NULL || rtt == NULL || sorted == NULL || rcode == NULL) {
 		perror("latency: calloc");
 		return 1;
 	}
@@ -228,6 +230,7 @@ main(int argc, char **argv)
 			rtt[n] = t - sent_at[n];
 			if (rtt[n] <= 0)
 				rtt[n] = 1;
+			rcode[n] = buf[3] & 0x0f;
 			if ((buf[3] & 0x0f) != 0 || (buf[6] | buf[7]) == 0)
 				bad++;
 			if ((buf[3] & 0x0f) == 2)
@@ -263,7 +266,10 @@ main(int argc, char **argv)
 		}
 		for (k = 0; k < i; k++)
 			if (rtt[k] != 0)
-				fprintf(f, "%.1f\n", (double)rtt[k] / 1000.0);
+				fprintf(f, "%.1f %d\n", (double)rtt[k] / 1000.0,
+				    rcode[k]);
+			else
+				fprintf(f, "-1 -1\n");
 		fclose(f);
 	}
 	return 0;

@@ -449,7 +449,9 @@ def run_case(ctx, link, runners, case):
             x["up_per_query"] = x["upstream_queries"] / x["sent"] if x["sent"] else None
             x["stats"] = r.stats()
             x["paths"] = [p.stats() for p in r.paths]
+            x["q"] = quantiles(per_query(rtt[r.key]))
             x["cdf"] = cdf_points(rtt[r.key], x["sent"])
+            x["timeline"] = timeline(rtt[r.key])
         res["_load"] = "%s / %s" % (load0, loadavg())
         res["_late_max_us"] = max(p.stats()["up_late_max_us"] for p in link.path)
         res["_late_max_us"] = max(res["_late_max_us"], max(
@@ -457,10 +459,11 @@ def run_case(ctx, link, runners, case):
         for r in runners:
             x = res[r.key]
             st = x["stats"]
-            log("%-9s %-34s p50 %6.1f p99 %6.1f p99.9 %6.1f max %7.1f ms  servfail %d "
+            q = x["q"]
+            log("%-9s %-34s p50 %s p99 %s p99.9 %s max %s ms  servfail %d "
                 "lost %d  up/q %.3f%s" % (
-                    key, LABELS[r.key], x["p50_us"] / 1e3, x["p99_us"] / 1e3,
-                    x["p999_us"] / 1e3, x["max_us"] / 1e3, x["servfail"], x["lost"],
+                    key, LABELS[r.key], lat(q["p50"]), lat(q["p99"]), lat(q["p999"]),
+                    lat(q["max"]), x["servfail"], x["lost"],
                     x["up_per_query"] or 0,
                     "  hedges %d won %d unpaid %d" % (
                         st.get("hedges", -1), st.get("hedges_won", -1),
@@ -474,15 +477,51 @@ def run_case(ctx, link, runners, case):
         B.stop(up)
 
 
+def per_query(path):
+    """[(ms or None, rcode or None)] per query sent, from the latency
+    client's -o file; None when no answer came."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            a, rc = line.split()
+            out.append((None, None) if float(a) < 0 else (float(a) / 1e3, int(rc)))
+    return out
+
+
+def quantiles(q):
+    """p50, p90, p99, p99.9 in ms over every query sent, a query without a
+    right answer (lost, SERVFAIL or another error) counting as never
+    answered (None: more than that share failed); max is the slowest right
+    answer; failed counts the rest."""
+    n = len(q)
+    ok = sorted(t for t, rc in q if t is not None and rc == 0)
+    out = {"failed": n - len(ok), "max": ok[-1] if ok else None}
+    for p, key in ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999")):
+        k = max(0, int(math.ceil(p / 100.0 * n)) - 1)
+        out[key] = ok[k] if k < len(ok) else None
+    return out
+
+
+def timeline(path):
+    """Per second of sending: [second, max ms, answers over 3 x RTT,
+    SERVFAIL, lost], from the latency client's per-query file."""
+    out = []
+    q = per_query(path)
+    for s in range(0, len(q), RATE):
+        w = q[s:s + RATE]
+        rtts = [t for t, _ in w if t is not None]
+        out.append([s // RATE, round(max(rtts), 1) if rtts else None,
+                    sum(1 for x in rtts if x > 3 * RTT_MS),
+                    sum(1 for _, rc in w if rc == 2),
+                    sum(1 for t, _ in w if t is None)])
+    return out
+
+
 def cdf_points(path, sent):
     """(latency ms, nines) points of the distribution: nines = -log10(1 - F),
     F counting lost queries as never answered, so a curve that does not
     reach the top lost queries."""
-    try:
-        with open(path) as f:
-            v = sorted(float(x) for x in f if x.strip())
-    except OSError:
-        return []
+    v = sorted(t * 1e3 for t, rc in per_query(path) if t is not None and rc == 0)
     pts = []
     if not v or not sent:
         return pts
@@ -536,7 +575,7 @@ def first_query(ctx, link, runners):
                     rnd, r.key.replace("-", "")), 3000)}, 30)[r.key]
                 t1 = tfo_active(r.proc.pid) if r.proc else None
                 rec = {"steady_p50_us": steady[r.key]["p50_us"],
-                       "first_us": x["max_us"] if x["received"] else None,
+                       "first_us": x["max_us"] if x["received"] and not x["bad"] else None,
                        "conns_before": conns, "load": load,
                        "tfo_active": None if t0 is None or t1 is None else t1 - t0}
                 if r.key.startswith("dnsfwd"):
@@ -568,6 +607,11 @@ def first_query(ctx, link, runners):
 
 # --- summary -----------------------------------------------------------------
 
+def lat(v):
+    """A latency in ms from quantiles(): None is a share of failures."""
+    return "∞" if v is None else "%.1f" % v
+
+
 def ms(us):
     return None if us is None else us / 1000.0
 
@@ -580,35 +624,43 @@ def targets(res, fq):
     fl = {c: res[c][FLOOR] for c in res}
 
     def within(case, pct):
-        for m, lab in (("p50_us", "p50"), ("p99_us", "p99")):
-            r = d[case][m] / fl[case][m]
+        for m, lab in (("p50", "p50"), ("p99", "p99")):
+            a, b = d[case]["q"][m], fl[case]["q"][m]
+            r = a / b if a is not None and b else None
             T.append(("%s: %s within %d%% of plain UDP" % (case_label(case), lab, pct),
-                      "%.1f vs %.1f ms (%+.1f%%)" % (ms(d[case][m]), ms(fl[case][m]),
-                                                   100 * (r - 1)), r <= 1 + pct / 100.0))
+                      "%s vs %s ms (%s)" % (lat(a), lat(b), B.fmt(
+                          None if r is None else 100 * (r - 1), "%+.1f%%")),
+                      r is not None and r <= 1 + pct / 100.0))
     within("nodelay", 5)
     within("noloss", 10)
     for case, a, b in (("loss1", 2.5, 3.5), ("loss3", 3.0, 4.5)):
-        for m, lab, f in (("p99_us", "p99", a), ("p999_us", "p99.9", b)):
-            v = ms(d[case][m])
+        for m, lab, f in (("p99", "p99", a), ("p999", "p99.9", b)):
+            v = d[case]["q"][m]
             T.append(("%s: %s ≤ %.1f x RTT (%.0f ms)" % (case_label(case), lab, f, f * rtt),
-                      "%.1f ms = %.2f x" % (v, v / rtt), v <= f * rtt))
+                      "%s ms = %s x" % (lat(v), B.fmt(None if v is None else v / rtt,
+                                                      "%.2f", "∞")),
+                      v is not None and v <= f * rtt))
     for case in ("loss1", "loss3"):
-        for m, lab in (("p99_us", "p99"), ("p999_us", "p99.9")):
-            best = min(res[case][p][m] for p in PEERS)
-            bp = [p for p in PEERS if res[case][p][m] == best][0]
+        for m, lab in (("p99", "p99"), ("p999", "p99.9")):
+            inf = float("inf")
+            vals = {p: res[case][p]["q"][m] for p in PEERS}
+            bp = min(PEERS, key=lambda p: inf if vals[p] is None else vals[p])
+            best, v = vals[bp], d[case]["q"][m]
             T.append(("%s: %s at least 15%% below the best peer's" % (case_label(case), lab),
-                      "%.1f vs %.1f ms (%s): %+.0f%%" % (ms(d[case][m]), ms(best), bp,
-                                                        100 * (d[case][m] / best - 1)),
-                      d[case][m] <= 0.85 * best))
+                      "%s vs %s ms (%s)%s" % (lat(v), lat(best), bp, "" if v is None or
+                                              not best else ": %+.0f%%" % (
+                                                  100 * (v / best - 1))),
+                      v is not None and (best is None or v <= 0.85 * best)))
     u = d["loss1"]["up_per_query"]
     T.append(("1% loss: upstream queries per client query ≤ 1.05", "%.3f" % u, u <= 1.05))
     bh = d["blackhole"]
     T.append(("one upstream blackholed: no SERVFAIL, no lost query",
               "%d SERVFAIL, %d lost" % (bh["servfail"], bh["lost"]),
               bh["servfail"] == 0 and bh["lost"] == 0))
-    v = ms(bh["p999_us"])
+    v = bh["q"]["p999"]
     T.append(("one upstream blackholed: p99.9 ≤ 3 x RTT (%d ms)" % (3 * rtt),
-              "%.1f ms = %.2f x" % (v, v / rtt), v <= 3 * rtt))
+              "%s ms = %s x" % (lat(v), B.fmt(None if v is None else v / rtt, "%.2f", "∞")),
+              v is not None and v <= 3 * rtt))
     if fq:
         for k, f, lab in (("dnsfwd", 2.2, "default (Fast Open)"),
                           ("dnsfwd-prewarm", 1.2, "--prewarm")):
@@ -658,14 +710,18 @@ def tables(res, fq, quick):
         for k in PATH_KEYS:
             x = res[c][k]
             st = x.get("stats") or {}
-            L.append("| %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %d | %d | %s | %s |" % (
-                case_label(c), LABELS[k], ms(x["p50_us"]), ms(x["p90_us"]),
-                ms(x["p99_us"]), ms(x["p999_us"]), ms(x["max_us"]), x["servfail"],
+            q = x["q"]
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s |" % (
+                case_label(c), LABELS[k], lat(q["p50"]), lat(q["p90"]),
+                lat(q["p99"]), lat(q["p999"]), lat(q["max"]), x["servfail"],
                 x["lost"], B.fmt(x["up_per_query"], "%.3f"),
                 "%d / %d / %d" % (st["hedges"], st["hedges_won"], st["hedges_unpaid"])
                 if st else "–"))
-    L.append("\nLatencies in ms. Lost: no answer at all (an answer after a SERVFAIL "
-             "is not counted twice).\n")
+    L.append("\nLatencies in ms, over every query sent: a query without a right answer "
+             "(SERVFAIL, lost, any other error) counts as never answered, so ∞ means that "
+             "more than that share of the queries failed; max is the slowest right answer. "
+             "Lost: no answer at all. The floor's lost queries are what the path's loss "
+             "costs plain UDP (a stub would ask again after its own timeout).\n")
     if fq:
         L.append("### FIRST-QUERY over the path: one query after %d s of silence\n" % SILENCE)
         L.append("All at once, %d round(s) of: %d queries at %d q/s (steady p50), %d s of "
@@ -770,7 +826,7 @@ def headline(res, fq):
         for c in cases:
             x = res[c][k]
             bad = x["servfail"] + x["lost"]
-            row.append("%.1f / %.1f%s" % (ms(x["p50_us"]), ms(x["p999_us"]),
+            row.append("%s / %s%s" % (lat(x["q"]["p50"]), lat(x["q"]["p999"]),
                                           " (%d)" % bad if bad and k != FLOOR else ""))
         f = fq.get(k, {}).get("first_us") if fq else None
         L.append("| %s | %s | %s |" % (LABELS[k], " | ".join(row),
