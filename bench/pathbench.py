@@ -299,6 +299,34 @@ def tfo_active(pid):
     return None
 
 
+TCP_KEYS = ("RetransSegs", "TCPLossProbes", "TCPLossProbeRecovery", "TCPTimeouts",
+            "TCPFastRetrans", "TCPSpuriousRTOs", "TCPSlowStartRetrans", "DelayedACKs",
+            "TCPFastOpenActive", "TCPFastOpenPassive")
+
+
+def tcp_counters(pid):
+    """The Tcp and TcpExt counters of PID's namespace that tell how TCP
+    recovered from loss, and how often it used Fast Open."""
+    out = {}
+    try:
+        with open("/proc/%d/net/snmp" % pid) as f:
+            a = f.read().splitlines()
+        with open("/proc/%d/net/netstat" % pid) as f:
+            a += f.read().splitlines()
+    except OSError:
+        return out
+    for names, vals in zip(a[::2], a[1::2]):
+        if names.split(":")[0] in ("Tcp", "TcpExt"):
+            for k, v in zip(names.split()[1:], vals.split()[1:]):
+                if k in TCP_KEYS:
+                    out[k] = int(v)
+    return out
+
+
+def diff(a, b):
+    return {k: b[k] - a.get(k, 0) for k in b}
+
+
 # --- the upstream in namespace b --------------------------------------------
 
 def start_upstream(ctx, link, nodelay, tag):
@@ -429,6 +457,10 @@ def run_case(ctx, link, runners, case):
         jobs = {r.key: latency_argv(link, r, RATE * SECONDS, RATE, tags[r.key], WAIT_MS,
                                     rtt[r.key]) for r in runners}
         load0 = loadavg()
+        # Namespace-wide TCP counters: a, the contenders' side (queries and
+        # ACKs go up), b, the upstream's (answers come down).
+        apid = next(r.proc.pid for r in runners if r.proc)
+        tcp0 = (tcp_counters(apid), tcp_counters(up.pid))
         timer = None
         if blackhole:
             def hole():
@@ -441,6 +473,8 @@ def run_case(ctx, link, runners, case):
         res = run_clients(jobs, SECONDS + WAIT_MS / 1000 + 60)
         if timer:
             timer.cancel()
+        res["_tcp"] = {"a": diff(tcp0[0], tcp_counters(apid)),
+                       "b": diff(tcp0[1], tcp_counters(up.pid))}
         time.sleep(0.5)             # the upstream's log lines are written
         counts = count_queries(qlog, [t.lower() for t in tags.values()])
         for r in runners:
@@ -470,6 +504,7 @@ def run_case(ctx, link, runners, case):
                         st.get("hedges_unpaid", -1)) if st else ""))
         log("%s: load average %s, pathemu late max %.1f ms" % (
             key, res["_load"], res["_late_max_us"] / 1e3))
+        log("%s: TCP in namespace a %s; in b %s" % (key, res["_tcp"]["a"], res["_tcp"]["b"]))
         return res
     finally:
         for r in runners:
@@ -722,6 +757,22 @@ def tables(res, fq, quick):
              "more than that share of the queries failed; max is the slowest right answer. "
              "Lost: no answer at all. The floor's lost queries are what the path's loss "
              "costs plain UDP (a stub would ask again after its own timeout).\n")
+    if all("_tcp" in res[c] for c in res):
+        L.append("\nHow TCP recovered, per case, counted over each namespace (all "
+                 "contenders together; a: the contenders' side, sending queries; b: the "
+                 "upstream's, sending answers): segments retransmitted, of which by "
+                 "tail-loss probe (TLP), by retransmission timeout (RTO), by fast "
+                 "retransmit.\n")
+        L.append("| case | a: retransmitted / TLP / RTO / fast | b: retransmitted / TLP / "
+                 "RTO / fast |")
+        L.append("|---|--:|--:|")
+        for c in case_keys(res):
+            t = res[c]["_tcp"]
+            L.append("| %s | %s |" % (case_label(c), " | ".join(
+                "%d / %d / %d / %d" % (t[s].get("RetransSegs", 0), t[s].get("TCPLossProbes", 0),
+                                       t[s].get("TCPTimeouts", 0),
+                                       t[s].get("TCPFastRetrans", 0)) for s in "ab")))
+        L.append("")
     if fq:
         L.append("### FIRST-QUERY over the path: one query after %d s of silence\n" % SILENCE)
         L.append("All at once, %d round(s) of: %d queries at %d q/s (steady p50), %d s of "
@@ -870,12 +921,14 @@ def run(bench, ctx):
             if only and case[0] not in only.split(","):
                 continue
             log("case %s: %s, %d s" % (case[0], case[1], SECONDS))
-            res[case[0]] = run_case(ctx, link, [runners[k] for k in PATH_KEYS], case)
+            keys = os.environ.get("BENCH_PATH_CONTENDERS", ",".join(PATH_KEYS)).split(",")
+            res[case[0]] = run_case(ctx, link, [runners[k] for k in PATH_KEYS if k in keys],
+                                    case)
         fq = None
         if os.environ.get("BENCH_PATH_FQ", "1") != "0":
             fq = first_query(ctx, link, [runners[k] for k in FQ_KEYS])
     elapsed = time.monotonic() - start
-    if len(res) == len(CASES):
+    if len(res) == len(CASES) and all(k in res[c] for c in res for k in PATH_KEYS):
         write(res, fq, elapsed)
     else:
         with open(os.path.join(ctx["dir"], "path.json"), "w") as f:
