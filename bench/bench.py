@@ -263,8 +263,8 @@ class Sampler(threading.Thread):
 
 # --- DNS over UDP, just enough for readiness and validation ----------------
 
-def dns_query(port, name, timeout=1.0):
-    """Asks name A IN over UDP; returns (rcode, [addresses]) or None on timeout."""
+def dns_query(port, name, timeout=1.0, addr=LO):
+    """Asks addr name A IN over UDP; returns (rcode, [addresses]) or None on timeout."""
     qid = random.getrandbits(16)
     q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
     for label in name.rstrip(".").split("."):
@@ -273,7 +273,7 @@ def dns_query(port, name, timeout=1.0):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.settimeout(timeout)
-        s.sendto(q, (LO, port))
+        s.sendto(q, (addr, port))
         end = time.monotonic() + timeout
         while True:
             s.settimeout(max(0.001, end - time.monotonic()))
