@@ -25,7 +25,7 @@ set ytics ("0" 0, "50%%" 0.30103, "90%%" 1, "99%%" 2, "99.9%%" 3, "99.99%%" 4)
 set grid xtics ytics
 set xlabel "latency (ms, log scale)"
 set ylabel "answered within"
-set key top left font ",9" noenhanced
+unset key
 
 set multiplot layout 2,3 title title."Two DoT upstreams, each over its own emulated 30 ms path (0-10 ms jitter), 200 q/s of unique names"
 do for [c=1:5] {
@@ -33,4 +33,16 @@ do for [c=1:5] {
     plot for [j=1:6] 'path.dat' index (c-1)*6+(j-1) using 1:2 with steps \
         lw widths[j] lc rgb colors[j] title names[j]
 }
+# The sixth place holds the legend alone.
+unset title
+unset border
+unset tics
+unset grid
+unset xlabel
+unset ylabel
+unset logscale x
+set xrange [0:1]
+set yrange [0:1]
+set key center center font ",11" noenhanced spacing 1.5 samplen 4
+plot for [j=1:6] NaN with lines lw widths[j] lc rgb colors[j] title names[j]
 unset multiplot
