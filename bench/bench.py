@@ -9,7 +9,10 @@ gives a short run for checking the harness.
 An unbound serving DNS-over-TLS (and plain UDP) for every name under
 "bench." is the upstream of every contender; each contender runs on core 0,
 the load generators and the upstream on core 1.  Writes bench/RESULTS.md,
-bench/results.json, bench/results.dat and bench/results.png.
+bench/results.json, bench/results.dat and bench/results.png.  Then PATH,
+the same contenders over emulated 30 ms paths (bench/pathbench.py, which
+writes its own section of RESULTS.md and bench/path.*); BENCH_ONLY=path or
+BENCH_ONLY=loopback runs one part.
 """
 
 import datetime
