@@ -304,13 +304,16 @@ fuzz-clean:
 
 # Benchmarks (issue 10), not part of make check.
 # `make bench` installs what it lacks from Debian (as root), builds dnsfwd,
-# bench/echo, bench/relay and bench/latency, and runs bench/bench.py in a
-# private network namespace (loopback only): dnsfwd beside stubby, unbound, dnsdist
-# and knot-resolver, all forwarding over DNS-over-TLS to one local unbound,
-# in about 14 minutes.  `BENCH_QUICK=1 make bench` is a two-minute check of
-# the harness; BENCH_UPSTREAM_NODELAY=1 preloads bench/nodelay.so into the
-# upstream.  Writes bench/RESULTS.md and bench/results.png; see
-# bench/README.md.
+# bench/echo, bench/relay, bench/latency, bench/nodelay.so and bench/pathemu,
+# and runs bench/bench.py in a private network namespace (loopback only):
+# dnsfwd beside stubby, unbound, dnsdist and knot-resolver, all forwarding
+# over DNS-over-TLS to one local unbound; then PATH, the same over emulated
+# 30 ms paths between two network namespaces; in about 22 minutes.
+# `BENCH_QUICK=1 make bench` is a four-minute check of the harness;
+# BENCH_ONLY=path or BENCH_ONLY=loopback runs one part;
+# BENCH_UPSTREAM_NODELAY=1 preloads bench/nodelay.so into the loopback
+# upstream.  Writes bench/RESULTS.md, bench/results.png and bench/path.png;
+# see bench/README.md.
 BENCH_DEBS =	dnsperf unbound stubby dnsdist knot-resolver gnuplot-nox \
 		openssl iproute2 util-linux python3
 
@@ -331,7 +334,8 @@ bench/nodelay.so: bench/nodelay.c
 
 bench:
 	@$(MAKE) -s deps-install PKGS="$(DEBS) $(BENCH_DEBS)"
-	$(MAKE) dnsfwd bench/echo bench/relay bench/latency bench/nodelay.so
+	$(MAKE) dnsfwd bench/echo bench/relay bench/latency bench/nodelay.so \
+	    bench/pathemu
 	$(PY) bench/bench.py
 
 bench-clean:

@@ -9,7 +9,10 @@ gives a short run for checking the harness.
 An unbound serving DNS-over-TLS (and plain UDP) for every name under
 "bench." is the upstream of every contender; each contender runs on core 0,
 the load generators and the upstream on core 1.  Writes bench/RESULTS.md,
-bench/results.json, bench/results.dat and bench/results.png.
+bench/results.json, bench/results.dat and bench/results.png.  Then PATH,
+the same contenders over emulated 30 ms paths (bench/pathbench.py, which
+writes its own section of RESULTS.md and bench/path.*); BENCH_ONLY=path or
+BENCH_ONLY=loopback runs one part.
 """
 
 import datetime
@@ -43,6 +46,9 @@ SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 NODELAY_SO = os.path.join(HERE, "nodelay.so")
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+# BENCH_ONLY=path runs the PATH workload alone (bench/pathbench.py),
+# BENCH_ONLY=loopback everything but it; unset, both.
+ONLY = os.environ.get("BENCH_ONLY", "")
 # Preload bench/nodelay.so into the upstream: TCP_NODELAY on its DoT side.
 UPSTREAM_NODELAY = os.environ.get("BENCH_UPSTREAM_NODELAY", "") not in ("", "0")
 
@@ -260,8 +266,8 @@ class Sampler(threading.Thread):
 
 # --- DNS over UDP, just enough for readiness and validation ----------------
 
-def dns_query(port, name, timeout=1.0):
-    """Asks name A IN over UDP; returns (rcode, [addresses]) or None on timeout."""
+def dns_query(port, name, timeout=1.0, addr=LO):
+    """Asks addr name A IN over UDP; returns (rcode, [addresses]) or None on timeout."""
     qid = random.getrandbits(16)
     q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
     for label in name.rstrip(".").split("."):
@@ -270,7 +276,7 @@ def dns_query(port, name, timeout=1.0):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.settimeout(timeout)
-        s.sendto(q, (LO, port))
+        s.sendto(q, (addr, port))
         end = time.monotonic() + timeout
         while True:
             s.settimeout(max(0.001, end - time.monotonic()))
@@ -1137,8 +1143,11 @@ def write_results(ctx, results, fq, sysmem, elapsed):
         L.append("Warnings: " + "; ".join(warn) + ".\n")
     L.append("![q/s and CPU per 100k queries](results.png)\n")
     L.append("Raw numbers of every run: results.json.")
+    # The PATH section, written by bench/pathbench.py, is kept.
+    import pathbench
+    kept = pathbench.section(os.path.join(HERE, "RESULTS.md"))
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
-        f.write("\n".join(L) + "\n")
+        f.write("\n".join(L) + "\n" + ("\n" + kept + "\n" if kept else ""))
 
     # The chart.
     with open(os.path.join(HERE, "results.dat"), "w") as f:
@@ -1202,7 +1211,9 @@ def main():
         # Not yet in our own network namespace: make one (loopback only).
         os.environ["BENCH_NETNS"] = "1"
         os.execvp("unshare", ["unshare", "-n", sys.executable] + sys.argv)
-    for f in (DNSFWD, ECHO, RELAY, LATENCY) + ((NODELAY_SO,) if UPSTREAM_NODELAY else ()):
+    if ONLY not in ("", "path", "loopback"):
+        die("BENCH_ONLY is path or loopback")
+    for f in (DNSFWD, ECHO, RELAY, LATENCY, NODELAY_SO):
         if not os.access(f, os.R_OK):
             die("%s missing: run `make bench`" % f)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -1217,24 +1228,12 @@ def main():
     try:
         ctx["certs"] = os.path.join(ctx["dir"], "certs")
         subprocess.run(["sh", MKCERTS, ctx["certs"]], check=True)
-        make_files(ctx)
-        ctx["upstream"] = start_upstream(ctx)
-        log("upstream up: %s" % ctx["upstream_tls"])
-        for c in CONTENDERS:
-            c.start(ctx, "check" + c.key.replace("-", ""))
-            c.stop()
-        log("every contender answered through its DoT forwarding")
-        ctx["auth"] = check_authentication(ctx)
-        log("with a wrong upstream name: %s" % ", ".join(
-            "%s %s" % kv for kv in ctx["auth"].items()))
-        sysmem = dnsfwd_idle_memory(ctx)
-        results = {}
-        for w in ("MISS", "HIT", "LATENCY"):
-            run_workload(ctx, w, results)
-        fq = first_query(ctx)
-        elapsed = time.monotonic() - start
-        write_results(ctx, results, fq, sysmem, elapsed)
-        log("done in %.0f s: bench/RESULTS.md, bench/results.png" % elapsed)
+        if ONLY != "path":
+            loopback(ctx, start)
+        if ONLY != "loopback":
+            import pathbench
+            pathbench.run(sys.modules[__name__], ctx)
+        log("done in %.0f s" % (time.monotonic() - start))
     except BaseException:
         keep = True
         log("logs kept in %s" % ctx["dir"])
@@ -1243,6 +1242,29 @@ def main():
         stop_all()
         if not keep:
             shutil.rmtree(ctx["dir"], ignore_errors=True)
+
+
+def loopback(ctx, start):
+    """The loopback workloads: MISS, HIT, LATENCY, FIRST-QUERY, memory."""
+    make_files(ctx)
+    ctx["upstream"] = start_upstream(ctx)
+    log("upstream up: %s" % ctx["upstream_tls"])
+    for c in CONTENDERS:
+        c.start(ctx, "check" + c.key.replace("-", ""))
+        c.stop()
+    log("every contender answered through its DoT forwarding")
+    ctx["auth"] = check_authentication(ctx)
+    log("with a wrong upstream name: %s" % ", ".join(
+        "%s %s" % kv for kv in ctx["auth"].items()))
+    sysmem = dnsfwd_idle_memory(ctx)
+    results = {}
+    for w in ("MISS", "HIT", "LATENCY"):
+        run_workload(ctx, w, results)
+    fq = first_query(ctx)
+    elapsed = time.monotonic() - start
+    write_results(ctx, results, fq, sysmem, elapsed)
+    stop(ctx.pop("upstream"))
+    log("loopback done in %.0f s: bench/RESULTS.md, bench/results.png" % elapsed)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@
  * after the last query for stragglers; a query not answered by then is
  * lost.  Prints one JSON object: sent, received, lost, bad (answers that
  * are not NOERROR with an answer record), late (queries sent more than
- * 1 ms behind schedule: the client itself fell behind), over40ms, min,
- * avg, p50, p90, p99, p999 and max in microseconds.  With -o, writes each
- * answered query's RTT in microseconds to FILE, one per line, in sending
- * order.
+ * 1 ms behind schedule: the client itself fell behind), servfail (answers
+ * with rcode SERVFAIL, counted in bad too), over40ms, min,
+ * avg, p50, p90, p99, p999 and max in microseconds.  With -o, writes
+ * one line per query sent, in sending order, to FILE: its RTT in
+ * microseconds and its rcode, or "-1 -1" when it was not answered.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -128,8 +129,10 @@ main(int argc, char **argv)
 	struct sockaddr_in	 sin;
 	uint8_t			 buf[1500];
 	int64_t			*sent_at, *rtt, *sorted, start, now, next, deadline;
+	uint8_t			*rcode;
 	int64_t			 interval, sum = 0;
 	long			 count = 1, i = 0, received = 0, bad = 0, late = 0;
+	long			 servfail = 0;
 	long			 over40 = 0, k, n;
 	double			 rate = 100;
 	int			 fd, c, port = 0, wait_ms = 2000;
@@ -163,7 +166,8 @@ main(int argc, char **argv)
 	sent_at = calloc((size_t)count, sizeof(*sent_at));
 	rtt = calloc((size_t)count, sizeof(*rtt));
 	sorted = calloc((size_t)count, sizeof(*sorted));
-	if (sent_at == NULL || rtt == NULL || sorted == NULL) {
+	rcode = calloc((size_t)count, sizeof(*rcode));
+	if (sent_at == NULL || rtt == NULL || sorted == NULL || rcode == NULL) {
 		perror("latency: calloc");
 		return 1;
 	}
@@ -226,8 +230,11 @@ main(int argc, char **argv)
 			rtt[n] = t - sent_at[n];
 			if (rtt[n] <= 0)
 				rtt[n] = 1;
+			rcode[n] = buf[3] & 0x0f;
 			if ((buf[3] & 0x0f) != 0 || (buf[6] | buf[7]) == 0)
 				bad++;
+			if ((buf[3] & 0x0f) == 2)
+				servfail++;
 			received++;
 		}
 	}
@@ -241,10 +248,11 @@ main(int argc, char **argv)
 	}
 	qsort(sorted, (size_t)n, sizeof(*sorted), cmp_i64);
 	printf("{\"sent\": %ld, \"received\": %ld, \"lost\": %ld, \"bad\": %ld, "
-	    "\"late\": %ld, \"over40ms\": %ld, \"min_us\": %.1f, "
+	    "\"late\": %ld, \"servfail\": %ld, \"over40ms\": %ld, "
+	    "\"min_us\": %.1f, "
 	    "\"avg_us\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, "
 	    "\"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f}\n",
-	    i, received, i - received, bad, late, over40,
+	    i, received, i - received, bad, late, servfail, over40,
 	    n ? (double)sorted[0] / 1000.0 : 0.0,
 	    n ? (double)sum / (double)n / 1000.0 : 0.0,
 	    pct(sorted, n, 50), pct(sorted, n, 90), pct(sorted, n, 99),
@@ -258,7 +266,10 @@ main(int argc, char **argv)
 		}
 		for (k = 0; k < i; k++)
 			if (rtt[k] != 0)
-				fprintf(f, "%.1f\n", (double)rtt[k] / 1000.0);
+				fprintf(f, "%.1f %d\n", (double)rtt[k] / 1000.0,
+				    rcode[k]);
+			else
+				fprintf(f, "-1 -1\n");
 		fclose(f);
 	}
 	return 0;
