@@ -91,6 +91,7 @@ static struct {
 
 static void	 dispatch(int64_t);
 static void	 hedge(struct pq *, int64_t);
+static int	 failover(const struct upstream *, const struct upstream *);
 static void	 probe(struct pq *, const struct upstream *, int64_t);
 static struct upstream *pick_upstream(int64_t, uint32_t);
 static void	 upstream_reset(struct upstream *, const char *, int64_t);
@@ -326,16 +327,11 @@ hedge(struct pq *pq, int64_t now)
 	struct conn	*busy = NULL;
 	struct upstream	*up;
 	struct conn	*c;
-	int		 k;
+	int		 k, paid;
 
 	for (k = 0; k < PQ_ATTS; k++)
 		if (pq->pq_att[k].a_conn != NULL)
 			busy = pq->pq_att[k].a_conn;
-	if (busy != NULL && mux.hedge_tokens < HEDGE_EVERY) {
-		pq_unqueue(pq);
-		stats.st_hedges_unpaid++;
-		return;
-	}
 	up = pick_upstream(now, pq->pq_said |
 	    (busy != NULL ? upstream_bit(busy->c_up) : 0));
 	if (up == NULL && busy != NULL &&
@@ -348,14 +344,34 @@ hedge(struct pq *pq, int64_t now)
 			    MUX_UNREACHABLE, NULL, 0, now);
 		return;
 	}
+	if ((paid = busy != NULL && !failover(busy->c_up, up)) &&
+	    mux.hedge_tokens < HEDGE_EVERY) {
+		pq_unqueue(pq);
+		stats.st_hedges_unpaid++;
+		return;
+	}
 	if ((c = upstream_conn(up, busy)) != NULL) {
 		pq_unqueue(pq);
 		attempt(pq, c, busy != NULL ? ATT_HEDGE : ATT_FIRST, now);
+		if (paid)
+			mux.hedge_tokens -= HEDGE_EVERY;
 	} else if (upstream_idle(up) == NULL) {
 		if (busy != NULL)	/* no other connection to be had */
 			pq_unqueue(pq);
 	} else if (upstream_may_dial(up, now))
 		(void)upstream_dial(up, now);
+}
+
+/*
+ * From a demoted upstream to another in good standing: failover, not a
+ * hedge against a merely slow path, so it costs nothing of the budget,
+ * or the queries out on an upstream that just went dark would wait for
+ * their deadline once the budget's savings are spent.
+ */
+static int
+failover(const struct upstream *from, const struct upstream *to)
+{
+	return from != to && from->up_bad > 0 && to->up_bad == 0;
 }
 
 /*
@@ -399,7 +415,6 @@ attempt(struct pq *pq, struct conn *c, int why, int64_t now)
 	if (a->a_hedge) {
 		c->c_up->up_n.n_hedges++;
 		stats.st_hedges++;
-		mux.hedge_tokens -= HEDGE_EVERY;
 		mux.last_hedge = now;
 	} else if (why == ATT_FIRST &&
 	    mux.hedge_tokens < HEDGE_BURST * HEDGE_EVERY)

@@ -1520,7 +1520,68 @@ test_probe(void)
 	teardown();
 }
 
-/* Among healthy upstreams, the lowest round-trip time wins. */
+/* Makes every attempt timeout due now and runs the timer. */
+static void
+expire_attempts(void)
+{
+	struct att	*at;
+
+	TAILQ_FOREACH(at, &mux.atimeouts, a_tlink)
+		at->a_due = now_ms() - 1;
+	att_timer_cb(loop, &mux.att_timer, EV_TIMER);
+}
+
+/*
+ * A copy unanswered past its attempt timeout gets a second: from a
+ * demoted upstream to one in good standing for free (failover), else
+ * within the budget, on another connection, never the same one.
+ */
+static void
+test_hedge(void)
+{
+	struct rec	*a, *b;
+	int64_t		 t = now_ms();
+
+	setup(2, 1, 8);
+	mux.ups[0].up_srtt = 1000;
+	mux.ups[1].up_srtt = 5000;
+	mux.ups[0].up_sampled = mux.ups[1].up_sampled = t;
+	a = sendname(1, "h1");
+	b = sendname(2, "h2");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(a)->a_conn == &mux.ups[0].up_conns[0] &&
+	    att_of(b)->a_conn == &mux.ups[0].up_conns[0]);
+	mux.hedge_tokens = 0;
+	expire_attempts();
+	CHECK(mux.ups[0].up_bad > 0 && pq_of(a)->pq_overdue);
+	CHECK(pq_of(a)->pq_att[1].a_conn == &mux.ups[1].up_conns[0] &&
+	    pq_of(b)->pq_att[1].a_conn == &mux.ups[1].up_conns[0]);
+	CHECK(stats.st_hedges == 2 && stats.st_hedges_unpaid == 0 &&
+	    mux.hedge_tokens == 0);
+	CHECK(a->calls == 0 && b->calls == 0);
+	teardown();
+
+	/* One upstream: a second connection, and the budget pays. */
+	setup(1, 2, 8);
+	mux.ups[0].up_srtt = 1000;
+	mux.ups[0].up_sampled = t;
+	mux.hedge_tokens = 0;
+	a = sendname(3, "h3");
+	flush_cb(loop, NULL, 0);
+	expire_attempts();
+	CHECK(pq_of(a)->pq_att[1].a_conn == NULL &&
+	    stats.st_hedges_unpaid == 1 && stats.st_hedges == 0);
+	mux.hedge_tokens = HEDGE_EVERY;
+	b = sendname(4, "h4");
+	flush_cb(loop, NULL, 0);
+	expire_attempts();
+	CHECK(pq_of(b)->pq_att[1].a_conn != NULL &&
+	    pq_of(b)->pq_att[1].a_conn != att_of(b)->a_conn);
+	CHECK(stats.st_hedges == 1 && mux.hedge_tokens < HEDGE_EVERY);
+	teardown();
+}
+
+/* Among healthy upstreams, one clearly faster wins; RTTs follow RFC 6298. */
 static void
 test_rtt_choice(void)
 {
@@ -2229,6 +2290,7 @@ main(void)
 	test_backoff();
 	test_probe();
 	test_rtt_choice();
+	test_hedge();
 	test_slow_dial();
 	test_suspend();
 	test_keep_warm();
