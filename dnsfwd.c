@@ -156,8 +156,9 @@ load_ca(void)
 
 	for (i = 0; i < cf.cf_nup; i++)
 		if (cf.cf_up[i].uc_name != NULL) {
+			/* The file named is wrong: retrying will not help. */
 			if (tls_load_ca(cf.cf_ca_file) == -1)
-				exit(EXIT_SETUP);
+				exit(EXIT_USAGE);
 			return;
 		}
 }
@@ -169,7 +170,7 @@ user_lookup(void)
 		return;
 	errno = 0;
 	if ((user = getpwnam(cf.cf_user)) == NULL)
-		fatalx(EXIT_SETUP, "--user %s: %s", cf.cf_user,
+		fatalx(EXIT_USAGE, "--user %s: %s", cf.cf_user,
 		    errno ? strerror(errno) : "no such user");
 }
 

@@ -8,8 +8,8 @@
 #include <stdint.h>
 
 /* Exit codes, as listed in dnsfwd.8 EXIT STATUS. */
-#define EXIT_SETUP	1	/* bind failed, CA file unreadable, ... */
-#define EXIT_USAGE	2	/* bad command line */
+#define EXIT_SETUP	1	/* bind failed, cannot switch user, ... */
+#define EXIT_USAGE	2	/* bad configuration: options, CA file, user */
 
 enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 

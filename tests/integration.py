@@ -1744,12 +1744,12 @@ def bind_in_use(t):
 
 @scenario
 def missing_ca_file(t):
-    """An unreadable --ca-file exits 1 with a message."""
+    """An unreadable --ca-file exits 2 (configuration: not retried under systemd) with a message."""
     rc, out, err = run_dnsfwd(t, ["--bind-udp", "127.0.0.1:%d" %
                                   udp_tcp_free_port("127.0.0.1"),
                                   "--connect-tls", "127.0.0.1:853#dns.test",
                                   "--ca-file", os.path.join(t.dir, "nope.pem")])
-    check(rc == 1 and err.strip(), "exit %s, stderr %r" % (rc, err[:300]))
+    check(rc == 2 and err.strip(), "exit %s, stderr %r" % (rc, err[:300]))
 
 
 @scenario
@@ -1981,13 +1981,13 @@ def journal_priority_prefixes(t):
             check(not wrong, "%s: %r lines should be %s (%s): %r" % (
                 style, sub, level, "<%d>" % LEVEL_PRI[level] if journal
                 else level + ": ", wrong[:2]))
-        # An error at startup (exit 1) is prefixed too.
+        # An error at startup (exit 2) is prefixed too.
         rc, out, err = run_dnsfwd(t, [
             "--bind-udp", "127.0.0.1:%d" % udp_tcp_free_port("127.0.0.1"),
             "--connect-tls", "127.0.0.1:853#dns.test",
             "--ca-file", os.path.join(t.dir, "nope.pem")], env=env)
         elines = err.splitlines()
-        check(rc == 1 and elines and all(
+        check(rc == 2 and elines and all(
             _line_level(ln, journal) == "error" for ln in elines),
             "%s: unreadable CA file: exit %s, stderr %r, want every line "
             "at level error" % (style, rc, err[:300]))

@@ -686,13 +686,13 @@ def svc_user_port53(t):
 
 @scenario
 def svc_user_fails(t):
-    """--user with an unknown name exits 1, and so does --user root when dnsfwd is not started as root (it cannot switch)."""
+    """--user with an unknown name exits 2 (configuration), and --user root exits 1 when dnsfwd is not started as root (it cannot switch)."""
     port = it.udp_tcp_free_port("127.0.0.1")
     args = ["--bind-udp", "127.0.0.1:%d" % port,
             "--connect-tcp", "127.0.0.1:9"]
     rc, out, err = run(t, args + ["--user", "no-such-user-dnsfwd"],
                        env=_NO_NOTIFY)
-    it.check(rc == 1, "unknown --user: exit %s, stderr %r, want 1" % (
+    it.check(rc == 2, "unknown --user: exit %s, stderr %r, want 2" % (
         rc, err[-300:]))
     setpriv = shutil.which("setpriv")
     if setpriv is None or os.geteuid() != 0:
