@@ -568,7 +568,7 @@ def svc_no_listener(t):
 
 @scenario
 def svc_check(t):
-    """--check exits 0 with one stdout line for a good configuration (with or without --bind), 1 for an unreadable CA file or unknown --user, 2 for a usage error, and binds nothing."""
+    """--check exits 0 with one stdout line for a good configuration (with or without --bind), 2 for a configuration error (a usage error, an unreadable CA file, an unknown --user), and binds nothing."""
     up = ["--connect-tls", "127.0.0.1:853#dns.test"]
     ca = ["--ca-file", it.pki("ca.pem")]
     u, s, port = bind_pair()      # held by us all along
@@ -582,11 +582,11 @@ def svc_check(t):
                   it.read_pin(), "--ca-file", "/nonexistent/ca.pem"]),
                 ("--user root", up + ca + ["--user", "root"])]
         bad = [("missing CA file", up + ["--ca-file", "/nonexistent/ca.pem"],
-                1),
-               ("CA file is a directory", up + ["--ca-file", t.dir], 1),
-               ("CA file is not PEM", up + ["--ca-file", "/etc/hostname"], 1),
+                2),
+               ("CA file is a directory", up + ["--ca-file", t.dir], 2),
+               ("CA file is not PEM", up + ["--ca-file", "/etc/hostname"], 2),
                ("unknown --user", up + ca + ["--user", "no-such-user-dnsfwd"],
-                1),
+                2),
                ("no upstream", binds, 2),
                ("bad option", up + ca + ["--connections", "zero"], 2),
                ("bad --allow", up + ca + ["--allow", "10.0.0.0/33"], 2)]
@@ -604,7 +604,7 @@ def svc_check(t):
             shutil.copy(it.pki("ca.pem"), ro)
             os.chmod(ro, 0o600)
             bad.append(("CA file unreadable (as nobody)",
-                        up + ["--ca-file", ro], 1))
+                        up + ["--ca-file", ro], 2))
         for what, args, want in bad:
             wrap = None
             if "as nobody" in what:
