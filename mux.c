@@ -1,9 +1,9 @@
 /*
  * The upstream pool: what becomes of each query sent upstream (its
  * copies, their timeouts, the deadline, the wait and hedge queues, what
- * a closed connection hands back), --prewarm, and starting afresh after
- * a network change or a suspend.  Choosing among upstreams and their
- * connections is upstream.c's, judging them health.c's, one
+ * a closed connection hands back), and starting afresh after a network
+ * change or a suspend.  Choosing among upstreams and their connections
+ * and keeping them warm is upstream.c's, judging them health.c's, one
  * connection's I/O conn.c's.
  *
  * Every mux_send becomes a pending query (pq) from a fixed pool, and its
@@ -43,8 +43,6 @@
 
 /* A jump of the boot clock past the monotonic one this large is a sleep. */
 #define SUSPEND_MS	2000
-/* With --prewarm, connections are kept while queries came this recently. */
-#define PREWARM_RECENT_MS (5 * 60 * 1000)
 /* Copies of one query lost with their connection before it is blamed. */
 #define PQ_MAX_SENDS	3
 /*
@@ -80,12 +78,9 @@ static struct {
 	int		 kick;		/* sends wait for dispatch */
 	ev_timer	 deadline_timer;
 	ev_timer	 att_timer;
-	ev_timer	 warm_timer;	/* --prewarm, once a backoff ends */
 	ev_prepare	 flush_prep;
 	int		 hedge_tokens;	/* in 1/HEDGE_EVERY of a hedge */
 	int64_t		 boot_offset;
-	int64_t		 last_active;	/* a client's query, for --prewarm */
-	int64_t		 last_hedge;	/* a second copy sent, or 0 */
 	int64_t		 overload_warned;
 } mux;
 
@@ -105,11 +100,6 @@ static void	 on_closed(struct conn *, enum conn_end, const char *,
 static void	 on_slow(struct conn *, int64_t);
 static void	 refused(struct pq *, const struct upstream *, uint8_t *,
 		    size_t, int64_t);
-static int	 keep_warm(const struct conn *, int64_t);
-static void	 prewarm(struct upstream *, int64_t);
-static int	 warm_wanted(int64_t);
-static void	 warm_later(int64_t, int64_t);
-static void	 warm_cb(struct ev_loop *, ev_timer *, int);
 static void	 attempt(struct pq *, struct conn *, int, int64_t);
 static void	 att_end(struct att *);
 static void	 att_timeout_insert(struct att *, int64_t, int64_t);
@@ -133,7 +123,7 @@ static const struct conn_events events = {
 	.ce_reply = on_reply,
 	.ce_closed = on_closed,
 	.ce_slow = on_slow,
-	.ce_keep = keep_warm,
+	.ce_keep = upstream_keep_warm,
 };
 
 #define PQ_INDEX(pq)	((int32_t)((pq) - mux.pool))
@@ -171,16 +161,15 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 		upstream_init(&mux.ups[i], cf, &cf->cf_up[i], i);
 	ev_init(&mux.deadline_timer, deadline_cb);
 	ev_init(&mux.att_timer, att_timer_cb);
-	ev_init(&mux.warm_timer, warm_cb);
 	ev_prepare_init(&mux.flush_prep, flush_cb);
 	/* Before the listeners' own prepare writes out what we answered. */
 	ev_set_priority(&mux.flush_prep, EV_MAXPRI);
 	ev_prepare_start(loop, &mux.flush_prep);
 	ev_unref(loop);		/* the flush watcher alone keeps nothing alive */
 	mux.boot_offset = boottime_ms() - now_ms();
-	mux.last_active = now_ms();
+	upstream_warm_setup(loop, cf, mux.ups, mux.nup, now_ms());
 	for (i = 0; i < mux.nup; i++)
-		prewarm(&mux.ups[i], mux.last_active);
+		upstream_prewarm(&mux.ups[i], now_ms());
 }
 
 void
@@ -201,7 +190,7 @@ mux_shutdown(void)
 	}
 	ev_timer_stop(mux.loop, &mux.deadline_timer);
 	ev_timer_stop(mux.loop, &mux.att_timer);
-	ev_timer_stop(mux.loop, &mux.warm_timer);
+	upstream_warm_stop();
 	ev_ref(mux.loop);
 	ev_prepare_stop(mux.loop, &mux.flush_prep);
 	free(mux.pool);
@@ -415,7 +404,7 @@ attempt(struct pq *pq, struct conn *c, int why, int64_t now)
 	if (a->a_hedge) {
 		c->c_up->up_n.n_hedges++;
 		stats.st_hedges++;
-		mux.last_hedge = now;
+		upstream_hedged(now);
 	} else if (why == ATT_FIRST &&
 	    mux.hedge_tokens < HEDGE_BURST * HEDGE_EVERY)
 		mux.hedge_tokens++;
@@ -576,7 +565,7 @@ on_closed(struct conn *c, enum conn_end end, const char *why,
 		health_failed(up, NULL, why, now);
 	}
 	dispatch(now);
-	prewarm(up, now);
+	upstream_prewarm(up, now);
 }
 
 /* Halfway through a dial: let another upstream take the waiting queries. */
@@ -641,65 +630,7 @@ take_back(struct attlist *back, int blame, int64_t now)
 void
 mux_active(int64_t now)
 {
-	mux.last_active = now;
-}
-
-/* --prewarm, and a client asked within PREWARM_RECENT_MS. */
-static int
-warm_wanted(int64_t now)
-{
-	return mux.cf->cf_prewarm && now - mux.last_active <= PREWARM_RECENT_MS;
-}
-
-/*
- * --prewarm: while queries came recently, each upstream keeps one
- * connection open, so that the first query after a quiet spell pays no
- * handshake; while it fails, the warm timer dials again as each backoff
- * ends.
- */
-static void
-prewarm(struct upstream *up, int64_t now)
-{
-	int64_t	 at;
-
-	if (warm_wanted(now) && (at = upstream_warm(up, now)) != 0)
-		warm_later(at, now);
-}
-
-/* The warm timer fires at the earliest backoff end asked for. */
-static void
-warm_later(int64_t at, int64_t now)
-{
-	if (ev_is_active(&mux.warm_timer) &&
-	    ev_timer_remaining(mux.loop, &mux.warm_timer) * 1000 <=
-	    (double)(at - now))
-		return;
-	timer_arm(mux.loop, &mux.warm_timer, at, now);
-}
-
-static void
-warm_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-	int64_t	 now = now_ms();
-	int	 i;
-
-	(void)loop;
-	(void)revents;
-	ev_timer_stop(mux.loop, w);
-	for (i = 0; i < mux.nup; i++)
-		prewarm(&mux.ups[i], now);
-}
-
-/*
- * An idle connection past its timeout stays open while --prewarm wants
- * it, or, with one upstream, while second copies were sent lately: they
- * go over a second connection, which then needs no handshake.
- */
-static int
-keep_warm(const struct conn *c, int64_t now)
-{
-	return upstream_keep(c, warm_wanted(now), mux.nup == 1 &&
-	    mux.last_hedge != 0 && now - mux.last_hedge <= PREWARM_RECENT_MS);
+	upstream_active(now);
 }
 
 /*
@@ -852,7 +783,7 @@ pq_give_up(struct pq *pq, int64_t now)
 		log_info("%s c%d: silent past a query deadline, replacing it",
 		    silent[k]->c_up->up_label, silent[k]->c_idx);
 		pool_close(silent[k], "silent", now);
-		prewarm(silent[k]->c_up, now);
+		upstream_prewarm(silent[k]->c_up, now);
 	}
 }
 
@@ -938,5 +869,5 @@ upstream_reset(struct upstream *up, const char *why, int64_t now)
 		if (up->up_conns[j].c_state != CONN_IDLE)
 			pool_close(&up->up_conns[j], why, now);
 	upstream_forget(up);
-	prewarm(up, now);
+	upstream_prewarm(up, now);
 }

@@ -1,11 +1,14 @@
 /*
- * One upstream and its connection slots: which connection takes a
- * query, dialling with backoff, which idle connections are kept, and
+ * One upstream and its connection slots: which upstream and connection
+ * take a query, dialling with backoff, which idle connections are kept
+ * (--prewarm, and a second one while second copies are sent), and
  * forgetting what was learnt when its path changes.  How well it answers
  * is health.c's to judge; where queries go is the pool's (mux.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
+
+#include <ev.h>
 
 #include "conn.h"
 #include "health.h"
@@ -24,6 +27,25 @@
  * a faster one unused for ever.
  */
 #define EXPLORE_MS	2000
+/* With --prewarm, connections are kept while queries came this recently. */
+#define PREWARM_RECENT_MS (5 * 60 * 1000)
+
+/*
+ * What keeps idle connections open: --prewarm while clients ask, and a
+ * second connection while second copies are sent.  Lives from
+ * upstream_warm_setup to upstream_warm_stop.
+ */
+static struct {
+	struct ev_loop	*loop;
+	const struct config *cf;
+	struct upstream	*ups;
+	int		 nup;
+	int64_t		 last_active;	/* a client's query */
+	int64_t		 last_hedge;	/* a second copy sent, or 0 */
+	ev_timer	 timer;		/* a failing upstream's backoff ends */
+} warm;
+
+static void	 warm_cb(struct ev_loop *, ev_timer *, int);
 
 void
 upstream_init(struct upstream *up, const struct config *cf,
@@ -246,31 +268,103 @@ upstream_reachable(struct upstream *up)
 	up->up_backoff_ms = 0;
 }
 
-/*
- * One warm connection is enough: a second opens only when the first is
- * full.  While failing, the next try waits for the backoff, not for the
- * next query.
- */
-int64_t
-upstream_warm(struct upstream *up, int64_t now)
+void
+upstream_warm_setup(struct ev_loop *loop, const struct config *cf,
+    struct upstream *ups, int nup, int64_t now)
 {
+	warm.loop = loop;
+	warm.cf = cf;
+	warm.ups = ups;
+	warm.nup = nup;
+	warm.last_active = now;
+	warm.last_hedge = 0;
+	ev_init(&warm.timer, warm_cb);
+}
+
+void
+upstream_warm_stop(void)
+{
+	if (warm.loop != NULL)
+		ev_timer_stop(warm.loop, &warm.timer);
+	warm.loop = NULL;
+}
+
+void
+upstream_active(int64_t now)
+{
+	warm.last_active = now;
+}
+
+void
+upstream_hedged(int64_t now)
+{
+	warm.last_hedge = now;
+}
+
+/* --prewarm, and a client asked within PREWARM_RECENT_MS. */
+static int
+warm_wanted(int64_t now)
+{
+	return warm.cf->cf_prewarm &&
+	    now - warm.last_active <= PREWARM_RECENT_MS;
+}
+
+/* The warm timer fires at the earliest backoff end asked for. */
+static void
+warm_later(int64_t at, int64_t now)
+{
+	if (ev_is_active(&warm.timer) &&
+	    ev_timer_remaining(warm.loop, &warm.timer) * 1000 <=
+	    (double)(at - now))
+		return;
+	timer_arm(warm.loop, &warm.timer, at, now);
+}
+
+static void
+warm_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	int64_t	 now = now_ms();
 	int	 i;
 
-	for (i = 0; i < up->up_nconns; i++)
-		if (up->up_conns[i].c_state != CONN_IDLE)
-			return 0;
-	if (up->up_fails == 0 || now >= up->up_retry_at)
-		(void)upstream_dial(up, now);
-	return up->up_fails > 0 ? up->up_retry_at : 0;
+	(void)revents;
+	ev_timer_stop(loop, w);
+	for (i = 0; i < warm.nup; i++)
+		upstream_prewarm(&warm.ups[i], now);
 }
 
 /*
- * Closing a kept connection only to open it again would cost a handshake
- * and spare the server nothing; it still goes when the server asked for
- * that (RFC 7828).
+ * --prewarm: while queries came recently, each upstream keeps one
+ * connection open, so that the first query after a quiet spell pays no
+ * handshake.  One is enough: a second opens only when the first is
+ * full.  While failing, the warm timer dials again as each backoff ends,
+ * not at the next query.
+ */
+void
+upstream_prewarm(struct upstream *up, int64_t now)
+{
+	int	 i;
+
+	if (!warm_wanted(now))
+		return;
+	for (i = 0; i < up->up_nconns; i++)
+		if (up->up_conns[i].c_state != CONN_IDLE)
+			return;
+	if (up->up_fails == 0 || now >= up->up_retry_at)
+		(void)upstream_dial(up, now);
+	if (up->up_fails > 0)
+		warm_later(up->up_retry_at, now);
+}
+
+/*
+ * An idle connection past its timeout stays open while --prewarm wants
+ * it (the first ready one), or, with one upstream, while second copies
+ * were sent lately (the second): they go over a second connection, which
+ * then needs no handshake.  Closing a kept connection only to open it
+ * again would cost a handshake and spare the server nothing; it still
+ * goes when the server asked for that (RFC 7828).
  */
 int
-upstream_keep(const struct conn *c, int warm, int second)
+upstream_keep_warm(const struct conn *c, int64_t now)
 {
 	const struct upstream *up = c->c_up;
 	int	 i, before = 0;
@@ -279,7 +373,10 @@ upstream_keep(const struct conn *c, int warm, int second)
 		return 0;
 	for (i = 0; i < c->c_idx; i++)
 		before += up->up_conns[i].c_state == CONN_READY;
-	return before == 0 ? warm : before == 1 && second;
+	if (before == 0)
+		return warm_wanted(now);
+	return before == 1 && warm.nup == 1 && warm.last_hedge != 0 &&
+	    now - warm.last_hedge <= PREWARM_RECENT_MS;
 }
 
 /*

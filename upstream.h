@@ -11,6 +11,7 @@
 
 struct config;
 struct conn;
+struct ev_loop;
 struct upstream;
 struct upstream_cfg;
 union sockaddr_any;
@@ -57,17 +58,18 @@ int	upstream_dial(struct upstream *, int64_t);
 void	upstream_failed(struct upstream *, const char *, int64_t);
 /* A connection came up: dials succeed again. */
 void	upstream_reachable(struct upstream *);
-/*
- * --prewarm wants one connection open: dials it when none is, unless the
- * backoff forbids; returns when to try again while failing, else 0.
- */
-int64_t	upstream_warm(struct upstream *, int64_t);
-/*
- * Whether an idle connection stays open: `warm` (--prewarm, and clients
- * asked lately) keeps the first ready one, `second` (second copies sent
- * lately, one upstream) the second.
- */
-int	upstream_keep(const struct conn *, int warm, int second);
+/* The upstreams whose idle connections upstream_keep_warm keeps. */
+void	upstream_warm_setup(struct ev_loop *, const struct config *,
+	    struct upstream *, int, int64_t);
+void	upstream_warm_stop(void);
+/* A client asked, answered from the cache or not: --prewarm stays warm. */
+void	upstream_active(int64_t);
+/* A second copy was sent: with one upstream, its connection stays warm. */
+void	upstream_hedged(int64_t);
+/* --prewarm: one connection open while clients ask, redialled as needed. */
+void	upstream_prewarm(struct upstream *, int64_t);
+/* Whether an idle connection past its timeout stays open. */
+int	upstream_keep_warm(const struct conn *, int64_t);
 /* Its path changed: backoff, what was learnt and the ticket go. */
 void	upstream_forget(struct upstream *);
 /* The local address of slot `slot`'s connection; -1 when none. */

@@ -1770,23 +1770,23 @@ test_keep_warm(void)
 	c0 = &mux.ups[0].up_conns[0];
 	c1 = &mux.ups[0].up_conns[1];
 	mux_active(now);
-	CHECK(!keep_warm(c0, now));		/* not without --prewarm */
+	CHECK(!upstream_keep_warm(c0, now));		/* not without --prewarm */
 	cfg.cf_prewarm = 1;
-	CHECK(keep_warm(c0, now) && !keep_warm(c1, now));
-	CHECK(keep_warm(c0, now + PREWARM_RECENT_MS));
-	CHECK(!keep_warm(c0, now + PREWARM_RECENT_MS + 1));
+	CHECK(upstream_keep_warm(c0, now) && !upstream_keep_warm(c1, now));
+	CHECK(upstream_keep_warm(c0, now + PREWARM_RECENT_MS));
+	CHECK(!upstream_keep_warm(c0, now + PREWARM_RECENT_MS + 1));
 	c0->c_server_idle = 1;
-	CHECK(!keep_warm(c0, now));
+	CHECK(!upstream_keep_warm(c0, now));
 	c0->c_server_idle = 0;
 	/* One upstream, second copies sent lately: the second is kept too. */
-	mux.last_hedge = now;
-	CHECK(keep_warm(c1, now) && keep_warm(c1, now + PREWARM_RECENT_MS));
-	CHECK(!keep_warm(c1, now + PREWARM_RECENT_MS + 1));
+	warm.last_hedge = now;
+	CHECK(upstream_keep_warm(c1, now) && upstream_keep_warm(c1, now + PREWARM_RECENT_MS));
+	CHECK(!upstream_keep_warm(c1, now + PREWARM_RECENT_MS + 1));
 	c1->c_server_idle = 1;
-	CHECK(!keep_warm(c1, now));
+	CHECK(!upstream_keep_warm(c1, now));
 	c1->c_server_idle = 0;
-	mux.last_hedge = 0;
-	CHECK(!keep_warm(c1, now));
+	warm.last_hedge = 0;
+	CHECK(!upstream_keep_warm(c1, now));
 
 	/* The idle timer keeps the first ready one and closes the rest. */
 	make_idle(0, 0);
@@ -1802,9 +1802,9 @@ test_keep_warm(void)
 
 	/* Queries came lately: one dial, whatever the pool's size. */
 	mux_active(now_ms());
-	prewarm(&mux.ups[0], now_ms());
+	upstream_prewarm(&mux.ups[0], now_ms());
 	CHECK(c0->c_state == CONN_CONNECTING && c1->c_state == CONN_IDLE);
-	prewarm(&mux.ups[0], now_ms());
+	upstream_prewarm(&mux.ups[0], now_ms());
 	CHECK(c1->c_state == CONN_IDLE);
 	CHECK(accept_dial(0) == c0);
 	cfg.cf_prewarm = 0;
@@ -1840,8 +1840,8 @@ test_warm_backoff(void)
 	mux_active(t0);
 	up->up_fails = 1;
 	up->up_retry_at = t0 + 200;
-	prewarm(up, t0);
-	CHECK(c->c_state == CONN_IDLE && ev_is_active(&mux.warm_timer));
+	upstream_prewarm(up, t0);
+	CHECK(c->c_state == CONN_IDLE && ev_is_active(&warm.timer));
 	CHECK(spin_until(conn_busy, c, 2000));
 	CHECK(now_ms() - t0 >= 190);
 	CHECK(accept_dial(0) == c);
