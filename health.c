@@ -4,8 +4,8 @@
  * but the log).
  *
  * Round trips are smoothed as RFC 6298 does for TCP's retransmission
- * timer, and an attempt gets srtt + 4 x rttvar, with a floor, before a
- * second copy goes elsewhere.  An upstream that has not answered yet is
+ * timer, and an attempt gets srtt + 4 x rttvar (at least srtt / 2, and
+ * ATTEMPT_MIN_MS in all) before a second copy goes elsewhere.  An upstream that has not answered yet is
  * not preferred over one that has, but gets copies of queries until it
  * answers, so that it is judged too.  Any failure (no answer in time,
  * REFUSED, SERVFAIL, NOTIMP, FORMERR, a stream that is not DNS) demotes
