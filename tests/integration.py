@@ -1419,6 +1419,13 @@ def tcp_clients_not_reading_free_slots(t):
               "(tcp_aborts %s)" % ("no answer" if m is None else _a_of(m),
                                    time.monotonic() - t0,
                                    d.stats().get("tcp_aborts")))
+        # The polite client may have taken the slot of one of them (the
+        # longest without progress) before all were cut off: the rest
+        # are, while their sockets are still open.
+        deadline = time.monotonic() + 10
+        while (_delta(before, d.stats(), "tcp_aborts") < 256 and
+               time.monotonic() < deadline):
+            time.sleep(0.2)
     finally:
         for s in socks:
             s.close()
