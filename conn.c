@@ -159,7 +159,6 @@ conn_dial(struct conn *c, char *why, size_t whylen)
 	c->c_slow = 0;
 	c->c_inlen = c->c_outoff = c->c_outlen = 0;
 	c->c_queued = c->c_written = 0;
-	c->c_replies = 0;
 	c->c_idle_ms = cn.cf->cf_idle_timeout_s * 1000LL;
 	c->c_server_idle = 0;
 	c->c_write_wants_read = c->c_read_wants_write = 0;
@@ -461,7 +460,6 @@ conn_reply(struct conn *c, uint8_t *msg, size_t len, int64_t now)
 		    up->up_label, c->c_idx);
 		return 0;
 	}
-	c->c_replies++;
 	conn_keepalive(c, msg, len);
 	cn.ev->ce_reply(c, a, msg, len, now);
 	return 0;

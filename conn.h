@@ -67,7 +67,6 @@ struct pq {
 	uint8_t		 pq_list;	/* PQ_ON_* */
 	uint8_t		 pq_sends;	/* copies lost with their connection */
 	uint8_t		 pq_overdue;	/* a copy timed out: joiners go anew */
-	uint8_t		 pq_badrc;	/* an upstream's bad RCODE, 0: none */
 	uint16_t	 pq_len;
 	uint16_t	 pq_qend;
 	mux_done_fn	*pq_done;	/* NULL once called back */
@@ -105,7 +104,6 @@ struct conn {
 	uint64_t	 c_written;	/* bytes of them written out */
 	uint32_t	 c_reads;	/* successful reads, to spot silence */
 	int		 c_drained;	/* plain TCP: the last read came up short */
-	uint32_t	 c_replies;	/* replies matched on this connection */
 	int64_t		 c_idle_ms;	/* ours, or within the server's (RFC 7828) */
 	int		 c_server_idle;	/* the server announced its idle timeout */
 	int		 c_write_wants_read;	/* TLS: retry the flush on EV_READ */

@@ -226,7 +226,6 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 	pq->pq_said = 0;
 	pq->pq_sends = 0;
 	pq->pq_overdue = 0;
-	pq->pq_badrc = 0;
 	pq->pq_done = done;
 	pq->pq_arg = arg;
 	deadline_insert(pq, deadline, now);
@@ -535,8 +534,6 @@ refused(struct pq *pq, const struct upstream *up, uint8_t *msg, size_t len,
     int64_t now)
 {
 	pq->pq_said |= upstream_bit(up);
-	if (pq->pq_badrc == 0)
-		pq->pq_badrc = msg[3] & F_RCODE;
 	if (pq_live(pq) > 0 || pq->pq_list != PQ_ON_NONE)
 		return;
 	if (pick_upstream(now, pq->pq_said) != NULL) {
@@ -756,24 +753,20 @@ static void
 pq_give_up(struct pq *pq, int64_t now)
 {
 	struct conn	*silent[PQ_ATTS];
-	struct att	*a, *a0 = &pq->pq_att[0], *b = &pq->pq_att[1];
+	struct att	*a;
 	int		 k, n = 0;
 
-	/* Two copies on one connection: has it read since the first? */
-	if (b->a_conn != NULL && b->a_conn == a0->a_conn)
-		a0->a_reads = b->a_reads = a0->a_reads < b->a_reads ?
-		    a0->a_reads : b->a_reads;
+	/* Two copies of a query never share a connection (hedge, probe). */
 	for (k = 0; k < PQ_ATTS; k++) {
 		a = &pq->pq_att[k];
 		if (a->a_conn == NULL)
 			continue;
-		if (a->a_conn->c_reads == a->a_reads && (n == 0 ||
-		    silent[0] != a->a_conn))
+		if (a->a_conn->c_reads == a->a_reads)
 			silent[n++] = a->a_conn;
 		att_end(a);
 	}
 	if (pq->pq_done != NULL)
-		pq_complete(pq, pq->pq_badrc != 0 ? MUX_REFUSED : MUX_TIMEOUT,
+		pq_complete(pq, pq->pq_said != 0 ? MUX_REFUSED : MUX_TIMEOUT,
 		    NULL, 0, now);
 	else
 		pq_release(pq);

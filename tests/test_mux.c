@@ -424,7 +424,6 @@ connect_pair(int u, int i)
 	c->c_inlen = c->c_outoff = c->c_outlen = 0;
 	c->c_queued = c->c_written = 0;
 	c->c_write_wants_read = c->c_read_wants_write = 0;
-	c->c_replies = 0;
 	c->c_idle_ms = mux.cf->cf_idle_timeout_s * 1000LL;
 	ev_io_set(&c->c_rio, sp[0], EV_READ);
 	ev_io_set(&c->c_wio, sp[0], EV_WRITE);
