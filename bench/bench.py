@@ -411,13 +411,18 @@ def setup_relay(ctx, d, port):
     return [RELAY, LO, str(port), LO, str(UP_UDP)], None
 
 
-def setup_dnsfwd(ctx, d, port, extra=()):
-    return [DNSFWD, "--bind-udp", "%s:%d" % (LO, port),
-            "--connect-tls", "%s:%d#%s" % (LO, UP_TLS, ctx["tls_name"]),
-            "--ca-file", ctx["certs"] + "/ca.pem"] + list(extra), None
+def setup_dnsfwd(ctx, d, port, extra=(), ups=(LO,)):
+    argv = [DNSFWD, "--bind-udp", "%s:%d" % (LO, port),
+            "--ca-file", ctx["certs"] + "/ca.pem"]
+    for a in ups:
+        argv += ["--connect-tls", "%s:%d#%s" % (a, UP_TLS, ctx["tls_name"])]
+    return argv + list(extra), None
 
 
-def setup_stubby(ctx, d, port):
+# The peers below take `ups`, the upstream addresses (the PATH workload,
+# bench/pathbench.py, gives each two); the loopback workloads use one.
+
+def setup_stubby(ctx, d, port, ups=(LO,)):
     conf = os.path.join(d, "stubby.yml")
     with open(conf, "w") as f:
         f.write("""resolution_type: GETDNS_RESOLUTION_STUB
@@ -434,15 +439,16 @@ appdata_dir: "%(d)s"
 listen_addresses:
   - %(lo)s@%(port)d
 upstream_recursive_servers:
-  - address_data: %(lo)s
-    tls_port: %(tls)d
-    tls_auth_name: "%(name)s"
-""" % dict(ca=ctx["certs"] + "/ca.pem", d=d, lo=LO, port=port, tls=UP_TLS,
-           name=ctx["tls_name"]))
+""" % dict(ca=ctx["certs"] + "/ca.pem", d=d, lo=LO, port=port))
+        for a in ups:
+            f.write("""  - address_data: %s
+    tls_port: %d
+    tls_auth_name: "%s"
+""" % (a, UP_TLS, ctx["tls_name"]))
     return ["stubby", "-C", conf], d
 
 
-def setup_unbound(ctx, d, port):
+def setup_unbound(ctx, d, port, ups=(LO,)):
     conf = os.path.join(d, "unbound.conf")
     with open(conf, "w") as f:
         f.write((UNBOUND_SERVER + """    interface: %(lo)s@%(port)d
@@ -457,32 +463,36 @@ def setup_unbound(ctx, d, port):
 forward-zone:
     name: "."
     forward-tls-upstream: yes
-    forward-addr: %(lo)s@%(tls)d#%(name)s
-""") % dict(d=d, lo=LO, port=port, ca=ctx["certs"] + "/ca.pem", tls=UP_TLS,
-           name=ctx["tls_name"]))
+""") % dict(d=d, lo=LO, port=port, ca=ctx["certs"] + "/ca.pem"))
+        for a in ups:
+            f.write("    forward-addr: %s@%d#%s\n" % (a, UP_TLS,
+                                                     ctx["tls_name"]))
     return ["unbound", "-d", "-c", conf], d
 
 
-def setup_dnsdist(ctx, d, port):
+def setup_dnsdist(ctx, d, port, ups=(LO,)):
     conf = os.path.join(d, "dnsdist.conf")
     with open(conf, "w") as f:
-        f.write("""setLocal('%(lo)s:%(port)d')
+        f.write("""setLocal('%s:%d')
 setACL({'127.0.0.0/8'})
 setSecurityPollSuffix('')
 -- One core: one TCP worker (the default 10 cost a quarter more CPU here);
 -- UDP queries reach a DoT backend through these workers.
 setMaxTCPClientThreads(1)
--- maxInFlight: pipeline up to 100 queries per backend connection (without
--- it, one query per connection: 140 connections, half the q/s here).
-newServer({address='%(lo)s:%(tls)d', tls='openssl', subjectName='%(name)s',
-           caStore='%(ca)s', validateCertificates=true, maxInFlight=100,
+""" % (LO, port))
+        # maxInFlight: pipeline up to 100 queries per backend connection
+        # (without it, one query per connection: 140 connections, half the
+        # q/s here).
+        for a in ups:
+            f.write("""newServer({address='%s:%d', tls='openssl', subjectName='%s',
+           caStore='%s', validateCertificates=true, maxInFlight=100,
            checkName='health.bench.'})
-getPool(''):setCache(newPacketCache(10000, {maxTTL=86400}))
-""" % dict(lo=LO, port=port, tls=UP_TLS, name=ctx["tls_name"], ca=ctx["certs"] + "/ca.pem"))
+""" % (a, UP_TLS, ctx["tls_name"], ctx["certs"] + "/ca.pem"))
+        f.write("getPool(''):setCache(newPacketCache(10000, {maxTTL=86400}))\n")
     return ["dnsdist", "--supervised", "--disable-syslog", "-C", conf], d
 
 
-def setup_kresd(ctx, d, port):
+def setup_kresd(ctx, d, port, ups=(LO,)):
     run = os.path.join(d, "run")
     shutil.rmtree(run, ignore_errors=True)      # its cache outlives it
     os.makedirs(run)
@@ -496,10 +506,12 @@ trust_anchors.remove('.')
 modules.unload('priming')
 modules.unload('detect_time_skew')
 policy.add(policy.all(policy.TLS_FORWARD({
-    {'%(lo)s@%(tls)d', hostname='%(name)s', ca_file='%(ca)s'}
+%(ups)s
 })))
-""" % dict(lo=LO, port=port, tls=UP_TLS, name=ctx["tls_name"], ca=ctx["certs"] + "/ca.pem",
-           q=DNSPERF_Q))
+""" % dict(lo=LO, port=port, q=DNSPERF_Q, ups=",\n".join(
+            "    {'%s@%d', hostname='%s', ca_file='%s'}" % (
+                a, UP_TLS, ctx["tls_name"], ctx["certs"] + "/ca.pem")
+            for a in ups)))
     return ["kresd", "-n", "-c", conf, run], run
 
 

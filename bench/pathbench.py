@@ -83,101 +83,14 @@ def log(msg):
 
 # --- contenders, each given both upstreams ---------------------------------
 
-def setup_dnsfwd(ctx, d, port, ups, extra=()):
-    argv = [B.DNSFWD, "--bind-udp", "%s:%d" % (LO, port), "--ca-file", ctx["ca"]]
-    for a in ups:
-        argv += ["--connect-tls", "%s:%d#%s" % (a, UP_TLS, B.TLS_NAME)]
-    return argv + list(extra), None
-
-
-def setup_stubby(ctx, d, port, ups):
-    conf = os.path.join(d, "stubby.yml")
-    with open(conf, "w") as f:
-        f.write("""resolution_type: GETDNS_RESOLUTION_STUB
-dns_transport_list:
-  - GETDNS_TRANSPORT_TLS
-tls_authentication: GETDNS_AUTHENTICATION_REQUIRED
-tls_query_padding_blocksize: 128
-edns_client_subnet_private: 1
-round_robin_upstreams: 0
-idle_timeout: 10000
-timeout: 2000
-tls_ca_file: "%(ca)s"
-appdata_dir: "%(d)s"
-listen_addresses:
-  - %(lo)s@%(port)d
-upstream_recursive_servers:
-""" % dict(ca=ctx["ca"], d=d, lo=LO, port=port))
-        for a in ups:
-            f.write("""  - address_data: %s
-    tls_port: %d
-    tls_auth_name: "%s"
-""" % (a, UP_TLS, B.TLS_NAME))
-    return ["stubby", "-C", conf], d
-
-
-def setup_unbound(ctx, d, port, ups):
-    conf = os.path.join(d, "unbound.conf")
-    with open(conf, "w") as f:
-        f.write((B.UNBOUND_SERVER + """    interface: %(lo)s@%(port)d
-    do-ip6: no
-    so-reuseport: no
-    access-control: 127.0.0.0/8 allow
-    module-config: "iterator"
-    tls-cert-bundle: "%(ca)s"
-    outgoing-num-tcp: 64
-    max-reuse-tcp-queries: 1000000
-forward-zone:
-    name: "."
-    forward-tls-upstream: yes
-""") % dict(d=d, lo=LO, port=port, ca=ctx["ca"]))
-        for a in ups:
-            f.write("    forward-addr: %s@%d#%s\n" % (a, UP_TLS, B.TLS_NAME))
-    return ["unbound", "-d", "-c", conf], d
-
-
-def setup_dnsdist(ctx, d, port, ups):
-    conf = os.path.join(d, "dnsdist.conf")
-    with open(conf, "w") as f:
-        f.write("""setLocal('%s:%d')
-setACL({'127.0.0.0/8'})
-setSecurityPollSuffix('')
-setMaxTCPClientThreads(1)
-""" % (LO, port))
-        for a in ups:
-            f.write("""newServer({address='%s:%d', tls='openssl', subjectName='%s',
-           caStore='%s', validateCertificates=true, maxInFlight=100,
-           checkName='health.bench.'})
-""" % (a, UP_TLS, B.TLS_NAME, ctx["ca"]))
-        f.write("getPool(''):setCache(newPacketCache(10000, {maxTTL=86400}))\n")
-    return ["dnsdist", "--supervised", "--disable-syslog", "-C", conf], d
-
-
-def setup_kresd(ctx, d, port, ups):
-    run = os.path.join(d, "run")
-    B.shutil.rmtree(run, ignore_errors=True)
-    os.makedirs(run)
-    conf = os.path.join(d, "kresd.conf")
-    with open(conf, "w") as f:
-        f.write("""net.listen('%s', %d, { kind = 'dns' })
-net.tcp_pipeline(1024)
-trust_anchors.remove('.')
-modules.unload('priming')
-modules.unload('detect_time_skew')
-policy.add(policy.all(policy.TLS_FORWARD({
-%s
-})))
-""" % (LO, port, ",\n".join("    {'%s@%d', hostname='%s', ca_file='%s'}" % (
-            a, UP_TLS, B.TLS_NAME, ctx["ca"]) for a in ups)))
-    return ["kresd", "-n", "-c", conf, run], run
-
-
-SETUP = {
-    "dnsfwd": setup_dnsfwd,
-    "dnsfwd-nofo": lambda c, d, p, u: setup_dnsfwd(c, d, p, u, ["--no-fastopen"]),
-    "dnsfwd-prewarm": lambda c, d, p, u: setup_dnsfwd(c, d, p, u, ["--prewarm"]),
-    "stubby": setup_stubby, "unbound": setup_unbound, "dnsdist": setup_dnsdist,
-    "kresd": setup_kresd,
+SETUP = {      # bench.py's contenders, each given its two upstreams
+    "dnsfwd": lambda c, d, p, u: B.setup_dnsfwd(c, d, p, ups=u),
+    "dnsfwd-nofo": lambda c, d, p, u: B.setup_dnsfwd(c, d, p,
+                                                     ["--no-fastopen"], u),
+    "dnsfwd-prewarm": lambda c, d, p, u: B.setup_dnsfwd(c, d, p,
+                                                        ["--prewarm"], u),
+    "stubby": B.setup_stubby, "unbound": B.setup_unbound,
+    "dnsdist": B.setup_dnsdist, "kresd": B.setup_kresd,
 }
 
 
