@@ -182,7 +182,11 @@ def pss_kib(pid):
 
 
 def upstream_conns(pids):
-    """ESTABLISHED TCP connections from these processes to the upstream's TLS port."""
+    """ESTABLISHED TCP connections from these processes to the upstream's
+    TLS port, read from the TCP table of their own network namespace (the
+    PATH workload's contenders run in one of their own)."""
+    if not pids:
+        return 0
     inodes = set()
     for pid in pids:
         try:
@@ -196,13 +200,16 @@ def upstream_conns(pids):
         except OSError:
             pass
     n = 0
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            fl = line.split()
-            if fl[3] == "01" and int(fl[2].split(":")[1], 16) == UP_TLS \
-                    and fl[9] in inodes:
-                n += 1
+    try:
+        with open("/proc/%d/net/tcp" % pids[0]) as f:
+            next(f)
+            for line in f:
+                fl = line.split()
+                if fl[3] == "01" and int(fl[2].split(":")[1], 16) == \
+                        UP_TLS and fl[9] in inodes:
+                    n += 1
+    except OSError:
+        pass
     return n
 
 

@@ -125,7 +125,7 @@ class Runner:
             return
         err = link.in_ns("a", B.wait_answer, self.port, "ready-%s.bench." % tag, 25,
                          self.proc)
-        if err is None and upstream_conns(self.pids()) == 0:
+        if err is None and B.upstream_conns(self.pids()) == 0:
             err = "answered, but holds no connection to a DoT upstream"
         if err:
             self.stop()
@@ -164,37 +164,6 @@ def dnsfwd_stats(proc, logfile, nup):
             return out
         time.sleep(0.05)
     return {}
-
-
-def upstream_conns(pids):
-    """ESTABLISHED connections of these processes to the upstream's DoT
-    port, read from their own namespace's /proc/PID/net/tcp."""
-    if not pids:
-        return 0
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir("/proc/%d/fd" % pid):
-                try:
-                    link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except OSError:
-            pass
-    n = 0
-    try:
-        with open("/proc/%d/net/tcp" % pids[0]) as f:
-            next(f)
-            for line in f:
-                fl = line.split()
-                if fl[3] == "01" and int(fl[2].split(":")[1], 16) == UP_TLS \
-                        and fl[9] in inodes:
-                    n += 1
-    except OSError:
-        pass
-    return n
 
 
 def tfo_active(pid):
@@ -513,7 +482,7 @@ def first_query(ctx, link, runners):
             time.sleep(SILENCE)
             load = loadavg()
             for r in runners:
-                conns = upstream_conns(r.pids())
+                conns = B.upstream_conns(r.pids())
                 t0 = tfo_active(r.proc.pid) if r.proc else None
                 x = run_clients({r.key: latency_argv(link, r, 1, 1, "fq%d%s" % (
                     rnd, r.key.replace("-", "")), 3000)}, 30)[r.key]
