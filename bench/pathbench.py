@@ -83,14 +83,18 @@ def log(msg):
 
 # --- contenders, each given both upstreams ---------------------------------
 
-SETUP = {      # bench.py's contenders, each given its two upstreams
+# bench.py's contenders, each given its two upstreams (B is bench.py,
+# known once run() is called: hence the lambdas).
+SETUP = {
     "dnsfwd": lambda c, d, p, u: B.setup_dnsfwd(c, d, p, ups=u),
     "dnsfwd-nofo": lambda c, d, p, u: B.setup_dnsfwd(c, d, p,
                                                      ["--no-fastopen"], u),
     "dnsfwd-prewarm": lambda c, d, p, u: B.setup_dnsfwd(c, d, p,
                                                         ["--prewarm"], u),
-    "stubby": B.setup_stubby, "unbound": B.setup_unbound,
-    "dnsdist": B.setup_dnsdist, "kresd": B.setup_kresd,
+    "stubby": lambda c, d, p, u: B.setup_stubby(c, d, p, u),
+    "unbound": lambda c, d, p, u: B.setup_unbound(c, d, p, u),
+    "dnsdist": lambda c, d, p, u: B.setup_dnsdist(c, d, p, u),
+    "kresd": lambda c, d, p, u: B.setup_kresd(c, d, p, u),
 }
 
 
