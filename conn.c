@@ -9,7 +9,9 @@
  * in one loop iteration share one TLS record: a connection with output
  * is marked dirty and flushed once, just before the loop sleeps.
  */
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
@@ -54,6 +56,7 @@ static struct {
 	TAILQ_HEAD(, conn) dirty;
 	uint16_t	 ids[256];
 	int		 nids;
+	uint64_t	 sends;		/* queries given to connections, ever */
 } cn;
 
 static void	 conn_connected(struct conn *, int64_t);
@@ -286,6 +289,8 @@ conn_close(struct conn *c, const char *why, struct attlist *back)
 		TAILQ_INSERT_TAIL(back, a, a_link);
 	}
 	c->c_inflight = 0;
+	c->c_suspect = 0;
+	c->c_retrans = 0;
 	chain_clear(c->c_hash, cn.hmask);
 }
 
@@ -524,6 +529,7 @@ conn_send(struct conn *c, struct att *a, int64_t now)
 	a->a_conn = c;
 	a->a_sent = now;
 	a->a_reads = c->c_reads;
+	c->c_lastq = ++cn.sends;
 	if (c->c_inflight++ == 0)
 		ev_timer_stop(cn.loop, &c->c_timer);
 	if (c->c_outoff + c->c_outlen + 2 + pq->pq_len > c->c_outcap) {
@@ -538,6 +544,41 @@ conn_send(struct conn *c, struct att *a, int64_t now)
 	c->c_queued += 2u + pq->pq_len;
 	a->a_end = c->c_queued;
 	conn_dirty(c);
+}
+
+int
+conn_retransmitted(struct conn *c)
+{
+	struct tcp_info	 ti;
+	socklen_t	 len = sizeof(ti);
+	uint32_t	 seen = c->c_retrans;
+
+	if (getsockopt(c->c_fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == -1)
+		return 0;
+	c->c_retrans = ti.tcpi_total_retrans;
+	return ti.tcpi_total_retrans != seen;
+}
+
+/*
+ * Its oldest query has waited past `late` ms, or, since an attempt timed
+ * out on it, until nothing is in flight and the server acknowledged
+ * every byte: a lost segment holds back every answer behind it until TCP
+ * recovers it, and a query written behind one it retransmits waits too.
+ */
+int
+conn_stalled(struct conn *c, int64_t late, int64_t now)
+{
+	struct att	*a = TAILQ_FIRST(&c->c_atts);
+	int		 n;
+
+	if (a != NULL && now - a->a_sent > late)
+		return 1;
+	if (!c->c_suspect)
+		return 0;
+	if (a != NULL || ioctl(c->c_fd, SIOCOUTQ, &n) == -1 || n > 0)
+		return 1;
+	c->c_suspect = 0;
+	return 0;
 }
 
 void

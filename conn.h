@@ -47,6 +47,7 @@ struct att {
 	uint8_t		 a_out;		/* handed back: its bytes were written */
 	uint8_t		 a_probe;	/* a copy sent to a demoted upstream */
 	uint8_t		 a_hedge;	/* sent after another copy timed out */
+	uint8_t		 a_paid;	/* a hedge, from the budget */
 	uint8_t		 a_late;	/* past its attempt timeout */
 };
 TAILQ_HEAD(attlist, att);
@@ -93,6 +94,9 @@ struct conn {
 	struct tls_conn	*c_tls;
 	struct attlist	 c_atts;	/* written here, awaiting replies */
 	int		 c_inflight;
+	uint64_t	 c_lastq;	/* when it was last given a query, in sends */
+	int		 c_suspect;	/* an attempt timed out: conn_stalled */
+	uint32_t	 c_retrans;	/* the kernel's count when last looked at */
 	int32_t		*c_hash;	/* upstream ID -> att_index chains */
 	uint8_t		*c_in;
 	size_t		 c_inlen;
@@ -152,6 +156,10 @@ struct upstream {
 	int64_t		 up_srtt;	/* 0: no answer yet */
 	int64_t		 up_rttvar;
 	int64_t		 up_sampled;	/* the last answer, or an explorer sent */
+	int64_t		 up_heard;	/* its latest usable answer came */
+	int64_t		 up_heard_sent;	/* the latest sent of those answered */
+	int64_t		 up_minrtt;	/* the shortest round trip, the path's */
+	int64_t		 up_lossy_at;	/* a timeout came with retransmissions */
 	/* Answers that failed demote it; it is probed with copies meanwhile. */
 	int		 up_bad;	/* failed answers since a good one */
 	int64_t		 up_demoted_at;
@@ -209,6 +217,13 @@ int	conn_dial(struct conn *, char *, size_t);
 int	conn_has_room(const struct conn *);
 /* Frames a's query with a fresh ID; it is written before the loop sleeps. */
 void	conn_send(struct conn *, struct att *, int64_t);
+/* Its TCP retransmitted since the last call: the path loses packets. */
+int	conn_retransmitted(struct conn *);
+/*
+ * Its oldest query is older than `late` ms, or an attempt on it timed
+ * out and it may yet hold what follows.
+ */
+int	conn_stalled(struct conn *, int64_t, int64_t);
 /* Takes an answered or abandoned attempt off the connection. */
 void	conn_unlink(struct conn *, struct att *);
 /*

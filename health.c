@@ -68,6 +68,14 @@ health_attempt_ms(const struct upstream *up, int64_t deadline, int64_t now)
 	return t > 0 ? t : 1;
 }
 
+int64_t
+health_late_ms(const struct upstream *up)
+{
+	if (up->up_srtt == 0)
+		return ATTEMPT_INIT_MS;
+	return (up->up_srtt + 4 * up->up_rttvar) / 1000 + 1;
+}
+
 /* RFC 6298 2.2 and 2.3, in microseconds; srtt 0 means "no sample". */
 void
 health_rtt(struct upstream *up, int64_t ms, int64_t now)
@@ -75,6 +83,8 @@ health_rtt(struct upstream *up, int64_t ms, int64_t now)
 	int64_t	 r = (ms > 0 ? ms : 0) * 1000, d;
 
 	up->up_sampled = now;
+	if (up->up_minrtt == 0 || r < up->up_minrtt)
+		up->up_minrtt = r > 0 ? r : 1;
 	if (up->up_srtt == 0) {
 		up->up_srtt = r > 0 ? r : 1;
 		up->up_rttvar = r / 2;
@@ -91,6 +101,9 @@ static void
 answered(struct upstream *up, const struct att *a, int64_t now)
 {
 	up->up_n.n_answers++;
+	up->up_heard = now;
+	if (a->a_sent > up->up_heard_sent)
+		up->up_heard_sent = a->a_sent;
 	if (up->up_bad == 0 || a->a_sent < up->up_demoted_at)
 		return;
 	log_info("%s: answering again after %d failures (%lld ms)",
@@ -156,6 +169,21 @@ health_failed(struct upstream *up, const struct att *a, const char *why,
 }
 
 /*
+ * An upstream that answered since the attempt was sent is alive: this
+ * query was lost on the way, or is a slow lookup, and a second copy is
+ * the remedy.  Demoting it would move every query to the others and
+ * their cold connections at each lost packet.  Silence demotes.
+ */
+void
+health_timed_out(struct upstream *up, const struct att *a, int64_t now)
+{
+	up->up_n.n_timeouts++;
+	if (up->up_heard <= a->a_sent)
+		health_failed(up, a, "no answer within the attempt timeout",
+		    now);
+}
+
+/*
  * A demoted upstream is probed every probe interval; one not heard from
  * yet, every PROBE_MIN_MS until it answers, so that a faster one than
  * those in use is found (and a dead one is found out) without waiting
@@ -179,6 +207,10 @@ health_reset(struct upstream *up)
 {
 	up->up_srtt = up->up_rttvar = 0;
 	up->up_sampled = 0;
+	up->up_heard = 0;
+	up->up_heard_sent = 0;
+	up->up_minrtt = 0;
+	up->up_lossy_at = 0;
 	up->up_bad = 0;
 	up->up_probe_ms = 0;
 	up->up_probe_at = 0;

@@ -20,6 +20,8 @@ int	health_rank(const struct upstream *, int unreachable);
 /* How long an attempt sent there now may go unanswered, in ms. */
 int64_t	health_attempt_ms(const struct upstream *, int64_t deadline,
 	    int64_t now);
+/* Later than its answers come (srtt + 4 x rttvar), in ms. */
+int64_t	health_late_ms(const struct upstream *);
 /* An answer's round trip, in ms, measured at `now`. */
 void	health_rtt(struct upstream *, int64_t, int64_t);
 /*
@@ -33,6 +35,11 @@ int	health_rcode_failed(struct upstream *, const struct att *, int,
 /* A failure of attempt a (NULL: of the connection): demotes it. */
 void	health_failed(struct upstream *, const struct att *, const char *,
 	    int64_t);
+/*
+ * Attempt a had no answer in time: demotes the upstream unless it
+ * answered anything since a was sent.
+ */
+void	health_timed_out(struct upstream *, const struct att *, int64_t);
 /* Demoted and due a probe: a copy of the next query goes there. */
 int	health_probe_due(const struct upstream *, int64_t);
 void	health_probed(struct upstream *, int64_t);

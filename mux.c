@@ -49,7 +49,9 @@
  * The hedge budget, a token bucket: each query sent earns 1/HEDGE_EVERY
  * of a hedge, and HEDGE_BURST may be saved, so a path that is merely
  * slow costs at most one query in HEDGE_EVERY more, while a lost query
- * now and then is always sent again.
+ * now and then is always sent again.  A hedge whose answer came first
+ * was no waste, and earns its token back: on a lossy path, every lost
+ * query is sent again, however many there are.
  */
 #define HEDGE_EVERY	20
 #define HEDGE_BURST	10
@@ -57,7 +59,7 @@
 /* Which list a pq is on through pq_link. */
 enum { PQ_ON_NONE, PQ_ON_FREE, PQ_ON_WAIT, PQ_ON_HEDGE };
 /* Why an attempt was sent. */
-enum { ATT_FIRST, ATT_HEDGE, ATT_PROBE };
+enum { ATT_FIRST, ATT_HEDGE, ATT_PAID, ATT_PROBE };
 
 static struct {
 	struct ev_loop	*loop;
@@ -101,6 +103,7 @@ static void	 on_slow(struct conn *, int64_t);
 static void	 refused(struct pq *, const struct upstream *, uint8_t *,
 		    size_t, int64_t);
 static void	 attempt(struct pq *, struct conn *, int, int64_t);
+static void	 hedge_refund(void);
 static void	 att_end(struct att *);
 static void	 att_timeout_insert(struct att *, int64_t, int64_t);
 static void	 att_timer_cb(struct ev_loop *, ev_timer *, int);
@@ -138,17 +141,15 @@ mux_capacity(const struct config *cf)
 void
 mux_init(struct ev_loop *loop, const struct config *cf)
 {
-	int	 i, k;
+	int	 i;
 
 	mux.loop = loop;
 	mux.cf = cf;
 	mux.nup = cf->cf_nup;
 	mux.hmask = chain_mask((uint32_t)cf->cf_max_inflight);
 	mux.npool = mux_capacity(cf);
+	/* Untouched until taken: the pages of a table never filled stay free. */
 	mux.pool = xcalloc((size_t)mux.npool, sizeof(struct pq));
-	for (i = 0; i < mux.npool; i++)
-		for (k = 0; k < PQ_ATTS; k++)
-			mux.pool[i].pq_att[k].a_pq = &mux.pool[i];
 	TAILQ_INIT(&mux.free);
 	TAILQ_INIT(&mux.waitq);
 	TAILQ_INIT(&mux.hedgeq);
@@ -209,6 +210,7 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 {
 	struct pq	*pq;
 	size_t		 qend;
+	int		 k;
 
 	if (len > sizeof(pq->pq_query) ||
 	    (qend = dns_question_end(msg, len)) == 0)
@@ -220,6 +222,8 @@ mux_send(const uint8_t *msg, size_t len, int64_t deadline,
 		return -1;
 	}
 	mux.nfree--;
+	for (k = 0; k < PQ_ATTS; k++)
+		pq->pq_att[k].a_pq = pq;
 	pq->pq_len = (uint16_t)len;
 	pq->pq_qend = (uint16_t)qend;
 	memcpy(pq->pq_query, msg, len);
@@ -287,10 +291,12 @@ dispatch(int64_t now)
 			return;
 		}
 		up = upstream_explore(mux.ups, mux.nup, up, now);
-		if ((c = upstream_conn(up, NULL)) != NULL) {
+		if ((c = upstream_conn(up, NULL, now)) != NULL) {
 			pq_unqueue(pq);
 			attempt(pq, c, ATT_FIRST, now);
 			probe(pq, up, now);
+			if (c->c_inflight > 1)
+				upstream_spread(up, now);
 			continue;
 		}
 		if (upstream_need_dial(up, mux.nwait) &&
@@ -338,16 +344,23 @@ hedge(struct pq *pq, int64_t now)
 		stats.st_hedges_unpaid++;
 		return;
 	}
-	if ((c = upstream_conn(up, busy)) != NULL) {
+	if ((c = upstream_conn(up, busy, now)) != NULL) {
 		pq_unqueue(pq);
-		attempt(pq, c, busy != NULL ? ATT_HEDGE : ATT_FIRST, now);
-		if (paid)
-			mux.hedge_tokens -= HEDGE_EVERY;
+		attempt(pq, c, busy == NULL ? ATT_FIRST : paid ? ATT_PAID :
+		    ATT_HEDGE, now);
 	} else if (upstream_idle(up) == NULL) {
 		if (busy != NULL)	/* no other connection to be had */
 			pq_unqueue(pq);
 	} else if (upstream_may_dial(up, now))
 		(void)upstream_dial(up, now);
+}
+
+static void
+hedge_refund(void)
+{
+	mux.hedge_tokens += HEDGE_EVERY;
+	if (mux.hedge_tokens > HEDGE_BURST * HEDGE_EVERY)
+		mux.hedge_tokens = HEDGE_BURST * HEDGE_EVERY;
 }
 
 /*
@@ -378,7 +391,7 @@ probe(struct pq *pq, const struct upstream *chosen, int64_t now)
 		if (up == chosen || !health_probe_due(up, now) ||
 		    up->up_fails > 0)
 			continue;
-		if ((c = upstream_conn(up, NULL)) != NULL) {
+		if ((c = upstream_conn(up, NULL, now)) != NULL) {
 			attempt(pq, c, ATT_PROBE, now);
 			health_probed(up, now);
 			return;
@@ -397,8 +410,11 @@ attempt(struct pq *pq, struct conn *c, int why, int64_t now)
 	if (a->a_conn != NULL)
 		a = &pq->pq_att[1];
 	a->a_probe = why == ATT_PROBE;
-	a->a_hedge = why == ATT_HEDGE;
+	a->a_hedge = why == ATT_HEDGE || why == ATT_PAID;
+	a->a_paid = why == ATT_PAID;
 	a->a_late = 0;
+	if (a->a_paid)
+		mux.hedge_tokens -= HEDGE_EVERY;
 	conn_send(c, a, now);
 	if (a->a_hedge) {
 		c->c_up->up_n.n_hedges++;
@@ -456,7 +472,7 @@ att_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /*
- * No answer in the attempt's time: the upstream is demoted, and the
+ * No answer in the attempt's time: health.c judges the upstream, and the
  * query, while its client still waits, goes on to a second copy.  This
  * one stays out, since its answer may yet come first; a copy whose query
  * was answered meanwhile has nothing more to tell, and ends, unless it
@@ -468,9 +484,11 @@ att_timed_out(struct att *a, int64_t now)
 	struct pq	*pq = a->a_pq;
 	struct upstream	*up = a->a_conn->c_up;
 
-	up->up_n.n_timeouts++;
-	health_failed(up, a, "no answer within the attempt timeout", now);
+	health_timed_out(up, a, now);
+	if (conn_retransmitted(a->a_conn))
+		up->up_lossy_at = now;
 	a->a_late = 1;
+	a->a_conn->c_suspect = 1;
 	pq->pq_overdue = 1;
 	if (pq->pq_done != NULL) {
 		if (pq->pq_list == PQ_ON_NONE && pq_live(pq) < PQ_ATTS)
@@ -508,7 +526,13 @@ on_reply(struct conn *c, struct att *a, uint8_t *msg, size_t len,
 	struct pq	*pq = a->a_pq;
 	int		 rcode = msg[3] & F_RCODE;
 
-	health_rtt(up, now - a->a_sent, now);
+	/*
+	 * As Karn's algorithm: a copy past its timeout, overtaken by the
+	 * answer to a query sent after it, measured its loss or its lookup,
+	 * not the path; one not overtaken shows the path got slower.
+	 */
+	if (!a->a_late || up->up_heard_sent <= a->a_sent)
+		health_rtt(up, now - a->a_sent, now);
 	att_end(a);
 	if (health_rcode_failed(up, a, rcode, now)) {
 		if (pq->pq_done != NULL)
@@ -517,6 +541,8 @@ on_reply(struct conn *c, struct att *a, uint8_t *msg, size_t len,
 		if (a->a_hedge) {
 			up->up_n.n_hedges_won++;
 			stats.st_hedges_won++;
+			if (a->a_paid)
+				hedge_refund();
 		}
 		pq_complete(pq, MUX_ANSWER, msg, len, now);
 	}

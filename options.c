@@ -114,7 +114,7 @@ static const struct optdef opts[] = {
 	    "plain DNS-over-TCP upstream (port 53)"),
 	OPT_STRING("ca-file", "FILE", cf_ca_file,
 	    "/etc/ssl/certs/ca-certificates.crt", "trust anchors"),
-	OPT_NUM("connections", "N", cf_connections, 1, 16, "2",
+	OPT_NUM("connections", "N", cf_connections, 1, 16, "8",
 	    "connections per upstream"),
 	OPT_NUM("max-inflight", "N", cf_max_inflight, 1, 4096, "256",
 	    "queries in flight per connection"),

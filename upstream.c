@@ -27,6 +27,15 @@
  * a faster one unused for ever.
  */
 #define EXPLORE_MS	2000
+/*
+ * Queries get a connection each, up to --connections, over paths whose
+ * shortest round trip is at least this (us), not its smoothed one, which
+ * a burst's queueing lengthens; on shorter ones a server's Nagle costs
+ * less than the handshakes.
+ */
+#define SPREAD_RTT_US	5000
+/* ... and that has not been seen losing packets for this long (ms). */
+#define SPREAD_QUIET_MS	10000
 /* With --prewarm, connections are kept while queries came this recently. */
 #define PREWARM_RECENT_MS (5 * 60 * 1000)
 
@@ -80,20 +89,85 @@ upstream_free(struct upstream *up)
 	tls_upstream_free(up->up_tls);
 }
 
+/* How queries share an upstream's connections. */
+enum share { SHARE_FEWEST, SHARE_SPREAD, SHARE_FIRST };
+
+/*
+ * Over a short path, spread by the queries in flight.  Over a long one,
+ * an answer written while an earlier one on its connection is
+ * unacknowledged waits for that ACK at a server that leaves Nagle on,
+ * up to a round trip: a connection each.  But a lone segment lost on a
+ * quiet connection waits for TCP's retransmission timer (200 ms at
+ * least), where on a busy one the segments after it show the loss
+ * within a round trip: once an attempt times out on a connection that
+ * retransmitted, queries share the first for a while.
+ */
+static enum share
+share(const struct upstream *up, int64_t now)
+{
+	if (up->up_minrtt < SPREAD_RTT_US)
+		return SHARE_FEWEST;
+	if (up->up_lossy_at != 0 && now - up->up_lossy_at < SPREAD_QUIET_MS)
+		return SHARE_FIRST;
+	return SHARE_SPREAD;
+}
+
+/*
+ * Spreading, one with nothing in flight first, the lowest, so that the
+ * others idle out when queries are few, else the one given a query
+ * longest ago, whose answers are likeliest out already.
+ */
+static int
+before(const struct conn *c, const struct conn *best, enum share how)
+{
+	switch (how) {
+	case SHARE_FEWEST:
+		return c->c_inflight < best->c_inflight;
+	case SHARE_SPREAD:
+		if ((c->c_inflight == 0) != (best->c_inflight == 0))
+			return c->c_inflight == 0;
+		return best->c_inflight > 0 && c->c_lastq < best->c_lastq;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * A stalled one last: what it holds waits for TCP's recovery, and a
+ * query waiting longer than the path's round trips do shows one stalled
+ * before its attempt times out.
+ */
 struct conn *
-upstream_conn(struct upstream *up, const struct conn *not)
+upstream_conn(struct upstream *up, const struct conn *not, int64_t now)
 {
 	struct conn	*c, *best = NULL;
-	int		 i;
+	enum share	 how = share(up, now);
+	int64_t		 late = health_late_ms(up);
+	int		 i, stalled, best_stalled = 0;
 
 	for (i = 0; i < up->up_nconns; i++) {
 		c = &up->up_conns[i];
 		if (c == not || !conn_has_room(c))
 			continue;
-		if (best == NULL || c->c_inflight < best->c_inflight)
+		stalled = conn_stalled(c, late, now);
+		if (best == NULL || stalled < best_stalled ||
+		    (stalled == best_stalled && before(c, best, how))) {
 			best = c;
+			best_stalled = stalled;
+		}
 	}
 	return best;
+}
+
+/*
+ * A query had to share a connection: where a round trip is long enough
+ * for the wait above to matter, another is opened for those to come.
+ */
+void
+upstream_spread(struct upstream *up, int64_t now)
+{
+	if (share(up, now) == SHARE_SPREAD && upstream_may_dial(up, now))
+		(void)upstream_dial(up, now);
 }
 
 struct conn *
@@ -153,7 +227,7 @@ upstream_need_dial(struct upstream *up, int nwait)
 static int
 usable(struct upstream *up, int nwait, int64_t now)
 {
-	return now >= up->up_retry_at || upstream_conn(up, NULL) != NULL ||
+	return now >= up->up_retry_at || upstream_conn(up, NULL, now) != NULL ||
 	    !upstream_need_dial(up, nwait);
 }
 
@@ -210,7 +284,7 @@ upstream_explore(struct upstream *ups, int n, struct upstream *best,
 		up = &ups[i];
 		if (up == best || up->up_srtt == 0 || up->up_bad > 0 ||
 		    now - up->up_sampled < EXPLORE_MS ||
-		    upstream_conn(up, NULL) == NULL)
+		    upstream_conn(up, NULL, now) == NULL)
 			continue;
 		up->up_sampled = now;
 		return up;

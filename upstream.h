@@ -20,8 +20,15 @@ void	upstream_init(struct upstream *, const struct config *,
 	    const struct upstream_cfg *, int);
 /* Frees its slots, whose connections are closed, and its TLS state. */
 void	upstream_free(struct upstream *);
-/* The ready connection with the fewest in flight and room, but `not`. */
-struct conn *upstream_conn(struct upstream *, const struct conn *);
+/*
+ * A ready connection with room, but `not`: the one with the fewest in
+ * flight; over a long path that loses nothing, one with nothing in
+ * flight, else the one given a query longest ago; over a long path that
+ * loses packets, the first.  One that seems stalled comes last.
+ */
+struct conn *upstream_conn(struct upstream *, const struct conn *, int64_t);
+/* A query went on a busy connection: on a long path, dial another. */
+void	upstream_spread(struct upstream *, int64_t);
 /* A slot with no connection, or NULL. */
 struct conn *upstream_idle(struct upstream *);
 /* Connections being dialled. */

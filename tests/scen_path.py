@@ -14,6 +14,9 @@ path (issue 16, "Tests"):
                                     a round trip less
   path_slow_steady_outlier_waited   an answer 20 % late on a steady
                                     300 ms path is not an attempt timeout
+  path_nagle_upstream_spread        queries close together go on
+                                    connections of their own, so a server
+                                    that leaves Nagle on holds no answer
 
 Each scenario runs its body on a thread moved into namespace a, so the
 dnsfwd it starts and the client sockets it opens live there; fakeup is
@@ -340,6 +343,34 @@ def path_hedge_after_attempt_timeout(t):
                  "want +1 each" % (hedges, won))
         it.check(len(conns) == 2 and conns[0] != conns[1], "copies went "
                  "over connections %s, want two different ones" % conns)
+        d.stop_and_check()
+    _on_path(t, 1, body)
+
+
+@scenario
+@slow
+def path_nagle_upstream_spread(t):
+    """An upstream that leaves Nagle on (fakeup nagle=True) behind a 30 ms path, a query every 4 ms: with a query on a connection of its own, no answer waits at the server for the ACK of the one before (up to a round trip), so the answers' median is within RTT + 15 ms (one connection: about RTT + 18 ms), over at least 3 connections."""
+    def body(link):
+        p = link.path[0]
+        fu = _fakeup(t, link, p, nagle=True)
+        d = t.dnsfwd(*_up(fu, p), "--timeout", "3000")
+        _warm(d, "w", 5)
+        # The pool opens one connection at a time while queries share.
+        _stream(d.port, 1.5, 0.004, "g")
+        res, _ = _stream(d.port, 2.0, 0.004, "s")
+        _no_failures(res, "the stream")
+        lat = [_ms(r.elapsed) for _, _, r in res]
+        conns = {q["conn"] for _, name, _ in res for q in fu.records(name)}
+        p50, p90 = _pct(lat, 0.5), _pct(lat, 0.9)
+        t.note("%d queries 4 ms apart: p50 %.1f ms, p90 %.1f, max %.1f; "
+               "over %d connections" % (len(lat), p50, p90, max(lat),
+                                        len(conns)))
+        it.check(p50 <= RTT_MS + 15, "p50 %.1f ms (p90 %.1f), want within "
+                 "%d: answers held by the server's Nagle" % (
+                     p50, p90, RTT_MS + 15))
+        it.check(len(conns) >= 3, "queries went over %d connections, want "
+                 "3 or more" % len(conns))
         d.stop_and_check()
     _on_path(t, 1, body)
 

@@ -601,7 +601,7 @@ test_defaults(void)
 		if (opts[i].od_set == opt_num)
 			CHECK_OPT(*(int *)cf_field(&opts[i], &cf) ==
 			    atoi(opts[i].od_default), opts[i].od_name);
-	CHECK(cf.cf_connections == 2 && cf.cf_timeout_ms == 2000);
+	CHECK(cf.cf_connections == 8 && cf.cf_timeout_ms == 2000);
 	CHECK(strcmp(cf.cf_ca_file, "/etc/ssl/certs/ca-certificates.crt") == 0);
 	CHECK(cf.cf_log_level == LOG_LVL_INFO);
 	CHECK(cf.cf_prefetch == 0 && cf.cf_keep_ecs == 0);
