@@ -546,14 +546,30 @@ conn_send(struct conn *c, struct att *a, int64_t now)
 	conn_dirty(c);
 }
 
+/* TCP's own figures for the connection; -1 on a socket without them. */
+static int
+tcp_info(const struct conn *c, struct tcp_info *ti)
+{
+	socklen_t	 len = sizeof(*ti);
+
+	return getsockopt(c->c_fd, IPPROTO_TCP, TCP_INFO, ti, &len);
+}
+
+int64_t
+conn_path_rtt(const struct conn *c)
+{
+	struct tcp_info	 ti;
+
+	return tcp_info(c, &ti) == -1 ? -1 : (int64_t)ti.tcpi_rtt;
+}
+
 int
 conn_retransmitted(struct conn *c)
 {
 	struct tcp_info	 ti;
-	socklen_t	 len = sizeof(ti);
 	uint32_t	 seen = c->c_retrans;
 
-	if (getsockopt(c->c_fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == -1)
+	if (tcp_info(c, &ti) == -1)
 		return 0;
 	c->c_retrans = ti.tcpi_total_retrans;
 	return ti.tcpi_total_retrans != seen;

@@ -158,7 +158,7 @@ struct upstream {
 	int64_t		 up_sampled;	/* the last answer, or an explorer sent */
 	int64_t		 up_heard;	/* its latest usable answer came */
 	int64_t		 up_heard_sent;	/* the latest sent of those answered */
-	int64_t		 up_minrtt;	/* the shortest round trip, the path's */
+	int64_t		 up_path_rtt;	/* the shortest TCP round trip, in us */
 	int64_t		 up_lossy_at;	/* a timeout came with retransmissions */
 	/* Answers that failed demote it; it is probed with copies meanwhile. */
 	int		 up_bad;	/* failed answers since a good one */
@@ -217,6 +217,8 @@ int	conn_dial(struct conn *, char *, size_t);
 int	conn_has_room(const struct conn *);
 /* Frames a's query with a fresh ID; it is written before the loop sleeps. */
 void	conn_send(struct conn *, struct att *, int64_t);
+/* The kernel's smoothed round trip of its TCP, in us; -1: none known. */
+int64_t	conn_path_rtt(const struct conn *);
 /* Its TCP retransmitted since the last call: the path loses packets. */
 int	conn_retransmitted(struct conn *);
 /*

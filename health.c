@@ -76,6 +76,18 @@ health_late_ms(const struct upstream *up)
 	return (up->up_srtt + 4 * up->up_rttvar) / 1000 + 1;
 }
 
+/*
+ * The kernel's round trip once a handshake is done measures the path
+ * alone, where an answer's includes the upstream's lookup and a burst's
+ * queueing: the shortest seen is the path's.
+ */
+void
+health_path_rtt(struct upstream *up, int64_t us)
+{
+	if (us > 0 && (up->up_path_rtt == 0 || us < up->up_path_rtt))
+		up->up_path_rtt = us;
+}
+
 /* RFC 6298 2.2 and 2.3, in microseconds; srtt 0 means "no sample". */
 void
 health_rtt(struct upstream *up, int64_t ms, int64_t now)
@@ -83,8 +95,6 @@ health_rtt(struct upstream *up, int64_t ms, int64_t now)
 	int64_t	 r = (ms > 0 ? ms : 0) * 1000, d;
 
 	up->up_sampled = now;
-	if (up->up_minrtt == 0 || r < up->up_minrtt)
-		up->up_minrtt = r > 0 ? r : 1;
 	if (up->up_srtt == 0) {
 		up->up_srtt = r > 0 ? r : 1;
 		up->up_rttvar = r / 2;
@@ -209,7 +219,7 @@ health_reset(struct upstream *up)
 	up->up_sampled = 0;
 	up->up_heard = 0;
 	up->up_heard_sent = 0;
-	up->up_minrtt = 0;
+	up->up_path_rtt = 0;
 	up->up_lossy_at = 0;
 	up->up_bad = 0;
 	up->up_probe_ms = 0;
@@ -242,13 +252,17 @@ void
 health_log(const struct upstream *up, int64_t now)
 {
 	const struct up_counts *n = &up->up_n;
+	int	 i, open = 0;
 
+	for (i = 0; i < up->up_nconns; i++)
+		open += up->up_conns[i].c_state == CONN_READY;
 	log_info("upstream %s state=%s srtt_ms=%.1f rttvar_ms=%.1f "
-	    "answers=%llu timeouts=%llu refused=%llu servfail=%llu "
+	    "path_ms=%.1f conns=%d answers=%llu timeouts=%llu refused=%llu servfail=%llu "
 	    "notimp=%llu formerr=%llu garbage=%llu hedges=%llu "
 	    "hedges_won=%llu",
 	    up->up_label, state(up, now), up->up_srtt / 1000.0,
-	    up->up_rttvar / 1000.0, (unsigned long long)n->n_answers,
+	    up->up_rttvar / 1000.0, up->up_path_rtt / 1000.0, open,
+	    (unsigned long long)n->n_answers,
 	    (unsigned long long)n->n_timeouts,
 	    (unsigned long long)n->n_refused,
 	    (unsigned long long)n->n_servfail,

@@ -22,6 +22,8 @@ int64_t	health_attempt_ms(const struct upstream *, int64_t deadline,
 	    int64_t now);
 /* Later than its answers come (srtt + 4 x rttvar), in ms. */
 int64_t	health_late_ms(const struct upstream *);
+/* A connection's TCP round trip once it is up, in us (<= 0: none). */
+void	health_path_rtt(struct upstream *, int64_t);
 /* An answer's round trip, in ms, measured at `now`. */
 void	health_rtt(struct upstream *, int64_t, int64_t);
 /*

@@ -510,6 +510,7 @@ static void
 on_ready(struct conn *c, int64_t now)
 {
 	upstream_reachable(c->c_up);
+	health_path_rtt(c->c_up, conn_path_rtt(c));
 	dispatch(now);
 }
 

@@ -29,9 +29,9 @@
 #define EXPLORE_MS	2000
 /*
  * Queries get a connection each, up to --connections, over paths whose
- * shortest round trip is at least this (us), not its smoothed one, which
- * a burst's queueing lengthens; on shorter ones a server's Nagle costs
- * less than the handshakes.
+ * round trip, TCP's and not the answers' (health_path_rtt), is at least
+ * this (us): Nagle holds an answer until our ACK crosses the path, and
+ * on shorter paths that costs less than the handshakes.
  */
 #define SPREAD_RTT_US	5000
 /* ... and that has not been seen losing packets for this long (ms). */
@@ -105,7 +105,7 @@ enum share { SHARE_FEWEST, SHARE_SPREAD, SHARE_FIRST };
 static enum share
 share(const struct upstream *up, int64_t now)
 {
-	if (up->up_minrtt < SPREAD_RTT_US)
+	if (up->up_path_rtt < SPREAD_RTT_US)
 		return SHARE_FEWEST;
 	if (up->up_lossy_at != 0 && now - up->up_lossy_at < SPREAD_QUIET_MS)
 		return SHARE_FIRST;
