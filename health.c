@@ -88,12 +88,19 @@ health_path_rtt(struct upstream *up, int64_t us)
 		up->up_path_rtt = us;
 }
 
-/* RFC 6298 2.2 and 2.3, in microseconds; srtt 0 means "no sample". */
+/*
+ * RFC 6298 2.2 and 2.3, in microseconds; srtt 0 means "no sample".  As
+ * Karn's algorithm: an attempt past its timeout, overtaken by the answer
+ * to a query sent after it, measured its loss or its lookup, not the
+ * path; one not overtaken shows the path got slower.
+ */
 void
-health_rtt(struct upstream *up, int64_t ms, int64_t now)
+health_rtt(struct upstream *up, const struct att *a, int64_t now)
 {
-	int64_t	 r = (ms > 0 ? ms : 0) * 1000, d;
+	int64_t	 ms = now - a->a_sent, r = (ms > 0 ? ms : 0) * 1000, d;
 
+	if (a->a_late && up->up_heard_sent > a->a_sent)
+		return;
 	up->up_sampled = now;
 	if (up->up_srtt == 0) {
 		up->up_srtt = r > 0 ? r : 1;
@@ -185,9 +192,12 @@ health_failed(struct upstream *up, const struct att *a, const char *why,
  * their cold connections at each lost packet.  Silence demotes.
  */
 void
-health_timed_out(struct upstream *up, const struct att *a, int64_t now)
+health_timed_out(struct upstream *up, const struct att *a, int lossy,
+    int64_t now)
 {
 	up->up_n.n_timeouts++;
+	if (lossy)
+		up->up_lossy_at = now;
 	if (up->up_heard <= a->a_sent)
 		health_failed(up, a, "no answer within the attempt timeout",
 		    now);

@@ -24,8 +24,8 @@ int64_t	health_attempt_ms(const struct upstream *, int64_t deadline,
 int64_t	health_late_ms(const struct upstream *);
 /* A connection's TCP round trip once it is up, in us (<= 0: none). */
 void	health_path_rtt(struct upstream *, int64_t);
-/* An answer's round trip, in ms, measured at `now`. */
-void	health_rtt(struct upstream *, int64_t, int64_t);
+/* Attempt a was answered at `now`: its round trip, unless Karn rules it out. */
+void	health_rtt(struct upstream *, const struct att *, int64_t);
 /*
  * Counts an answer's RCODE; returns 1, having demoted the upstream, for
  * one that means it failed the query (REFUSED, SERVFAIL, NOTIMP,
@@ -38,10 +38,12 @@ int	health_rcode_failed(struct upstream *, const struct att *, int,
 void	health_failed(struct upstream *, const struct att *, const char *,
 	    int64_t);
 /*
- * Attempt a had no answer in time: demotes the upstream unless it
- * answered anything since a was sent.
+ * Attempt a had no answer in time, on a connection that lost packets
+ * (lossy) or not: demotes the upstream unless it answered anything
+ * since a was sent.
  */
-void	health_timed_out(struct upstream *, const struct att *, int64_t);
+void	health_timed_out(struct upstream *, const struct att *, int lossy,
+	    int64_t);
 /* Demoted and due a probe: a copy of the next query goes there. */
 int	health_probe_due(const struct upstream *, int64_t);
 void	health_probed(struct upstream *, int64_t);

@@ -484,11 +484,8 @@ att_timed_out(struct att *a, int64_t now)
 	struct pq	*pq = a->a_pq;
 	struct upstream	*up = a->a_conn->c_up;
 
-	health_timed_out(up, a, now);
-	if (conn_retransmitted(a->a_conn))
-		up->up_lossy_at = now;
+	health_timed_out(up, a, conn_timed_out(a->a_conn), now);
 	a->a_late = 1;
-	a->a_conn->c_suspect = 1;
 	pq->pq_overdue = 1;
 	if (pq->pq_done != NULL) {
 		if (pq->pq_list == PQ_ON_NONE && pq_live(pq) < PQ_ATTS)
@@ -527,13 +524,7 @@ on_reply(struct conn *c, struct att *a, uint8_t *msg, size_t len,
 	struct pq	*pq = a->a_pq;
 	int		 rcode = msg[3] & F_RCODE;
 
-	/*
-	 * As Karn's algorithm: a copy past its timeout, overtaken by the
-	 * answer to a query sent after it, measured its loss or its lookup,
-	 * not the path; one not overtaken shows the path got slower.
-	 */
-	if (!a->a_late || up->up_heard_sent <= a->a_sent)
-		health_rtt(up, now - a->a_sent, now);
+	health_rtt(up, a, now);
 	att_end(a);
 	if (health_rcode_failed(up, a, rcode, now)) {
 		if (pq->pq_done != NULL)
