@@ -1580,6 +1580,138 @@ test_hedge(void)
 	teardown();
 }
 
+/*
+ * How queries share one upstream's connections: by the fewest in flight
+ * over a short path; over a long one, one with nothing in flight, else
+ * the one given a query longest ago, dialling another meanwhile; the
+ * first once a timeout came with retransmissions; a suspect one last.
+ */
+static void
+test_share(void)
+{
+	struct upstream	*up;
+	struct conn	*c;
+	struct rec	*r[7];
+	int64_t		 t = now_ms();
+
+	setup(1, 3, 8);
+	up = &mux.ups[0];
+	c = up->up_conns;
+	make_idle(0, 2);
+	up->up_srtt = 30000;
+	up->up_sampled = t;
+	/* Short path: fewest in flight, and no dial while there is room. */
+	r[0] = sendname(1, "f0");
+	r[1] = sendname(2, "f1");
+	r[2] = sendname(3, "f2");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(r[0])->a_conn == &c[0] && att_of(r[1])->a_conn == &c[1] &&
+	    att_of(r[2])->a_conn == &c[0] && c[2].c_state == CONN_IDLE);
+	teardown();
+
+	setup(1, 3, 8);
+	up = &mux.ups[0];
+	c = up->up_conns;
+	make_idle(0, 2);
+	up->up_srtt = 30000;
+	up->up_sampled = t;
+	health_path_rtt(up, 30000);
+	/*
+	 * Long path: c0, c1, then c0 (given a query longest ago), and a dial;
+	 * with one in flight on each, c1, given one longer ago (the fewest
+	 * in flight would take c0).
+	 */
+	r[0] = sendname(1, "s0");
+	r[1] = sendname(2, "s1");
+	r[2] = sendname(3, "s2");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(r[0])->a_conn == &c[0] && att_of(r[1])->a_conn == &c[1] &&
+	    att_of(r[2])->a_conn == &c[0]);
+	CHECK(c[2].c_state == CONN_CONNECTING);
+	CHECK(read_frames(peer[0][0]) == 2);
+	reply(peer[0][0], fr.m[0], fr.len[0], dns_get16(fr.m[0]), F_QR);
+	conn_input(&c[0], now_ms());
+	CHECK(r[0]->calls == 1 && c[0].c_inflight == 1);
+	r[3] = sendname(4, "s3");
+	r[4] = sendname(5, "s4");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(r[3])->a_conn == &c[1] && att_of(r[4])->a_conn == &c[0]);
+	/* A timeout with retransmissions: queries share the first. */
+	up->up_lossy_at = now_ms();
+	r[5] = sendname(6, "s5");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(r[5])->a_conn == &c[0]);
+	/* A suspect connection takes queries last. */
+	c[0].c_suspect = 1;
+	r[6] = sendname(7, "s6");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(r[6])->a_conn == &c[1]);
+	CHECK(conn_stalled(&c[0], 1000, now_ms()) &&
+	    !conn_stalled(&c[1], 1000, now_ms()));
+	/* So does one whose oldest query waited past the path's round trips. */
+	CHECK(conn_stalled(&c[1], 0, now_ms() + 1));
+	teardown();
+}
+
+/*
+ * A timeout demotes an upstream only when it answered nothing since the
+ * attempt was sent; an overtaken late answer is no RTT sample (Karn); a
+ * paid second copy that wins earns its token back.
+ */
+static void
+test_timeout_judgement(void)
+{
+	struct upstream	*up;
+	struct att	 a;
+	struct rec	*b;
+	int64_t		 t = now_ms();
+
+	setup(1, 2, 8);
+	up = &mux.ups[0];
+	memset(&a, 0, sizeof(a));
+	a.a_sent = t - 100;
+	up->up_heard = t - 50;
+	health_timed_out(up, &a, 0, t);
+	CHECK(up->up_bad == 0 && up->up_lossy_at == 0 &&
+	    up->up_n.n_timeouts == 1);
+	health_timed_out(up, &a, 1, t);
+	CHECK(up->up_bad == 0 && up->up_lossy_at == t);
+	up->up_heard = t - 100;
+	health_timed_out(up, &a, 0, t);
+	CHECK(up->up_bad == 1);
+
+	up->up_srtt = 30000;
+	up->up_rttvar = 1000;
+	a.a_late = 1;
+	up->up_heard_sent = t - 90;
+	health_rtt(up, &a, t);
+	CHECK(up->up_srtt == 30000);
+	up->up_heard_sent = t - 110;
+	health_rtt(up, &a, t);
+	CHECK(up->up_srtt == 30000 + (100000 - 30000) / 8);
+	teardown();
+
+	setup(1, 2, 8);
+	up = &mux.ups[0];
+	up->up_srtt = 1000;
+	up->up_sampled = t;
+	mux.hedge_tokens = HEDGE_EVERY;
+	b = sendname(7, "refund");
+	flush_cb(loop, NULL, 0);
+	expire_attempts();
+	flush_cb(loop, NULL, 0);
+	CHECK(pq_of(b)->pq_att[1].a_paid &&
+	    mux.hedge_tokens == HEDGE_EVERY + 1 - HEDGE_EVERY);
+	CHECK(read_frames(peer[0][1]) == 1);
+	/* c0 read since: the late first copy ends with the query. */
+	up->up_conns[0].c_reads++;
+	reply(peer[0][1], fr.m[0], fr.len[0], dns_get16(fr.m[0]), F_QR);
+	conn_input(&up->up_conns[1], now_ms());
+	CHECK(b->calls == 1 && stats.st_hedges_won == 1 &&
+	    mux.hedge_tokens == HEDGE_EVERY + 1);
+	teardown();
+}
+
 /* Among healthy upstreams, one clearly faster wins; RTTs follow RFC 6298. */
 static void
 test_rtt_choice(void)
@@ -2290,6 +2422,8 @@ main(void)
 	test_probe();
 	test_rtt_choice();
 	test_hedge();
+	test_share();
+	test_timeout_judgement();
 	test_slow_dial();
 	test_suspend();
 	test_keep_warm();
