@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -144,30 +143,7 @@ class Runner:
         self.proc = None
 
     def stats(self):
-        if not self.key.startswith("dnsfwd") or self.proc is None:
-            return {}
-        return dnsfwd_stats(self.proc, self.logfile, len(self.paths))
-
-
-def dnsfwd_stats(proc, logfile, nup):
-    """The stats line and one line per upstream of dnsfwd's SIGUSR1."""
-    with open(logfile, errors="replace") as f:
-        before = len(f.read())
-    proc.send_signal(signal.SIGUSR1)
-    end = time.monotonic() + 3
-    while time.monotonic() < end:
-        with open(logfile, errors="replace") as f:
-            new = f.read()[before:]
-        m = re.search(r"stats: (.*)\n", new)
-        ups = re.findall(r"upstream (.+?) state=(\S+) (.*)\n", new)
-        if m and len(ups) >= nup:
-            out = {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)\b", m.group(1))}
-            out["upstreams"] = [dict([("label", lab), ("state", st)] + [
-                (k, float(v)) for k, v in re.findall(r"(\w+)=(-?[\d.]+)", rest)])
-                for lab, st, rest in ups]
-            return out
-        time.sleep(0.05)
-    return {}
+        return B.dnsfwd_stats(self, len(self.paths))
 
 
 def tfo_active(pid):
