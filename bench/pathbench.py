@@ -21,6 +21,7 @@ every query (log-queries); counting the lines with a contender's tag gives
 its upstream queries per client query (second copies included).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -113,7 +114,7 @@ class Runner:
         """Where its latency client sends: loopback, or the upstream."""
         return (self.paths[0].b_addr, UP_UDP) if self.key == FLOOR else (LO, self.port)
 
-    def start(self, ctx, link, tag):
+    def start(self, ctx, link):
         if self.key == FLOOR:
             return
         d = os.path.join(ctx["pathdir"], self.key)
@@ -298,15 +299,27 @@ def set_paths(link, loss):
         p.clear()
 
 
-def run_case(ctx, link, runners, case):
-    key, label, nodelay, loss, blackhole = case
+@contextlib.contextmanager
+def serving(ctx, link, runners, nodelay, tag):
+    """The upstream and every runner started and answering, over clean
+    paths; all stopped on leaving.  Yields (upstream process, query log)."""
     set_paths(link, 0.0)
-    up, qlog = start_upstream(ctx, link, nodelay, key)
+    up, qlog = start_upstream(ctx, link, nodelay, tag)
     try:
         for r in runners:
-            r.start(ctx, link, key)
+            r.start(ctx, link)
         for r in runners:
-            r.ready(link, "%s%s" % (key, r.key.replace("-", "")))
+            r.ready(link, tag + r.key.replace("-", ""))
+        yield up, qlog
+    finally:
+        for r in runners:
+            r.stop()
+        B.stop(up)
+
+
+def run_case(ctx, link, runners, case):
+    key, _, nodelay, loss, blackhole = case
+    with serving(ctx, link, runners, nodelay, key) as (up, qlog):
         set_paths(link, loss)
         time.sleep(1.0)
         tags = {r.key: "%s%s" % (key, r.key.replace("-", "")) for r in runners}
@@ -364,10 +377,6 @@ def run_case(ctx, link, runners, case):
             key, res["_load"], res["_late_max_us"] / 1e3))
         log("%s: TCP in namespace a %s; in b %s" % (key, res["_tcp"]["a"], res["_tcp"]["b"]))
         return res
-    finally:
-        for r in runners:
-            r.stop()
-        B.stop(up)
 
 
 def per_query(path):
@@ -442,17 +451,11 @@ def cdf_points(path, sent):
 
 def first_query(ctx, link, runners):
     """Every FQ contender at once: RATE queries, SILENCE s, one query each."""
-    set_paths(link, 0.0)
-    up, qlog = start_upstream(ctx, link, False, "fq")
     out = {r.key: {"rounds": []} for r in runners}
-    idle = ["--idle-timeout", "2"] if QUICK else []
-    try:
-        for r in runners:
-            if r.key.startswith("dnsfwd"):
-                r.extra = idle
-            r.start(ctx, link, "fq")
-        for r in runners:
-            r.ready(link, "fq%s" % r.key.replace("-", ""))
+    for r in runners:
+        if r.key.startswith("dnsfwd"):
+            r.extra = ["--idle-timeout", "2"] if QUICK else []
+    with serving(ctx, link, runners, False, "fq"):
         for rnd in range(FQ_ROUNDS):
             jobs = {r.key: latency_argv(link, r, RATE, RATE, "st%d%s" % (
                 rnd, r.key.replace("-", "")), 1000) for r in runners}
@@ -492,10 +495,6 @@ def first_query(ctx, link, runners):
                 "%.1f" % (v["first_us"] / 1e3) if v["first_us"] else "lost",
                 ", ".join("%.1f" % ((x["first_us"] or 0) / 1e3) for x in rs), v["tfo"]))
         return out
-    finally:
-        for r in runners:
-            r.stop()
-        B.stop(up)
 
 
 # --- summary -----------------------------------------------------------------
