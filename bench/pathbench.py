@@ -147,21 +147,6 @@ class Runner:
         return B.dnsfwd_stats(self, len(self.paths))
 
 
-def tfo_active(pid):
-    """The namespace's TcpExtTCPFastOpenActive (connects that sent data
-    in the SYN and had it accepted), read through PID's /proc."""
-    try:
-        with open("/proc/%d/net/netstat" % pid) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for names, vals in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            d = dict(zip(names.split()[1:], vals.split()[1:]))
-            return int(d.get("TCPFastOpenActive", 0))
-    return None
-
-
 TCP_KEYS = ("RetransSegs", "TCPLossProbes", "TCPLossProbeRecovery", "TCPTimeouts",
             "TCPFastRetrans", "TCPSpuriousRTOs", "TCPSlowStartRetrans", "DelayedACKs",
             "TCPFastOpenActive", "TCPFastOpenPassive")
@@ -184,6 +169,13 @@ def tcp_counters(pid):
                 if k in TCP_KEYS:
                     out[k] = int(v)
     return out
+
+
+def tfo_active(r):
+    """Namespace a's TcpExtTCPFastOpenActive (connects that sent data in
+    the SYN and had it accepted), read through r's process; None for the
+    floor or when unreadable."""
+    return tcp_counters(r.proc.pid).get("TCPFastOpenActive") if r.proc else None
 
 
 def diff(a, b):
@@ -358,9 +350,8 @@ def run_case(ctx, link, runners, case):
             x["cdf"] = cdf_points(rtt[r.key], x["sent"])
             x["timeline"] = timeline(rtt[r.key])
         res["_load"] = "%s / %s" % (load0, loadavg())
-        res["_late_max_us"] = max(p.stats()["up_late_max_us"] for p in link.path)
-        res["_late_max_us"] = max(res["_late_max_us"], max(
-            p.stats()["down_late_max_us"] for p in link.path))
+        res["_late_max_us"] = max(max(st["up_late_max_us"], st["down_late_max_us"])
+                                  for st in (p.stats() for p in link.path))
         for r in runners:
             x = res[r.key]
             st = x["stats"]
@@ -466,10 +457,10 @@ def first_query(ctx, link, runners):
             load = loadavg()
             for r in runners:
                 conns = B.upstream_conns(r.pids())
-                t0 = tfo_active(r.proc.pid) if r.proc else None
+                t0 = tfo_active(r)
                 x = run_clients({r.key: latency_argv(link, r, 1, 1, "fq%d%s" % (
                     rnd, r.key.replace("-", "")), 3000)}, 30)[r.key]
-                t1 = tfo_active(r.proc.pid) if r.proc else None
+                t1 = tfo_active(r)
                 rec = {"steady_p50_us": steady[r.key]["p50_us"],
                        "first_us": x["max_us"] if x["received"] and not x["bad"] else None,
                        "conns_before": conns, "load": load,
@@ -756,7 +747,6 @@ def run(bench, ctx):
         B.die("PATH: cannot emulate a path: %s" % why)
     ctx["pathdir"] = os.path.join(ctx["dir"], "path")
     os.makedirs(ctx["pathdir"])
-    ctx["ca"] = ctx["certs"] + "/ca.pem"
     # One path for the floor, two for every other contender.
     npaths = 1 + 2 * (len(FQ_KEYS) - 1)
     with pathemu.Link(paths=npaths) as link:
