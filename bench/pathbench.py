@@ -346,9 +346,10 @@ def run_case(ctx, link, runners, case):
             x["up_per_query"] = x["upstream_queries"] / x["sent"] if x["sent"] else None
             x["stats"] = r.stats()
             x["paths"] = [p.stats() for p in r.paths]
-            x["q"] = quantiles(per_query(rtt[r.key]))
-            x["cdf"] = cdf_points(rtt[r.key], x["sent"])
-            x["timeline"] = timeline(rtt[r.key])
+            q = per_query(rtt[r.key])
+            x["q"] = quantiles(q)
+            x["cdf"] = cdf_points(q, x["sent"])
+            x["timeline"] = timeline(q)
         res["_load"] = "%s / %s" % (load0, loadavg())
         res["_late_max_us"] = max(max(st["up_late_max_us"], st["down_late_max_us"])
                                   for st in (p.stats() for p in link.path))
@@ -395,11 +396,10 @@ def quantiles(q):
     return out
 
 
-def timeline(path):
+def timeline(q):
     """Per second of sending: [second, max ms, answers over 3 x RTT,
-    SERVFAIL, lost], from the latency client's per-query file."""
+    SERVFAIL, lost], from per_query()'s list."""
     out = []
-    q = per_query(path)
     for s in range(0, len(q), RATE):
         w = q[s:s + RATE]
         rtts = [t for t, _ in w if t is not None]
@@ -410,32 +410,28 @@ def timeline(path):
     return out
 
 
-def cdf_points(path, sent):
-    """(latency ms, nines) points of the distribution: nines = -log10(1 - F),
-    F counting lost queries as never answered, so a curve that does not
-    reach the top lost queries."""
-    v = sorted(t * 1e3 for t, rc in per_query(path) if t is not None and rc == 0)
-    pts = []
+def cdf_points(q, sent):
+    """(latency ms, nines) points of the distribution of per_query()'s list:
+    nines = -log10(1 - F), F counting lost queries as never answered, so a
+    curve that does not reach the top lost queries.  A point every 0.02
+    nines, and the slowest right answer."""
+    v = sorted(t for t, rc in q if t is not None and rc == 0)
     if not v or not sent:
-        return pts
-    last = None
+        return []
+    ks = []
     y, top = 0.0, math.log10(sent)
     while y < top:
-        p = 1 - 10 ** -y
-        k = int(math.ceil(p * sent)) - 1
+        k = max(0, int(math.ceil((1 - 10 ** -y) * sent)) - 1)
         if k >= len(v):
             break
-        k = max(0, k)
-        if k != last:
-            pts.append((v[k] / 1e3, round(-math.log10(1 - (k + 1) / sent)
-                                          if k + 1 < sent else math.log10(sent), 4)))
-            last = k
+        if not ks or ks[-1] != k:
+            ks.append(k)
         y += 0.02
-    if last != len(v) - 1:
-        k = len(v) - 1
-        pts.append((v[k] / 1e3, round(-math.log10(1 - (k + 1) / sent)
-                                      if k + 1 < sent else math.log10(sent), 4)))
-    return pts
+    if not ks or ks[-1] != len(v) - 1:
+        ks.append(len(v) - 1)
+    # v[k] is answered by a fraction (k + 1) / sent; all answered: log10(sent).
+    return [(v[k], round(-math.log10(1 - (k + 1) / sent) if k + 1 < sent
+                         else top, 4)) for k in ks]
 
 
 # --- FIRST-QUERY over the path ----------------------------------------------
