@@ -107,6 +107,10 @@ class Runner:
         self.proc = None
         self.logfile = None
 
+    def tag(self, prefix):
+        """prefix and its key, as one DNS label of its queries' names."""
+        return prefix + self.key.replace("-", "")
+
     def ups(self):
         return [p.b_addr for p in self.paths]
 
@@ -301,7 +305,7 @@ def serving(ctx, link, runners, nodelay, tag):
         for r in runners:
             r.start(ctx, link)
         for r in runners:
-            r.ready(link, tag + r.key.replace("-", ""))
+            r.ready(link, r.tag(tag))
         yield up, qlog
     finally:
         for r in runners:
@@ -314,7 +318,7 @@ def run_case(ctx, link, runners, case):
     with serving(ctx, link, runners, nodelay, key) as (up, qlog):
         set_paths(link, loss)
         time.sleep(1.0)
-        tags = {r.key: "%s%s" % (key, r.key.replace("-", "")) for r in runners}
+        tags = {r.key: r.tag(key) for r in runners}
         rtt = {r.key: os.path.join(ctx["pathdir"], "rtt-%s-%s" % (key, r.key))
                for r in runners}
         jobs = {r.key: latency_argv(link, r, RATE * SECONDS, RATE, tags[r.key], WAIT_MS,
@@ -324,51 +328,64 @@ def run_case(ctx, link, runners, case):
         # ACKs go up), b, the upstream's (answers come down).
         apid = next(r.proc.pid for r in runners if r.proc)
         tcp0 = (tcp_counters(apid), tcp_counters(up.pid))
-        timer = None
-        if blackhole:
-            def hole():
-                for r in runners:
-                    if r.key != FLOOR:
-                        r.paths[0].set(blackhole=1)
-                log("%s: first upstream of every contender blackholed" % key)
-            timer = threading.Timer(BLACKHOLE_AT, hole)
-            timer.start()
+        timer = blackhole_later(runners, key) if blackhole else None
         res = run_clients(jobs, SECONDS + WAIT_MS / 1000 + 60)
         if timer:
             timer.cancel()
         res["_tcp"] = {"a": diff(tcp0[0], tcp_counters(apid)),
                        "b": diff(tcp0[1], tcp_counters(up.pid))}
         time.sleep(0.5)             # the upstream's log lines are written
-        counts = count_queries(qlog, [t.lower() for t in tags.values()])
+        counts = count_queries(qlog, tags.values())
         for r in runners:
-            x = res[r.key]
-            x["upstream_queries"] = counts[tags[r.key].lower()]
-            x["up_per_query"] = x["upstream_queries"] / x["sent"] if x["sent"] else None
-            x["stats"] = r.stats()
-            x["paths"] = [p.stats() for p in r.paths]
-            q = per_query(rtt[r.key])
-            x["q"] = quantiles(q)
-            x["cdf"] = cdf_points(q, x["sent"])
-            x["timeline"] = timeline(q)
+            add_results(res[r.key], r, rtt[r.key], counts[tags[r.key]])
         res["_load"] = "%s / %s" % (load0, loadavg())
         res["_late_max_us"] = max(max(st["up_late_max_us"], st["down_late_max_us"])
                                   for st in (p.stats() for p in link.path))
+    log_case(key, runners, res)
+    return res
+
+
+def blackhole_later(runners, key):
+    """Blackholes the first path of every contender BLACKHOLE_AT s from now;
+    the timer, to cancel."""
+    def hole():
         for r in runners:
-            x = res[r.key]
-            st = x["stats"]
-            q = x["q"]
-            log("%-9s %-34s p50 %s p99 %s p99.9 %s max %s ms  servfail %d "
-                "lost %d  up/q %.3f%s" % (
-                    key, LABELS[r.key], lat(q["p50"]), lat(q["p99"]), lat(q["p999"]),
-                    lat(q["max"]), x["servfail"], x["lost"],
-                    x["up_per_query"] or 0,
-                    "  hedges %d won %d unpaid %d" % (
-                        st.get("hedges", -1), st.get("hedges_won", -1),
-                        st.get("hedges_unpaid", -1)) if st else ""))
-        log("%s: load average %s, pathemu late max %.1f ms" % (
-            key, res["_load"], res["_late_max_us"] / 1e3))
-        log("%s: TCP in namespace a %s; in b %s" % (key, res["_tcp"]["a"], res["_tcp"]["b"]))
-        return res
+            if r.key != FLOOR:
+                r.paths[0].set(blackhole=1)
+        log("%s: first upstream of every contender blackholed" % key)
+    timer = threading.Timer(BLACKHOLE_AT, hole)
+    timer.start()
+    return timer
+
+
+def add_results(x, r, rttfile, upstream_queries):
+    """Adds to x, r's latency client's JSON, what the case measured of r."""
+    x["upstream_queries"] = upstream_queries
+    x["up_per_query"] = upstream_queries / x["sent"] if x["sent"] else None
+    x["stats"] = r.stats()
+    x["paths"] = [p.stats() for p in r.paths]
+    q = per_query(rttfile)
+    x["q"] = quantiles(q)
+    x["cdf"] = cdf_points(q, x["sent"])
+    x["timeline"] = timeline(q)
+
+
+def log_case(key, runners, res):
+    for r in runners:
+        x = res[r.key]
+        st = x["stats"]
+        q = x["q"]
+        log("%-9s %-34s p50 %s p99 %s p99.9 %s max %s ms  servfail %d "
+            "lost %d  up/q %.3f%s" % (
+                key, LABELS[r.key], lat(q["p50"]), lat(q["p99"]), lat(q["p999"]),
+                lat(q["max"]), x["servfail"], x["lost"],
+                x["up_per_query"] or 0,
+                "  hedges %d won %d unpaid %d" % (
+                    st.get("hedges", -1), st.get("hedges_won", -1),
+                    st.get("hedges_unpaid", -1)) if st else ""))
+    log("%s: load average %s, pathemu late max %.1f ms" % (
+        key, res["_load"], res["_late_max_us"] / 1e3))
+    log("%s: TCP in namespace a %s; in b %s" % (key, res["_tcp"]["a"], res["_tcp"]["b"]))
 
 
 def per_query(path):
@@ -444,44 +461,54 @@ def first_query(ctx, link, runners):
             r.extra = ["--idle-timeout", "2"] if QUICK else []
     with serving(ctx, link, runners, False, "fq"):
         for rnd in range(FQ_ROUNDS):
-            jobs = {r.key: latency_argv(link, r, RATE, RATE, "st%d%s" % (
-                rnd, r.key.replace("-", "")), 1000) for r in runners}
+            jobs = {r.key: latency_argv(link, r, RATE, RATE, r.tag("st%d" % rnd), 1000)
+                    for r in runners}
             steady = run_clients(jobs, 30)
             before = {r.key: r.stats() for r in runners}
             log("FIRST-QUERY round %d: %d s of silence" % (rnd + 1, SILENCE))
             time.sleep(SILENCE)
             load = loadavg()
             for r in runners:
-                conns = B.upstream_conns(r.pids())
-                t0 = tfo_active(r)
-                x = run_clients({r.key: latency_argv(link, r, 1, 1, "fq%d%s" % (
-                    rnd, r.key.replace("-", "")), 3000)}, 30)[r.key]
-                t1 = tfo_active(r)
-                rec = {"steady_p50_us": steady[r.key]["p50_us"],
-                       "first_us": x["max_us"] if x["received"] and not x["bad"] else None,
-                       "conns_before": conns, "load": load,
-                       "tfo_active": None if t0 is None or t1 is None else t1 - t0}
-                if r.key.startswith("dnsfwd"):
-                    a = r.stats()
-                    b = before[r.key]
-                    rec["tls_full"] = a.get("tls_full", 0) - b.get("tls_full", 0)
-                    rec["tls_resumed"] = a.get("tls_resumed", 0) - b.get("tls_resumed", 0)
-                out[r.key]["rounds"].append(rec)
-        for k, v in out.items():
-            rs = v["rounds"]
-            firsts = [x["first_us"] for x in rs]
-            v["first_us"] = B.med(firsts) if None not in firsts else None
-            v["steady_p50_us"] = B.med([x["steady_p50_us"] for x in rs])
-            v["conns_before"] = min(x["conns_before"] for x in rs)
-            v["tfo"] = sum(x["tfo_active"] or 0 for x in rs)
-            if k.startswith("dnsfwd"):
-                v["tls_full"] = sum(x["tls_full"] for x in rs)
-                v["tls_resumed"] = sum(x["tls_resumed"] for x in rs)
-            log("FIRST-QUERY %-34s steady p50 %6.1f ms  first %s ms (%s)  TFO %d" % (
-                LABELS[k], (v["steady_p50_us"] or 0) / 1e3,
-                "%.1f" % (v["first_us"] / 1e3) if v["first_us"] else "lost",
-                ", ".join("%.1f" % ((x["first_us"] or 0) / 1e3) for x in rs), v["tfo"]))
-        return out
+                out[r.key]["rounds"].append(fq_first(link, r, rnd, before[r.key], load))
+                out[r.key]["rounds"][-1]["steady_p50_us"] = steady[r.key]["p50_us"]
+    for k, v in out.items():
+        fq_summary(k, v)
+    return out
+
+
+def fq_first(link, r, rnd, before, load):
+    """r's first query after the silence, as a round's record; before is
+    r.stats() from before the silence."""
+    conns = B.upstream_conns(r.pids())
+    t0 = tfo_active(r)
+    x = run_clients({r.key: latency_argv(link, r, 1, 1, r.tag("fq%d" % rnd), 3000)},
+                    30)[r.key]
+    t1 = tfo_active(r)
+    rec = {"first_us": x["max_us"] if x["received"] and not x["bad"] else None,
+           "conns_before": conns, "load": load,
+           "tfo_active": None if t0 is None or t1 is None else t1 - t0}
+    if r.key.startswith("dnsfwd"):
+        a = r.stats()
+        rec["tls_full"] = a.get("tls_full", 0) - before.get("tls_full", 0)
+        rec["tls_resumed"] = a.get("tls_resumed", 0) - before.get("tls_resumed", 0)
+    return rec
+
+
+def fq_summary(k, v):
+    """Medians over v's rounds; TFO connects and handshakes summed."""
+    rs = v["rounds"]
+    firsts = [x["first_us"] for x in rs]
+    v["first_us"] = B.med(firsts) if None not in firsts else None
+    v["steady_p50_us"] = B.med([x["steady_p50_us"] for x in rs])
+    v["conns_before"] = min(x["conns_before"] for x in rs)
+    v["tfo"] = sum(x["tfo_active"] or 0 for x in rs)
+    if k.startswith("dnsfwd"):
+        v["tls_full"] = sum(x["tls_full"] for x in rs)
+        v["tls_resumed"] = sum(x["tls_resumed"] for x in rs)
+    log("FIRST-QUERY %-34s steady p50 %6.1f ms  first %s ms (%s)  TFO %d" % (
+        LABELS[k], (v["steady_p50_us"] or 0) / 1e3,
+        "%.1f" % (v["first_us"] / 1e3) if v["first_us"] else "lost",
+        ", ".join("%.1f" % ((x["first_us"] or 0) / 1e3) for x in rs), v["tfo"]))
 
 
 # --- summary -----------------------------------------------------------------
