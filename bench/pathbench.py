@@ -725,13 +725,27 @@ def write(res, fq, elapsed):
                 for x, y in res[c][k]["cdf"]:
                     f.write("%.3f %.4f\n" % (x, y))
                 f.write("\n\n")
-    subprocess.run(["gnuplot", "-e", "title='%s'" % ("QUICK MODE: " if QUICK else ""),
-                    os.path.join(HERE, "pathplot.gp")], cwd=HERE, check=True)
+    plot(case_keys(res))
     text = "\n".join(tables(res, fq, QUICK))
     replace_section(os.path.join(HERE, "RESULTS.md"), text)
     if not QUICK:
         replace_section(os.path.join(HERE, "README.md"), text)
         replace_section(os.path.join(ROOT, "README.md"), "\n".join(headline(res, fq)))
+
+
+def plot(cases):
+    """path.png from path.dat: pathplot.gp, told the titles from here."""
+    def array(name, items):
+        return "array %s[%d] = [%s]" % (name, len(items), ", ".join(
+            "'%s'" % s.replace("'", "''") for s in items))
+    title = "%sTwo DoT upstreams, each over its own emulated %d ms path (0-%d ms " \
+        "jitter), %d q/s of unique names" % ("QUICK MODE: " if QUICK else "", RTT_MS,
+                                             2 * JITTER_MS, RATE)
+    cmds = "; ".join([array("cases", [case_label(c) for c in cases]),
+                      array("names", [LABELS[k] for k in PATH_KEYS]),
+                      "title = '%s'" % title])
+    subprocess.run(["gnuplot", "-e", cmds, os.path.join(HERE, "pathplot.gp")],
+                   cwd=HERE, check=True)
 
 
 def headline(res, fq):
