@@ -561,23 +561,33 @@ class Contender:
         self.proc = None
 
     def stats(self):
-        """dnsfwd's SIGUSR1 counters, as a dict ({} for the others)."""
-        if not self.key.startswith("dnsfwd") or self.proc is None:
-            return {}
-        return dnsfwd_stats(self.proc, self.logfile)
+        return dnsfwd_stats(self)
 
 
-def dnsfwd_stats(proc, logfile):
-    with open(logfile, errors="replace") as f:
+def dnsfwd_stats(c, nup=0):
+    """The SIGUSR1 report of contender c (anything with key, proc and
+    logfile; the PATH workload's runners too): the stats line's counters as
+    a dict, and with nup > 0 its "upstreams", one dict per upstream line,
+    once nup of them are written.  {} for a contender that is not a running
+    dnsfwd, or when the report did not come."""
+    if not c.key.startswith("dnsfwd") or c.proc is None:
+        return {}
+    with open(c.logfile, errors="replace") as f:
         before = len(f.read())
-    proc.send_signal(signal.SIGUSR1)
-    end = time.monotonic() + 2
+    c.proc.send_signal(signal.SIGUSR1)
+    end = time.monotonic() + 3
     while time.monotonic() < end:
-        with open(logfile, errors="replace") as f:
+        with open(c.logfile, errors="replace") as f:
             new = f.read()[before:]
         m = re.search(r"stats: (.*)\n", new)
-        if m:
-            return {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", m.group(1))}
+        ups = re.findall(r"upstream (.+?) state=(\S+) (.*)\n", new)
+        if m and len(ups) >= nup:
+            out = {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", m.group(1))}
+            if nup:
+                out["upstreams"] = [dict([("label", lab), ("state", st)] + [
+                    (k, float(v)) for k, v in re.findall(r"(\w+)=(-?[\d.]+)", rest)])
+                    for lab, st, rest in ups]
+            return out
         time.sleep(0.02)
     return {}
 
@@ -774,7 +784,7 @@ def fq_round(fq, out, rnd):
         r = run_latency(c.port, 200, 200, "st%d%s" % (rnd, c.key.replace("-", "")))
         out[c.key]["rounds"].append({
             "steady_p50_us": r["p50_us"], "steady_avg_us": r["avg_us"],
-            "stats_before": c.stats() if c.key.startswith("dnsfwd") else {}})
+            "stats_before": c.stats()})
     log("FIRST-QUERY round %d: %d s of silence" % (rnd + 1, SILENCE))
     time.sleep(SILENCE)
     for c in fq:
@@ -784,7 +794,7 @@ def fq_round(fq, out, rnd):
         rec["first_us"] = r["max_us"] if r["received"] else None
     for c in fq:
         if c.key.startswith("dnsfwd"):
-            out[c.key]["rounds"][-1]["stats_after"] = dnsfwd_stats(c.proc, c.logfile)
+            out[c.key]["rounds"][-1]["stats_after"] = c.stats()
 
 
 def fq_summary(v):

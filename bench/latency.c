@@ -13,10 +13,10 @@
  * lost.  Prints one JSON object: sent, received, lost, bad (answers that
  * are not NOERROR with an answer record), late (queries sent more than
  * 1 ms behind schedule: the client itself fell behind), servfail (answers
- * with rcode SERVFAIL, counted in bad too), over40ms, min,
- * avg, p50, p90, p99, p999 and max in microseconds.  With -o, writes
- * one line per query sent, in sending order, to FILE: its RTT in
- * microseconds and its rcode, or "-1 -1" when it was not answered.
+ * with rcode SERVFAIL, counted in bad too), over40ms, min, avg, p50, p90,
+ * p99, p999 and max in microseconds.  With -o, writes one line per query
+ * sent, in sending order, to FILE: its RTT in microseconds and its rcode,
+ * or "-1 -1" when it was not answered.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -231,9 +231,9 @@ main(int argc, char **argv)
 			if (rtt[n] <= 0)
 				rtt[n] = 1;
 			rcode[n] = buf[3] & 0x0f;
-			if ((buf[3] & 0x0f) != 0 || (buf[6] | buf[7]) == 0)
+			if (rcode[n] != 0 || (buf[6] | buf[7]) == 0)
 				bad++;
-			if ((buf[3] & 0x0f) == 2)
+			if (rcode[n] == 2)		/* SERVFAIL */
 				servfail++;
 			received++;
 		}

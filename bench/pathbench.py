@@ -21,11 +21,11 @@ every query (log-queries); counting the lines with a contender's tag gives
 its upstream queries per client query (second copies included).
 """
 
+import contextlib
 import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -107,6 +107,10 @@ class Runner:
         self.proc = None
         self.logfile = None
 
+    def tag(self, prefix):
+        """prefix and its key, as one DNS label of its queries' names."""
+        return prefix + self.key.replace("-", "")
+
     def ups(self):
         return [p.b_addr for p in self.paths]
 
@@ -114,7 +118,7 @@ class Runner:
         """Where its latency client sends: loopback, or the upstream."""
         return (self.paths[0].b_addr, UP_UDP) if self.key == FLOOR else (LO, self.port)
 
-    def start(self, ctx, link, tag):
+    def start(self, ctx, link):
         if self.key == FLOOR:
             return
         d = os.path.join(ctx["pathdir"], self.key)
@@ -144,45 +148,7 @@ class Runner:
         self.proc = None
 
     def stats(self):
-        if not self.key.startswith("dnsfwd") or self.proc is None:
-            return {}
-        return dnsfwd_stats(self.proc, self.logfile, len(self.paths))
-
-
-def dnsfwd_stats(proc, logfile, nup):
-    """The stats line and one line per upstream of dnsfwd's SIGUSR1."""
-    with open(logfile, errors="replace") as f:
-        before = len(f.read())
-    proc.send_signal(signal.SIGUSR1)
-    end = time.monotonic() + 3
-    while time.monotonic() < end:
-        with open(logfile, errors="replace") as f:
-            new = f.read()[before:]
-        m = re.search(r"stats: (.*)\n", new)
-        ups = re.findall(r"upstream (.+?) state=(\S+) (.*)\n", new)
-        if m and len(ups) >= nup:
-            out = {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)\b", m.group(1))}
-            out["upstreams"] = [dict([("label", lab), ("state", st)] + [
-                (k, float(v)) for k, v in re.findall(r"(\w+)=(-?[\d.]+)", rest)])
-                for lab, st, rest in ups]
-            return out
-        time.sleep(0.05)
-    return {}
-
-
-def tfo_active(pid):
-    """The namespace's TcpExtTCPFastOpenActive (connects that sent data
-    in the SYN and had it accepted), read through PID's /proc."""
-    try:
-        with open("/proc/%d/net/netstat" % pid) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for names, vals in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            d = dict(zip(names.split()[1:], vals.split()[1:]))
-            return int(d.get("TCPFastOpenActive", 0))
-    return None
+        return B.dnsfwd_stats(self, len(self.paths))
 
 
 TCP_KEYS = ("RetransSegs", "TCPLossProbes", "TCPLossProbeRecovery", "TCPTimeouts",
@@ -207,6 +173,13 @@ def tcp_counters(pid):
                 if k in TCP_KEYS:
                     out[k] = int(v)
     return out
+
+
+def tfo_active(r):
+    """Namespace a's TcpExtTCPFastOpenActive (connects that sent data in
+    the SYN and had it accepted), read through r's process; None for the
+    floor or when unreadable."""
+    return tcp_counters(r.proc.pid).get("TCPFastOpenActive") if r.proc else None
 
 
 def diff(a, b):
@@ -322,18 +295,30 @@ def set_paths(link, loss):
         p.clear()
 
 
-def run_case(ctx, link, runners, case):
-    key, label, nodelay, loss, blackhole = case
+@contextlib.contextmanager
+def serving(ctx, link, runners, nodelay, tag):
+    """The upstream and every runner started and answering, over clean
+    paths; all stopped on leaving.  Yields (upstream process, query log)."""
     set_paths(link, 0.0)
-    up, qlog = start_upstream(ctx, link, nodelay, key)
+    up, qlog = start_upstream(ctx, link, nodelay, tag)
     try:
         for r in runners:
-            r.start(ctx, link, key)
+            r.start(ctx, link)
         for r in runners:
-            r.ready(link, "%s%s" % (key, r.key.replace("-", "")))
+            r.ready(link, r.tag(tag))
+        yield up, qlog
+    finally:
+        for r in runners:
+            r.stop()
+        B.stop(up)
+
+
+def run_case(ctx, link, runners, case):
+    key, _, nodelay, loss, blackhole = case
+    with serving(ctx, link, runners, nodelay, key) as (up, qlog):
         set_paths(link, loss)
         time.sleep(1.0)
-        tags = {r.key: "%s%s" % (key, r.key.replace("-", "")) for r in runners}
+        tags = {r.key: r.tag(key) for r in runners}
         rtt = {r.key: os.path.join(ctx["pathdir"], "rtt-%s-%s" % (key, r.key))
                for r in runners}
         jobs = {r.key: latency_argv(link, r, RATE * SECONDS, RATE, tags[r.key], WAIT_MS,
@@ -343,55 +328,64 @@ def run_case(ctx, link, runners, case):
         # ACKs go up), b, the upstream's (answers come down).
         apid = next(r.proc.pid for r in runners if r.proc)
         tcp0 = (tcp_counters(apid), tcp_counters(up.pid))
-        timer = None
-        if blackhole:
-            def hole():
-                for r in runners:
-                    if r.key != FLOOR:
-                        r.paths[0].set(blackhole=1)
-                log("%s: first upstream of every contender blackholed" % key)
-            timer = threading.Timer(BLACKHOLE_AT, hole)
-            timer.start()
+        timer = blackhole_later(runners, key) if blackhole else None
         res = run_clients(jobs, SECONDS + WAIT_MS / 1000 + 60)
         if timer:
             timer.cancel()
         res["_tcp"] = {"a": diff(tcp0[0], tcp_counters(apid)),
                        "b": diff(tcp0[1], tcp_counters(up.pid))}
         time.sleep(0.5)             # the upstream's log lines are written
-        counts = count_queries(qlog, [t.lower() for t in tags.values()])
+        counts = count_queries(qlog, tags.values())
         for r in runners:
-            x = res[r.key]
-            x["upstream_queries"] = counts[tags[r.key].lower()]
-            x["up_per_query"] = x["upstream_queries"] / x["sent"] if x["sent"] else None
-            x["stats"] = r.stats()
-            x["paths"] = [p.stats() for p in r.paths]
-            x["q"] = quantiles(per_query(rtt[r.key]))
-            x["cdf"] = cdf_points(rtt[r.key], x["sent"])
-            x["timeline"] = timeline(rtt[r.key])
+            add_results(res[r.key], r, rtt[r.key], counts[tags[r.key]])
         res["_load"] = "%s / %s" % (load0, loadavg())
-        res["_late_max_us"] = max(p.stats()["up_late_max_us"] for p in link.path)
-        res["_late_max_us"] = max(res["_late_max_us"], max(
-            p.stats()["down_late_max_us"] for p in link.path))
+        res["_late_max_us"] = max(max(st["up_late_max_us"], st["down_late_max_us"])
+                                  for st in (p.stats() for p in link.path))
+    log_case(key, runners, res)
+    return res
+
+
+def blackhole_later(runners, key):
+    """Blackholes the first path of every contender BLACKHOLE_AT s from now;
+    the timer, to cancel."""
+    def hole():
         for r in runners:
-            x = res[r.key]
-            st = x["stats"]
-            q = x["q"]
-            log("%-9s %-34s p50 %s p99 %s p99.9 %s max %s ms  servfail %d "
-                "lost %d  up/q %.3f%s" % (
-                    key, LABELS[r.key], lat(q["p50"]), lat(q["p99"]), lat(q["p999"]),
-                    lat(q["max"]), x["servfail"], x["lost"],
-                    x["up_per_query"] or 0,
-                    "  hedges %d won %d unpaid %d" % (
-                        st.get("hedges", -1), st.get("hedges_won", -1),
-                        st.get("hedges_unpaid", -1)) if st else ""))
-        log("%s: load average %s, pathemu late max %.1f ms" % (
-            key, res["_load"], res["_late_max_us"] / 1e3))
-        log("%s: TCP in namespace a %s; in b %s" % (key, res["_tcp"]["a"], res["_tcp"]["b"]))
-        return res
-    finally:
-        for r in runners:
-            r.stop()
-        B.stop(up)
+            if r.key != FLOOR:
+                r.paths[0].set(blackhole=1)
+        log("%s: first upstream of every contender blackholed" % key)
+    timer = threading.Timer(BLACKHOLE_AT, hole)
+    timer.start()
+    return timer
+
+
+def add_results(x, r, rttfile, upstream_queries):
+    """Adds to x, r's latency client's JSON, what the case measured of r."""
+    x["upstream_queries"] = upstream_queries
+    x["up_per_query"] = upstream_queries / x["sent"] if x["sent"] else None
+    x["stats"] = r.stats()
+    x["paths"] = [p.stats() for p in r.paths]
+    q = per_query(rttfile)
+    x["q"] = quantiles(q)
+    x["cdf"] = cdf_points(q, x["sent"])
+    x["timeline"] = timeline(q)
+
+
+def log_case(key, runners, res):
+    for r in runners:
+        x = res[r.key]
+        st = x["stats"]
+        q = x["q"]
+        log("%-9s %-34s p50 %s p99 %s p99.9 %s max %s ms  servfail %d "
+            "lost %d  up/q %.3f%s" % (
+                key, LABELS[r.key], lat(q["p50"]), lat(q["p99"]), lat(q["p999"]),
+                lat(q["max"]), x["servfail"], x["lost"],
+                x["up_per_query"] or 0,
+                "  hedges %d won %d unpaid %d" % (
+                    st.get("hedges", -1), st.get("hedges_won", -1),
+                    st.get("hedges_unpaid", -1)) if st else ""))
+    log("%s: load average %s, pathemu late max %.1f ms" % (
+        key, res["_load"], res["_late_max_us"] / 1e3))
+    log("%s: TCP in namespace a %s; in b %s" % (key, res["_tcp"]["a"], res["_tcp"]["b"]))
 
 
 def per_query(path):
@@ -419,11 +413,10 @@ def quantiles(q):
     return out
 
 
-def timeline(path):
+def timeline(q):
     """Per second of sending: [second, max ms, answers over 3 x RTT,
-    SERVFAIL, lost], from the latency client's per-query file."""
+    SERVFAIL, lost], from per_query()'s list."""
     out = []
-    q = per_query(path)
     for s in range(0, len(q), RATE):
         w = q[s:s + RATE]
         rtts = [t for t, _ in w if t is not None]
@@ -434,92 +427,88 @@ def timeline(path):
     return out
 
 
-def cdf_points(path, sent):
-    """(latency ms, nines) points of the distribution: nines = -log10(1 - F),
-    F counting lost queries as never answered, so a curve that does not
-    reach the top lost queries."""
-    v = sorted(t * 1e3 for t, rc in per_query(path) if t is not None and rc == 0)
-    pts = []
+def cdf_points(q, sent):
+    """(latency ms, nines) points of the distribution of per_query()'s list:
+    nines = -log10(1 - F), F counting lost queries as never answered, so a
+    curve that does not reach the top lost queries.  A point every 0.02
+    nines, and the slowest right answer."""
+    v = sorted(t for t, rc in q if t is not None and rc == 0)
     if not v or not sent:
-        return pts
-    last = None
+        return []
+    ks = []
     y, top = 0.0, math.log10(sent)
     while y < top:
-        p = 1 - 10 ** -y
-        k = int(math.ceil(p * sent)) - 1
+        k = max(0, int(math.ceil((1 - 10 ** -y) * sent)) - 1)
         if k >= len(v):
             break
-        k = max(0, k)
-        if k != last:
-            pts.append((v[k] / 1e3, round(-math.log10(1 - (k + 1) / sent)
-                                          if k + 1 < sent else math.log10(sent), 4)))
-            last = k
+        if not ks or ks[-1] != k:
+            ks.append(k)
         y += 0.02
-    if last != len(v) - 1:
-        k = len(v) - 1
-        pts.append((v[k] / 1e3, round(-math.log10(1 - (k + 1) / sent)
-                                      if k + 1 < sent else math.log10(sent), 4)))
-    return pts
+    if not ks or ks[-1] != len(v) - 1:
+        ks.append(len(v) - 1)
+    # v[k] is answered by a fraction (k + 1) / sent; all answered: log10(sent).
+    return [(v[k], round(-math.log10(1 - (k + 1) / sent) if k + 1 < sent
+                         else top, 4)) for k in ks]
 
 
 # --- FIRST-QUERY over the path ----------------------------------------------
 
 def first_query(ctx, link, runners):
     """Every FQ contender at once: RATE queries, SILENCE s, one query each."""
-    set_paths(link, 0.0)
-    up, qlog = start_upstream(ctx, link, False, "fq")
     out = {r.key: {"rounds": []} for r in runners}
-    idle = ["--idle-timeout", "2"] if QUICK else []
-    try:
-        for r in runners:
-            if r.key.startswith("dnsfwd"):
-                r.extra = idle
-            r.start(ctx, link, "fq")
-        for r in runners:
-            r.ready(link, "fq%s" % r.key.replace("-", ""))
+    for r in runners:
+        if r.key.startswith("dnsfwd"):
+            r.extra = ["--idle-timeout", "2"] if QUICK else []
+    with serving(ctx, link, runners, False, "fq"):
         for rnd in range(FQ_ROUNDS):
-            jobs = {r.key: latency_argv(link, r, RATE, RATE, "st%d%s" % (
-                rnd, r.key.replace("-", "")), 1000) for r in runners}
+            jobs = {r.key: latency_argv(link, r, RATE, RATE, r.tag("st%d" % rnd), 1000)
+                    for r in runners}
             steady = run_clients(jobs, 30)
             before = {r.key: r.stats() for r in runners}
             log("FIRST-QUERY round %d: %d s of silence" % (rnd + 1, SILENCE))
             time.sleep(SILENCE)
             load = loadavg()
             for r in runners:
-                conns = B.upstream_conns(r.pids())
-                t0 = tfo_active(r.proc.pid) if r.proc else None
-                x = run_clients({r.key: latency_argv(link, r, 1, 1, "fq%d%s" % (
-                    rnd, r.key.replace("-", "")), 3000)}, 30)[r.key]
-                t1 = tfo_active(r.proc.pid) if r.proc else None
-                rec = {"steady_p50_us": steady[r.key]["p50_us"],
-                       "first_us": x["max_us"] if x["received"] and not x["bad"] else None,
-                       "conns_before": conns, "load": load,
-                       "tfo_active": None if t0 is None or t1 is None else t1 - t0}
-                if r.key.startswith("dnsfwd"):
-                    a = r.stats()
-                    b = before[r.key]
-                    rec["tls_full"] = a.get("tls_full", 0) - b.get("tls_full", 0)
-                    rec["tls_resumed"] = a.get("tls_resumed", 0) - b.get("tls_resumed", 0)
-                out[r.key]["rounds"].append(rec)
-        for k, v in out.items():
-            rs = v["rounds"]
-            firsts = [x["first_us"] for x in rs]
-            v["first_us"] = B.med(firsts) if None not in firsts else None
-            v["steady_p50_us"] = B.med([x["steady_p50_us"] for x in rs])
-            v["conns_before"] = min(x["conns_before"] for x in rs)
-            v["tfo"] = sum(x["tfo_active"] or 0 for x in rs)
-            if k.startswith("dnsfwd"):
-                v["tls_full"] = sum(x["tls_full"] for x in rs)
-                v["tls_resumed"] = sum(x["tls_resumed"] for x in rs)
-            log("FIRST-QUERY %-34s steady p50 %6.1f ms  first %s ms (%s)  TFO %d" % (
-                LABELS[k], (v["steady_p50_us"] or 0) / 1e3,
-                "%.1f" % (v["first_us"] / 1e3) if v["first_us"] else "lost",
-                ", ".join("%.1f" % ((x["first_us"] or 0) / 1e3) for x in rs), v["tfo"]))
-        return out
-    finally:
-        for r in runners:
-            r.stop()
-        B.stop(up)
+                out[r.key]["rounds"].append(fq_first(link, r, rnd, before[r.key], load))
+                out[r.key]["rounds"][-1]["steady_p50_us"] = steady[r.key]["p50_us"]
+    for k, v in out.items():
+        fq_summary(k, v)
+    return out
+
+
+def fq_first(link, r, rnd, before, load):
+    """r's first query after the silence, as a round's record; before is
+    r.stats() from before the silence."""
+    conns = B.upstream_conns(r.pids())
+    t0 = tfo_active(r)
+    x = run_clients({r.key: latency_argv(link, r, 1, 1, r.tag("fq%d" % rnd), 3000)},
+                    30)[r.key]
+    t1 = tfo_active(r)
+    rec = {"first_us": x["max_us"] if x["received"] and not x["bad"] else None,
+           "conns_before": conns, "load": load,
+           "tfo_active": None if t0 is None or t1 is None else t1 - t0}
+    if r.key.startswith("dnsfwd"):
+        a = r.stats()
+        rec["tls_full"] = a.get("tls_full", 0) - before.get("tls_full", 0)
+        rec["tls_resumed"] = a.get("tls_resumed", 0) - before.get("tls_resumed", 0)
+    return rec
+
+
+def fq_summary(k, v):
+    """Medians over v's rounds; TFO connects and handshakes summed."""
+    rs = v["rounds"]
+    firsts = [x["first_us"] for x in rs]
+    v["first_us"] = B.med(firsts) if None not in firsts else None
+    v["steady_p50_us"] = B.med([x["steady_p50_us"] for x in rs])
+    v["conns_before"] = min(x["conns_before"] for x in rs)
+    v["tfo"] = sum(x["tfo_active"] or 0 for x in rs)
+    if k.startswith("dnsfwd"):
+        v["tls_full"] = sum(x["tls_full"] for x in rs)
+        v["tls_resumed"] = sum(x["tls_resumed"] for x in rs)
+    log("FIRST-QUERY %-34s steady p50 %6.1f ms  first %s ms (%s)  TFO %d" % (
+        LABELS[k], (v["steady_p50_us"] or 0) / 1e3,
+        "%.1f" % (v["first_us"] / 1e3) if v["first_us"] else "lost",
+        ", ".join("%.1f" % ((x["first_us"] or 0) / 1e3) for x in rs), v["tfo"]))
 
 
 # --- summary -----------------------------------------------------------------
@@ -736,13 +725,27 @@ def write(res, fq, elapsed):
                 for x, y in res[c][k]["cdf"]:
                     f.write("%.3f %.4f\n" % (x, y))
                 f.write("\n\n")
-    subprocess.run(["gnuplot", "-e", "title='%s'" % ("QUICK MODE: " if QUICK else ""),
-                    os.path.join(HERE, "pathplot.gp")], cwd=HERE, check=True)
+    plot(case_keys(res))
     text = "\n".join(tables(res, fq, QUICK))
     replace_section(os.path.join(HERE, "RESULTS.md"), text)
     if not QUICK:
         replace_section(os.path.join(HERE, "README.md"), text)
         replace_section(os.path.join(ROOT, "README.md"), "\n".join(headline(res, fq)))
+
+
+def plot(cases):
+    """path.png from path.dat: pathplot.gp, told the titles from here."""
+    def array(name, items):
+        return "array %s[%d] = [%s]" % (name, len(items), ", ".join(
+            "'%s'" % s.replace("'", "''") for s in items))
+    title = "%sTwo DoT upstreams, each over its own emulated %d ms path (0-%d ms " \
+        "jitter), %d q/s of unique names" % ("QUICK MODE: " if QUICK else "", RTT_MS,
+                                             2 * JITTER_MS, RATE)
+    cmds = "; ".join([array("cases", [case_label(c) for c in cases]),
+                      array("names", [LABELS[k] for k in PATH_KEYS]),
+                      "title = '%s'" % title])
+    subprocess.run(["gnuplot", "-e", cmds, os.path.join(HERE, "pathplot.gp")],
+                   cwd=HERE, check=True)
 
 
 def headline(res, fq):
@@ -781,7 +784,6 @@ def run(bench, ctx):
         B.die("PATH: cannot emulate a path: %s" % why)
     ctx["pathdir"] = os.path.join(ctx["dir"], "path")
     os.makedirs(ctx["pathdir"])
-    ctx["ca"] = ctx["certs"] + "/ca.pem"
     # One path for the floor, two for every other contender.
     npaths = 1 + 2 * (len(FQ_KEYS) - 1)
     with pathemu.Link(paths=npaths) as link:

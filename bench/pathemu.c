@@ -78,6 +78,7 @@
 #define CTL_MAX		512	/* octets in a control command */
 #define CLIENTS		4	/* control connections at once */
 #define MS_MAX		60000.0
+#define EXPIRED		0	/* armed: the timer fired, set it again */
 
 enum tag { T_A, T_B, T_TIMER, T_SIGNAL, T_STDIN, T_LISTEN, T_CLIENT };
 
@@ -328,6 +329,9 @@ dir_release(struct dir *d, uint64_t now)
 /*
  * One timer for both directions, at the earlier head, or disarmed; set
  * only when that changes, which saves a system call per wakeup under load.
+ * After it fires it is always set (no due time is EXPIRED), and setting a
+ * timerfd zeroes its expiry count: that, not a read per expiry, keeps it
+ * from staying readable.
  */
 static void
 arm_timer(void)
@@ -757,7 +761,6 @@ static void
 dispatch(const struct epoll_event *ev, uint64_t now, int *done)
 {
 	uint32_t	 tag = ev->data.u32;
-	uint64_t	 ticks;
 
 	switch (tag) {
 	case T_A:
@@ -767,9 +770,7 @@ dispatch(const struct epoll_event *ev, uint64_t now, int *done)
 		dir_read(&down, now);
 		break;
 	case T_TIMER:
-		if (read(tfd, &ticks, sizeof(ticks)) == -1 && errno != EAGAIN)
-			perror("pathemu: timerfd");
-		armed = UINT64_MAX;	/* expired: arm again for what is left */
+		armed = EXPIRED;
 		break;
 	case T_SIGNAL:
 	case T_STDIN:
