@@ -132,14 +132,15 @@ def _upstreams(d):
 
 
 def _attempt_ms(u):
-    """The attempt timeout health.c gives an upstream of line u (None: a
-    daemon without these lines, held to the floor)."""
+    """The attempt timeout health.c gives an upstream of line u: srtt +
+    4 x rttvar, the variance term at least srtt / 2, at least 100 ms
+    (None: a daemon without these lines, held to the floor)."""
     if not u:
         return ATTEMPT_MIN_MS
     srtt, rttvar = float(u["srtt_ms"]), float(u["rttvar_ms"])
     if srtt == 0:
         return 1000.0
-    return max(ATTEMPT_MIN_MS, math.ceil(srtt + 4 * rttvar))
+    return max(ATTEMPT_MIN_MS, math.ceil(srtt + max(4 * rttvar, srtt / 2)))
 
 
 def _ms(x):
@@ -298,7 +299,7 @@ def path_lost_segment_other_upstream(t):
 
 @scenario
 def path_hedge_after_attempt_timeout(t):
-    """One upstream behind a 30 ms path drops the first query for a name: the client gets the answer after the attempt timeout (srtt + 4 x rttvar, at least 100 ms) and within it + RTT + 80 ms, from a second copy over a second connection; hedges and hedges_won rise by 1."""
+    """One upstream behind a 30 ms path drops the first query for a name: the client gets the answer after the attempt timeout (srtt + 4 x rttvar, the variance term at least srtt / 2, at least 100 ms) and within it + RTT + 80 ms, from a second copy over a second connection; hedges and hedges_won rise by 1."""
     def body(link):
         p = link.path[0]
         fu = _fakeup(t, link, p)
