@@ -75,7 +75,7 @@ def _since(fu, t0, prefix):
                 if q["t"] >= t0 and q["qname"].startswith(prefix)]
 
 
-def _upstream_lines(d):
+def upstream_lines(d):
     """SIGUSR1's per-upstream lines, newest last, as dicts."""
     d.stats()
     out = {}
@@ -113,10 +113,10 @@ def health_blackhole_upstream(t):
     res = _stream(d.port, 4.0, 0.05, "bh")
     _expect_share(t, res, 2.0, 0.95, 1.5, "one upstream blackholed")
     it.check(hole.nqueries() >= 1, "the blackholed upstream was never tried")
-    ups = _upstream_lines(d)
-    u0 = [v for k, v in ups.items() if k == "u0"]
-    it.check(u0 and u0[0].get("state") == "demoted" and
-             int(u0[0].get("timeouts", 0)) >= 1, "SIGUSR1 for the silent "
+    ups = upstream_lines(d)
+    u0 = ups.get("u0", {})
+    it.check(u0.get("state") == "demoted" and
+             int(u0.get("timeouts", 0)) >= 1, "SIGUSR1 for the silent "
              "upstream: %s, want state=demoted and timeouts counted" % ups)
 
 
@@ -135,7 +135,7 @@ def health_rcode_upstream(t):
         t.note("%s: %d of %d answered from the start" % (rcode, *first))
         it.check(bad.nqueries() >= 1, "the %s upstream was never tried" %
                  rcode)
-        ups = _upstream_lines(d)
+        ups = upstream_lines(d)
         it.check(int(ups.get("u0", {}).get(rcode.lower(), 0)) >= 1,
                  "SIGUSR1 does not count the %s answers: %s" % (rcode, ups))
         d.stop_and_check()
@@ -313,7 +313,7 @@ def health_notify_status(t):
         ns.close()
 
 
-def _tfo_counters():
+def tfo_counters():
     """TcpExt TCPFastOpen* counters of the calling thread's namespace."""
     with open("/proc/thread-self/net/netstat") as f:
         rows = [ln.split() for ln in f if ln.startswith("TcpExt:")]
@@ -328,19 +328,18 @@ def health_fastopen(t):
 
     def reconnect_twice(fu, *extra):
         d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000", *extra)
-        before = _tfo_counters()
+        before = tfo_counters()
         for i in range(3):
             it.expect_a(it.ask_udp(d.port, "tfo%d.example." % i), it.GOOD_ADDR,
                         "query %d" % i)
             fu.close_all(graceful=True)
             time.sleep(0.1)
-        after = _tfo_counters()
+        after = tfo_counters()
         d.stop_and_check()
         return {k: after.get(k, 0) - before.get(k, 0) for k in after}
 
     def body():
-        with open("/proc/sys/net/ipv4/tcp_fastopen", "w") as f:
-            f.write("3\n")
+        svc.sysctl("net/ipv4/tcp_fastopen", "3")
         delta = reconnect_twice(t.fakeup(fastopen=True))
         t.note("Fast Open server: %s" % delta)
         it.check(delta.get("TCPFastOpenActive", 0) >= 1, "no connection "

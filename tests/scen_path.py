@@ -24,9 +24,7 @@ skipped, and counted, when a Link cannot be made (not root, no
 busy cores: tens of milliseconds over the path's own figures, never as
 much as what they rule out (TCP's retransmission, a deadline).
 """
-import ctypes
 import math
-import os
 import statistics
 import threading
 import time
@@ -36,6 +34,8 @@ import dns.rcode
 import fakeup
 import pathemu
 import scen
+import scen_health
+import scen_service
 
 it = None                  # the integration module, set by register()
 _reg = scen.Registry(__name__)
@@ -49,40 +49,9 @@ def register(mod):
 RTT_MS = 30                 # each path's round trip: 15 ms each way
 ATTEMPT_MIN_MS = 100        # health.c: the attempt timeout's floor
 HEDGE_EVERY, HEDGE_BURST = 20, 10   # mux.c: the hedge budget
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # ---------------------------------------------------------------- helpers
-
-def _in_ns(link, side, fn, *args, timeout=120):
-    """fn(*args) on a new thread moved into namespace side of link; its
-    value, or its exception raised here.  Sockets, threads and processes
-    it makes stay in that namespace; the thread ends with fn."""
-    box = {}
-
-    def body():
-        try:
-            fd = os.open("/run/netns/" + link.ns(side), os.O_RDONLY)
-            try:
-                if _libc.setns(fd, pathemu.CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, "setns: " + os.strerror(e))
-            finally:
-                os.close(fd)
-            box["ret"] = fn(*args)
-        except BaseException as e:      # handed to the caller's thread
-            box["exc"] = e
-
-    th = threading.Thread(target=body, name="path-" + side, daemon=True)
-    th.start()
-    th.join(timeout)
-    if th.is_alive():
-        raise it.Fail("scenario body in namespace %s still running after "
-                      "%d s" % (side, timeout))
-    if "exc" in box:
-        raise box["exc"]
-    return box.get("ret")
-
 
 def _on_path(t, paths, body, timeout=150):
     """Makes a Link of `paths` paths, each with a 30 ms round trip, runs
@@ -96,7 +65,7 @@ def _on_path(t, paths, body, timeout=150):
     try:
         for p in link.path:
             p.set(delay_ms=RTT_MS / 2)
-        return _in_ns(link, "a", body, link, timeout=timeout)
+        return link.in_ns("a", body, link, timeout=timeout)
     finally:
         for d in t.daemons:
             if d.proc is not None and not d.checked:
@@ -113,22 +82,11 @@ def _on_path(t, paths, body, timeout=150):
 
 def _fakeup(t, link, path, **kw):
     """A fakeup in namespace b, listening on path's b address."""
-    return _in_ns(link, "b", lambda: t.fakeup(host=path.b_addr, **kw),
-                  timeout=30)
+    return link.in_ns("b", lambda: t.fakeup(host=path.b_addr, **kw))
 
 
 def _up(fu, path, ca=True):
     return it.tls_up(fu, ca=ca, host=path.b_addr)
-
-
-def _upstreams(d):
-    """SIGUSR1's per-upstream lines, as {"u0": {key: value}}."""
-    d.stats()
-    out = {}
-    for ln in d.grep("upstream u"):
-        f = ln.split("upstream ", 1)[1].split()
-        out[f[0]] = dict(x.split("=", 1) for x in f[2:] if "=" in x)
-    return out
 
 
 def _attempt_ms(u):
@@ -219,7 +177,7 @@ def path_lost_segment_other_upstream(t):
         d = t.dnsfwd(*_up(fus[0], p0), *_up(fus[1], p1, ca=False),
                      "--timeout", "3000")
         warm = _warm(d, "w", 12)
-        ups = _upstreams(d)
+        ups = scen_health.upstream_lines(d)
         att = {k: _attempt_ms(v) for k, v in ups.items()}
         t.note("warm-up p50 %.1f ms; upstreams %s; attempt timeouts %s" % (
             statistics.median(warm), {k: (v["srtt_ms"], v["rttvar_ms"])
@@ -314,7 +272,7 @@ def path_hedge_after_attempt_timeout(t):
         it.expect_a(r, it.GOOD_ADDR, "first dropped name")
         prime_ms = _ms(r.elapsed)
         warm += _warm(d, "v", 6)
-        u = _upstreams(d).get("u0", {})
+        u = scen_health.upstream_lines(d).get("u0", {})
         att = _attempt_ms(u)
         before = d.stats()
         r = it.ask_udp(d.port, "popular.example.", timeout=3)
@@ -381,7 +339,7 @@ def path_hedge_budget_slow_path(t):
             mid["stats"] = d.stats()
         res, t0 = _stream(d.port, 8.0, gap, "b", timeout=4.5,
                           at={2.0: slow_down, 3.0: look})
-        u = _upstreams(d).get("u0", {})
+        u = scen_health.upstream_lines(d).get("u0", {})
         n = len(res)
 
         def delta(k):
@@ -434,12 +392,12 @@ def path_slow_steady_outlier_waited(t):
         res, _ = _stream(d.port, 3.0, 0.025, "st", timeout=4.5)
         _no_failures(res, "steady 300 ms path")
         time.sleep(0.5)
-        u0 = _upstreams(d).get("u0", {})
+        u0 = scen_health.upstream_lines(d).get("u0", {})
         h0 = _hedge_counts(d.stats(), u0)
         r = it.ask_udp(d.port, "outlier.example.", timeout=4)
         it.expect_a(r, it.GOOD_ADDR, "the late answer")
         time.sleep(0.3)
-        u1 = _upstreams(d).get("u0", {})
+        u1 = scen_health.upstream_lines(d).get("u0", {})
         h1 = _hedge_counts(d.stats(), u1)
         demoted = d.grep("no answer within the attempt timeout")
         t.note("before: srtt %s rttvar %s ms (attempt timeout %.0f ms); "
@@ -459,15 +417,7 @@ def path_slow_steady_outlier_waited(t):
 
 def _tfo_active():
     """TcpExt TCPFastOpenActive of the calling thread's namespace."""
-    with open("/proc/thread-self/net/netstat") as f:
-        rows = [ln.split() for ln in f if ln.startswith("TcpExt:")]
-    return dict(zip(rows[0][1:], map(int, rows[1][1:]))).get(
-        "TCPFastOpenActive", 0)
-
-
-def _set_fastopen(value):
-    with open("/proc/sys/net/ipv4/tcp_fastopen", "w") as f:
-        f.write("%d\n" % value)
+    return scen_health.tfo_counters().get("TCPFastOpenActive", 0)
 
 
 @scenario
@@ -492,8 +442,9 @@ def path_fastopen_saves_round_trip(t):
 
     def body(link):
         p = link.path[0]
-        _set_fastopen(3)
-        link.in_ns("b", _set_fastopen, 3)
+        fastopen = ("net/ipv4/tcp_fastopen", "3")
+        scen_service.sysctl(*fastopen)
+        link.in_ns("b", scen_service.sysctl, *fastopen)
         fu = _fakeup(t, link, p, fastopen=True)
         d = t.dnsfwd(*_up(fu, p), "--timeout", "3000")
         fo, fo_active = reconnects(d, fu, "fo")

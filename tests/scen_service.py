@@ -1189,11 +1189,11 @@ def _two_paths(t, nups=1):
         # Replies to path A's address may come back over path B: no
         # reverse-path filter, in either namespace.
         for dev in ("all", "vA", "vB"):
-            _sysctl("net/ipv4/conf/%s/rp_filter" % dev, "0")
+            sysctl("net/ipv4/conf/%s/rp_filter" % dev, "0")
         for dev in ("all", "vAu", "vBu"):
-            peer.call(_sysctl, "net/ipv4/conf/%s/rp_filter" % dev, "0")
+            peer.call(sysctl, "net/ipv4/conf/%s/rp_filter" % dev, "0")
         # Removing 10.1.0.2 then leaves path A working from 10.1.0.3.
-        _sysctl("net/ipv4/conf/vA/promote_secondaries", "1")
+        sysctl("net/ipv4/conf/vA/promote_secondaries", "1")
         ip("addr", "add", "10.1.0.3/24", "dev", "vA")
         for i in range(nups):
             peer.call(ip, "addr", "add", PATHS_UP % (53 + i) + "/32", "dev",
@@ -1207,7 +1207,7 @@ def _two_paths(t, nups=1):
     return peer, fu
 
 
-def _sysctl(name, value):
+def sysctl(name, value):
     """Sets /proc/sys/NAME in the calling thread's namespace."""
     with open("/proc/sys/" + name, "w") as f:
         f.write(value)
