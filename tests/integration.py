@@ -46,6 +46,7 @@ import dns.rcode     # noqa: E402
 import dns.rdatatype  # noqa: E402
 
 import fakeup        # noqa: E402
+from checks import Fail, Skip, check  # noqa: E402
 from fakeup import FakeUpstream, GOOD_ADDR, BAD_ADDR  # noqa: E402
 from unbound import Unbound, WWW_ADDR  # noqa: E402
 import unbound as unbound_mod  # noqa: E402
@@ -56,15 +57,6 @@ RUNS = itertools.count()
 PKI = None             # directory made by mkcerts.sh
 ALL_PROCS = set()      # every Popen we started, killed by PID at exit
 ALL_PROCS_LOCK = threading.Lock()
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
 
 
 def pki(name):
@@ -1783,10 +1775,6 @@ def _have_ipv6():
         return True
     except OSError:
         return False
-
-
-class Skip(Exception):
-    pass
 
 
 @scenario
