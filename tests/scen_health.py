@@ -262,9 +262,7 @@ def health_own_resets_no_blame(t):
         th.start()
         for src in ("127.0.0.2", "127.0.0.1", "127.0.0.2"):
             time.sleep(0.7)
-            svc.ip("route", "replace", "local", "127.0.0.1", "dev", "lo",
-                   "proto", "kernel", "scope", "host", "src", src,
-                   "table", "local")
+            svc.move_local_route(src)
         th.join(10)
         r = box.get("r")
         it.check(r is not None, "no result for the query")

@@ -950,17 +950,21 @@ SETTLE = 1.5
 PATHS_UP = "10.53.0.%d"
 
 
-# A change of the route to an upstream on 127.0.0.1 that needs no second
-# namespace: its preferred source becomes 127.0.0.2.
-MOVE_LOCAL_ROUTE = ("route", "replace", "local", "127.0.0.1", "dev", "lo",
-                    "proto", "kernel", "scope", "host", "src", "127.0.0.2",
-                    "table", "local")
+def local_route(src):
+    """ip(8) arguments that make src the preferred source of the route to
+    127.0.0.1: a change of the route to an upstream there that needs no
+    second namespace."""
+    return ("route", "replace", "local", "127.0.0.1", "dev", "lo", "proto",
+            "kernel", "scope", "host", "src", src, "table", "local")
 
 
-def move_local_route():
-    """Moves the path to 127.0.0.1 (MOVE_LOCAL_ROUTE), in the calling
-    thread's namespace."""
-    ip(*MOVE_LOCAL_ROUTE)
+MOVE_LOCAL_ROUTE = local_route("127.0.0.2")
+
+
+def move_local_route(src="127.0.0.2"):
+    """Moves the path to 127.0.0.1 to source src, in the calling thread's
+    namespace."""
+    ip(*local_route(src))
 
 
 def _apply(change):
