@@ -34,33 +34,42 @@ def register(mod):
 
 # ---------------------------------------------------------------- helpers
 
-def _stream(port, seconds, gap, prefix, timeout=4.0):
-    """A query for a new name every `gap` s for `seconds`, each in its own
-    thread; [(seconds after the start it was sent, Reply)] in order."""
-    t0 = time.monotonic()
+def stream(port, seconds, gap, prefix, timeout=4.0, at=None):
+    """A query for a new name every `gap` s for `seconds`, each from its
+    own thread; [(monotonic time sent, name, Reply)].  at: {offset s:
+    fn}, each fn called on a thread of its own at that offset."""
+    t0 = time.monotonic() + 0.05
     n = int(seconds / gap)
     out = [None] * n
 
     def one(i):
-        at = i * gap
-        left = t0 + at - time.monotonic()
+        left = t0 + i * gap - time.monotonic()
         if left > 0:
             time.sleep(left)
-        out[i] = (at, it.ask_udp(port, "%s%d.example." % (prefix, i),
-                                 timeout=timeout))
+        name = "%s%d.example." % (prefix, i)
+        sent = time.monotonic()
+        out[i] = (sent, name, it.ask_udp(port, name, timeout=timeout))
+
+    def later(off, fn):
+        left = t0 + off - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+        fn()
     ths = [threading.Thread(target=one, args=(i,), daemon=True)
            for i in range(n)]
+    ths += [threading.Thread(target=later, args=(off, fn), daemon=True)
+            for off, fn in sorted((at or {}).items())]
     for th in ths:
         th.start()
     for th in ths:
-        th.join(seconds + timeout + 5)
-    return [x for x in out if x is not None]
+        th.join(seconds + timeout + 10)
+    return [x for x in out if x is not None], t0
 
 
-def _share(results, after):
-    """(answered NOERROR with the right address, asked) of those sent at or
-    after `after` seconds."""
-    late = [r for at, r in results if at >= after]
+def _share(results, t0, after):
+    """(answered NOERROR with the right address, asked) of those of
+    stream()'s results sent at or after `after` seconds from t0."""
+    late = [r for sent, _, r in results if sent - t0 >= after]
     good = sum(1 for r in late if r.msg is not None and
                r.msg.rcode() == dns.rcode.NOERROR and
                r.addrs() == [it.GOOD_ADDR])
@@ -86,16 +95,17 @@ def upstream_lines(d):
     return out
 
 
-def _expect_share(t, results, after, want, deadline_s, what):
-    good, n = _share(results, after)
+def _expect_share(t, results, t0, after, want, deadline_s, what):
+    good, n = _share(results, t0, after)
     t.note("%s: %d of %d answered after %.1f s" % (what, good, n, after))
     it.check(n > 0 and good >= want * n, "%s: %d of %d queries sent after "
              "%.1f s answered NOERROR, want %d%%" % (what, good, n, after,
                                                      want * 100))
-    slowest = max(r.elapsed for _, r in results if r.msg is not None)
+    slowest = max(r.elapsed for _, _, r in results if r.msg is not None)
     it.check(slowest <= deadline_s + 0.7, "%s: a query waited %.2f s, past "
              "its %.1f s deadline" % (what, slowest, deadline_s))
-    lost = [at for at, r in results if r.msg is None]
+    lost = ["%.2f" % (sent - t0) for sent, _, r in results
+            if r.msg is None]
     it.check(not lost, "%s: no reply at all to queries sent at %s s" % (
         what, lost[:5]))
 
@@ -110,8 +120,8 @@ def health_blackhole_upstream(t):
     hole.set(mode="silent")
     d = t.dnsfwd(*it.tls_up(hole), *it.tls_up(good, ca=False),
                  "--timeout", "1500")
-    res = _stream(d.port, 4.0, 0.05, "bh")
-    _expect_share(t, res, 2.0, 0.95, 1.5, "one upstream blackholed")
+    res, t0 = stream(d.port, 4.0, 0.05, "bh")
+    _expect_share(t, res, t0, 2.0, 0.95, 1.5, "one upstream blackholed")
     it.check(hole.nqueries() >= 1, "the blackholed upstream was never tried")
     ups = upstream_lines(d)
     u0 = ups.get("u0", {})
@@ -129,9 +139,9 @@ def health_rcode_upstream(t):
         bad.set(mode="rcode_all", rcode=rcode)
         d = t.dnsfwd(*it.tls_up(bad), *it.tls_up(good, ca=False),
                      "--timeout", "1500")
-        res = _stream(d.port, 3.0, 0.05, "rc%s" % rcode.lower())
-        _expect_share(t, res, 2.0, 0.95, 1.5, "one upstream %s" % rcode)
-        first = _share(res, 0.0)
+        res, t0 = stream(d.port, 3.0, 0.05, "rc%s" % rcode.lower())
+        _expect_share(t, res, t0, 2.0, 0.95, 1.5, "one upstream %s" % rcode)
+        first = _share(res, t0, 0.0)
         t.note("%s: %d of %d answered from the start" % (rcode, *first))
         it.check(bad.nqueries() >= 1, "the %s upstream was never tried" %
                  rcode)
@@ -208,15 +218,10 @@ def health_upstream_recovers(t):
     fast.set(mode="rcode_all", rcode="REFUSED")
     d = t.dnsfwd(*it.tls_up(fast), *it.tls_up(slow_up, ca=False),
                  "--timeout", "2000")
-    timer = threading.Timer(2.5, lambda: fast.set(mode="normal"))
-    timer.start()
-    try:
-        t0 = time.monotonic()
-        res = _stream(d.port, 8.0, 0.1, "rec")
-    finally:
-        timer.cancel()
-    _expect_share(t, res, 0.0, 0.95, 2.0, "faster upstream refusing, then "
-                  "back")
+    res, t0 = stream(d.port, 8.0, 0.1, "rec",
+                     at={2.5: lambda: fast.set(mode="normal")})
+    _expect_share(t, res, t0, 0.0, 0.95, 2.0, "faster upstream refusing, "
+                  "then back")
     late = t0 + 6.0
     n_fast = len(_since(fast, late, "rec"))
     n_slow = len(_since(slow_up, late, "rec"))

@@ -26,7 +26,6 @@ much as what they rule out (TCP's retransmission, a deadline).
 """
 import math
 import statistics
-import threading
 import time
 
 import dns.rcode
@@ -120,38 +119,6 @@ def _warm(d, prefix, n):
     return out
 
 
-def _stream(port, seconds, gap, prefix, timeout=4.0, at=None):
-    """A query for a new name every `gap` s for `seconds`, each from its
-    own thread; [(monotonic time sent, name, Reply)].  at: {offset s:
-    fn}, each fn called on a thread of its own at that offset."""
-    t0 = time.monotonic() + 0.05
-    n = int(seconds / gap)
-    out = [None] * n
-
-    def one(i):
-        left = t0 + i * gap - time.monotonic()
-        if left > 0:
-            time.sleep(left)
-        name = "%s%d.example." % (prefix, i)
-        sent = time.monotonic()
-        out[i] = (sent, name, it.ask_udp(port, name, timeout=timeout))
-
-    def later(off, fn):
-        left = t0 + off - time.monotonic()
-        if left > 0:
-            time.sleep(left)
-        fn()
-    ths = [threading.Thread(target=one, args=(i,), daemon=True)
-           for i in range(n)]
-    ths += [threading.Thread(target=later, args=(off, fn), daemon=True)
-            for off, fn in sorted((at or {}).items())]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join(seconds + timeout + 10)
-    return [x for x in out if x is not None], t0
-
-
 def _pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
@@ -200,7 +167,7 @@ def path_lost_segment_other_upstream(t):
             link.path[k].set(blackhole=0)
             box["end"] = time.monotonic()
 
-        res, t0 = _stream(d.port, 3.0, 0.02, "s", timeout=3.5,
+        res, t0 = scen_health.stream(d.port, 3.0, 0.02, "s", timeout=3.5,
                           at={1.0: blackhole})
         after = d.stats()
         it.check("end" in box, "the blackhole never ran")
@@ -337,7 +304,7 @@ def path_hedge_budget_slow_path(t):
         def look():
             mid["look"] = time.monotonic()
             mid["stats"] = d.stats()
-        res, t0 = _stream(d.port, 8.0, gap, "b", timeout=4.5,
+        res, t0 = scen_health.stream(d.port, 8.0, gap, "b", timeout=4.5,
                           at={2.0: slow_down, 3.0: look})
         u = scen_health.upstream_lines(d).get("u0", {})
         n = len(res)
@@ -389,7 +356,7 @@ def path_slow_steady_outlier_waited(t):
         fu = _fakeup(t, link, p)
         fu.rule("outlier.example.", delay_ms=60)
         d = t.dnsfwd(*_up(fu, p), "--timeout", "4000")
-        res, _ = _stream(d.port, 3.0, 0.025, "st", timeout=4.5)
+        res, _ = scen_health.stream(d.port, 3.0, 0.025, "st", timeout=4.5)
         _no_failures(res, "steady 300 ms path")
         time.sleep(0.5)
         u0 = scen_health.upstream_lines(d).get("u0", {})
