@@ -2483,8 +2483,10 @@ def coalesced_own_deadline(t):
     ra, rb = _staggered(d.port, [(0, make_query(name, qid=0x0a0a)),
                                  (0.5, make_query(name, qid=0x0b0b))])
     expect_servfail(ra, "first query, its deadline passed at 2 s")
-    check(1.7 <= ra.elapsed <= 2.2, "first query: SERVFAIL after %.2f s, "
-          "want about 2 s" % ra.elapsed)
+    # Its deadline moved to the joiner's would bring it the 2.25 s answer
+    # (not SERVFAIL): the bound has only to stay clear of the joiner's 2.5 s.
+    check(1.7 <= ra.elapsed <= 2.4, "first query: SERVFAIL after %.2f s, "
+          "want about 2 s, before the joiner's deadline" % ra.elapsed)
     expect_a(rb, GOOD_ADDR, "query that joined at 0.5 s (deadline 2.5 s), "
              "upstream answer at 2.25 s")
     check(rb.elapsed <= 2.0, "joined query answered %.2f s after it was "
