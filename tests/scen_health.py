@@ -115,13 +115,19 @@ def _expect_share(t, results, t0, after, want, deadline_s, what):
 @scenario
 @slow
 def health_blackhole_upstream(t):
-    """Of two upstreams, the first accepts TLS and then answers nothing (silent, connected) and the second is healthy: with --timeout 1500, of a query every 50 ms for 4 s at least 95% of those sent after the first 2 s are answered NOERROR, none waits past its deadline, and SIGUSR1 shows the first demoted with timeouts counted."""
+    """Of two upstreams, the first accepts TLS and then answers nothing (silent, connected) and the second is healthy: with --timeout 1500, of a query every 50 ms for 4 s at least 95% of those sent after the first 2 s are answered NOERROR, none of them after 0.5 s (none waited out an attempt timeout on the first), none waits past its deadline, and SIGUSR1 shows the first demoted with timeouts counted."""
     hole, good = t.fakeup(), t.fakeup()
     hole.set(mode="silent")
     d = t.dnsfwd(*it.tls_up(hole), *it.tls_up(good, ca=False),
                  "--timeout", "1500")
     res, t0 = stream(d.port, 4.0, 0.05, "bh")
     _expect_share(t, res, t0, 2.0, 0.95, 1.5, "one upstream blackholed")
+    # Demoted, it takes no query first: none waits out its attempt
+    # timeout (750 ms, half the deadline, for one never heard from).
+    slow = [(round(s - t0, 2), round(r.elapsed, 3)) for s, _, r in res
+            if s - t0 >= 2.0 and r.elapsed > 0.5]
+    it.check(not slow, "queries sent after 2 s waited on the silent "
+             "upstream first (sent at, took): %s" % slow[:5])
     it.check(hole.nqueries() >= 1, "the blackholed upstream was never tried")
     ups = upstream_lines(d)
     u0 = ups.get("u0", {})
