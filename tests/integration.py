@@ -46,6 +46,8 @@ import dns.rcode     # noqa: E402
 import dns.rdatatype  # noqa: E402
 
 import fakeup        # noqa: E402
+from checks import Fail, Skip, check  # noqa: E402
+from scen import until  # noqa: E402
 from fakeup import FakeUpstream, GOOD_ADDR, BAD_ADDR  # noqa: E402
 from unbound import Unbound, WWW_ADDR  # noqa: E402
 import unbound as unbound_mod  # noqa: E402
@@ -56,15 +58,6 @@ RUNS = itertools.count()
 PKI = None             # directory made by mkcerts.sh
 ALL_PROCS = set()      # every Popen we started, killed by PID at exit
 ALL_PROCS_LOCK = threading.Lock()
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
 
 
 def pki(name):
@@ -1422,10 +1415,8 @@ def tcp_clients_not_reading_free_slots(t):
         # The polite client may have taken the slot of one of them (the
         # longest without progress) before all were cut off: the rest
         # are, while their sockets are still open.
-        deadline = time.monotonic() + 10
-        while (_delta(before, d.stats(), "tcp_aborts") < 256 and
-               time.monotonic() < deadline):
-            time.sleep(0.2)
+        until(lambda: _delta(before, d.stats(), "tcp_aborts") >= 256, 10,
+              step=0.2)
     finally:
         for s in socks:
             s.close()
@@ -1783,10 +1774,6 @@ def _have_ipv6():
         return True
     except OSError:
         return False
-
-
-class Skip(Exception):
-    pass
 
 
 @scenario
@@ -2184,17 +2171,16 @@ def silent_connection_replaced(t):
     d = t.dnsfwd(*tls_up(fu), "--timeout", "500")
     r = ask_udp(d.port, "hole.example.", timeout=3)
     expect_a(r, GOOD_ADDR, "query on the silent connection")
-    check(0.2 <= r.elapsed <= 0.45, "answered after %.2f s, want after the "
+    # NOERROR at all means before the 500 ms deadline (SERVFAIL then):
+    # past it only by the client's own delays.
+    check(0.2 <= r.elapsed <= 0.6, "answered after %.2f s, want after the "
           "250 ms attempt timeout and before the deadline" % r.elapsed)
     check(fu.nqueries("hole") == 2, "the upstream saw %d copies of the "
           "query, want 2" % fu.nqueries("hole"))
     check([q["conn"] for q in fu.queries if q["qname"] == "hole.example."]
           == [1, 2], "copies went over connections %s, want [1, 2]" % [
               q["conn"] for q in fu.queries if q["qname"] == "hole.example."])
-    deadline = time.monotonic() + 1
-    while time.monotonic() < deadline and not d.grep("silent"):
-        time.sleep(0.02)
-    check(d.grep("silent"), "log does not say the connection was silent: "
+    check(until(lambda: d.grep("silent"), 1), "log does not say the connection was silent: "
           "%s" % d.tail(4))
     r = ask_udp(d.port, "after-hole.example.", timeout=3)
     expect_a(r, GOOD_ADDR, "query after the silent connection")
@@ -2203,11 +2189,8 @@ def silent_connection_replaced(t):
         st["conns"], st))
     on = [q["conn"] for q in fu.queries if q["qname"] == "after-hole.example."]
     check(on == [2], "next query went over connection(s) %s, want [2]" % on)
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and fu.stats()["closed"] < 1:
-        time.sleep(0.02)
-    check(fu.stats()["closed"] >= 1, "the silent connection was not "
-          "closed: %s" % fu.stats())
+    check(until(lambda: fu.stats()["closed"] >= 1, 2), "the silent "
+          "connection was not closed: %s" % fu.stats())
 
 
 def _ede(m):
@@ -2500,8 +2483,10 @@ def coalesced_own_deadline(t):
     ra, rb = _staggered(d.port, [(0, make_query(name, qid=0x0a0a)),
                                  (0.5, make_query(name, qid=0x0b0b))])
     expect_servfail(ra, "first query, its deadline passed at 2 s")
-    check(1.7 <= ra.elapsed <= 2.2, "first query: SERVFAIL after %.2f s, "
-          "want about 2 s" % ra.elapsed)
+    # Its deadline moved to the joiner's would bring it the 2.25 s answer
+    # (not SERVFAIL): the bound has only to stay clear of the joiner's 2.5 s.
+    check(1.7 <= ra.elapsed <= 2.4, "first query: SERVFAIL after %.2f s, "
+          "want about 2 s, before the joiner's deadline" % ra.elapsed)
     expect_a(rb, GOOD_ADDR, "query that joined at 0.5 s (deadline 2.5 s), "
              "upstream answer at 2.25 s")
     check(rb.elapsed <= 2.0, "joined query answered %.2f s after it was "

@@ -278,9 +278,11 @@ class Link:
         return subprocess.run(["ip", "netns", "exec", self.ns(side)] +
                               list(argv), timeout=timeout, **kw)
 
-    def in_ns(self, side, fn, *args):
+    def in_ns(self, side, fn, *args, timeout=30):
         """Calls fn(*args) on a thread moved into namespace side, and
-        returns its value: sockets it opens stay in that namespace."""
+        returns its value, or raises its exception: sockets, threads and
+        processes it makes stay in that namespace.  PathemuError when it
+        runs past `timeout` s."""
         box = {}
 
         def body():
@@ -298,10 +300,10 @@ class Link:
 
         th = threading.Thread(target=body, name="pathemu-ns", daemon=True)
         th.start()
-        th.join(30)
+        th.join(timeout)
         if th.is_alive():
-            raise PathemuError("%r still running in %s after 30 s" % (
-                fn, self.ns(side)))
+            raise PathemuError("%r still running in %s after %d s" % (
+                fn, self.ns(side), timeout))
         if "exc" in box:
             raise box["exc"]
         return box.get("ret")

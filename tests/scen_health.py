@@ -34,33 +34,42 @@ def register(mod):
 
 # ---------------------------------------------------------------- helpers
 
-def _stream(port, seconds, gap, prefix, timeout=4.0):
-    """A query for a new name every `gap` s for `seconds`, each in its own
-    thread; [(seconds after the start it was sent, Reply)] in order."""
-    t0 = time.monotonic()
+def stream(port, seconds, gap, prefix, timeout=4.0, at=None):
+    """A query for a new name every `gap` s for `seconds`, each from its
+    own thread; [(monotonic time sent, name, Reply)].  at: {offset s:
+    fn}, each fn called on a thread of its own at that offset."""
+    t0 = time.monotonic() + 0.05
     n = int(seconds / gap)
     out = [None] * n
 
     def one(i):
-        at = i * gap
-        left = t0 + at - time.monotonic()
+        left = t0 + i * gap - time.monotonic()
         if left > 0:
             time.sleep(left)
-        out[i] = (at, it.ask_udp(port, "%s%d.example." % (prefix, i),
-                                 timeout=timeout))
+        name = "%s%d.example." % (prefix, i)
+        sent = time.monotonic()
+        out[i] = (sent, name, it.ask_udp(port, name, timeout=timeout))
+
+    def later(off, fn):
+        left = t0 + off - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+        fn()
     ths = [threading.Thread(target=one, args=(i,), daemon=True)
            for i in range(n)]
+    ths += [threading.Thread(target=later, args=(off, fn), daemon=True)
+            for off, fn in sorted((at or {}).items())]
     for th in ths:
         th.start()
     for th in ths:
-        th.join(seconds + timeout + 5)
-    return [x for x in out if x is not None]
+        th.join(seconds + timeout + 10)
+    return [x for x in out if x is not None], t0
 
 
-def _share(results, after):
-    """(answered NOERROR with the right address, asked) of those sent at or
-    after `after` seconds."""
-    late = [r for at, r in results if at >= after]
+def _share(results, t0, after):
+    """(answered NOERROR with the right address, asked) of those of
+    stream()'s results sent at or after `after` seconds from t0."""
+    late = [r for sent, _, r in results if sent - t0 >= after]
     good = sum(1 for r in late if r.msg is not None and
                r.msg.rcode() == dns.rcode.NOERROR and
                r.addrs() == [it.GOOD_ADDR])
@@ -75,7 +84,7 @@ def _since(fu, t0, prefix):
                 if q["t"] >= t0 and q["qname"].startswith(prefix)]
 
 
-def _upstream_lines(d):
+def upstream_lines(d):
     """SIGUSR1's per-upstream lines, newest last, as dicts."""
     d.stats()
     out = {}
@@ -86,16 +95,17 @@ def _upstream_lines(d):
     return out
 
 
-def _expect_share(t, results, after, want, deadline_s, what):
-    good, n = _share(results, after)
+def _expect_share(t, results, t0, after, want, deadline_s, what):
+    good, n = _share(results, t0, after)
     t.note("%s: %d of %d answered after %.1f s" % (what, good, n, after))
     it.check(n > 0 and good >= want * n, "%s: %d of %d queries sent after "
              "%.1f s answered NOERROR, want %d%%" % (what, good, n, after,
                                                      want * 100))
-    slowest = max(r.elapsed for _, r in results if r.msg is not None)
+    slowest = max(r.elapsed for _, _, r in results if r.msg is not None)
     it.check(slowest <= deadline_s + 0.7, "%s: a query waited %.2f s, past "
              "its %.1f s deadline" % (what, slowest, deadline_s))
-    lost = [at for at, r in results if r.msg is None]
+    lost = ["%.2f" % (sent - t0) for sent, _, r in results
+            if r.msg is None]
     it.check(not lost, "%s: no reply at all to queries sent at %s s" % (
         what, lost[:5]))
 
@@ -105,18 +115,24 @@ def _expect_share(t, results, after, want, deadline_s, what):
 @scenario
 @slow
 def health_blackhole_upstream(t):
-    """Of two upstreams, the first accepts TLS and then answers nothing (silent, connected) and the second is healthy: with --timeout 1500, of a query every 50 ms for 4 s at least 95% of those sent after the first 2 s are answered NOERROR, none waits past its deadline, and SIGUSR1 shows the first demoted with timeouts counted."""
+    """Of two upstreams, the first accepts TLS and then answers nothing (silent, connected) and the second is healthy: with --timeout 1500, of a query every 50 ms for 4 s at least 95% of those sent after the first 2 s are answered NOERROR, none of them after 0.5 s (none waited out an attempt timeout on the first), none waits past its deadline, and SIGUSR1 shows the first demoted with timeouts counted."""
     hole, good = t.fakeup(), t.fakeup()
     hole.set(mode="silent")
     d = t.dnsfwd(*it.tls_up(hole), *it.tls_up(good, ca=False),
                  "--timeout", "1500")
-    res = _stream(d.port, 4.0, 0.05, "bh")
-    _expect_share(t, res, 2.0, 0.95, 1.5, "one upstream blackholed")
+    res, t0 = stream(d.port, 4.0, 0.05, "bh")
+    _expect_share(t, res, t0, 2.0, 0.95, 1.5, "one upstream blackholed")
+    # Demoted, it takes no query first: none waits out its attempt
+    # timeout (750 ms, half the deadline, for one never heard from).
+    slow = [(round(s - t0, 2), round(r.elapsed, 3)) for s, _, r in res
+            if s - t0 >= 2.0 and r.elapsed > 0.5]
+    it.check(not slow, "queries sent after 2 s waited on the silent "
+             "upstream first (sent at, took): %s" % slow[:5])
     it.check(hole.nqueries() >= 1, "the blackholed upstream was never tried")
-    ups = _upstream_lines(d)
-    u0 = [v for k, v in ups.items() if k == "u0"]
-    it.check(u0 and u0[0].get("state") == "demoted" and
-             int(u0[0].get("timeouts", 0)) >= 1, "SIGUSR1 for the silent "
+    ups = upstream_lines(d)
+    u0 = ups.get("u0", {})
+    it.check(u0.get("state") == "demoted" and
+             int(u0.get("timeouts", 0)) >= 1, "SIGUSR1 for the silent "
              "upstream: %s, want state=demoted and timeouts counted" % ups)
 
 
@@ -129,13 +145,16 @@ def health_rcode_upstream(t):
         bad.set(mode="rcode_all", rcode=rcode)
         d = t.dnsfwd(*it.tls_up(bad), *it.tls_up(good, ca=False),
                      "--timeout", "1500")
-        res = _stream(d.port, 3.0, 0.05, "rc%s" % rcode.lower())
-        _expect_share(t, res, 2.0, 0.95, 1.5, "one upstream %s" % rcode)
-        first = _share(res, 0.0)
-        t.note("%s: %d of %d answered from the start" % (rcode, *first))
+        res, t0 = stream(d.port, 3.0, 0.05, "rc%s" % rcode.lower())
+        _expect_share(t, res, t0, 2.0, 0.95, 1.5, "one upstream %s" % rcode)
+        # Never theirs: each is asked of the other upstream.
+        theirs = [round(s - t0, 2) for s, _, r in res if r.msg is not None
+                  and r.msg.rcode() == dns.rcode.from_text(rcode)]
+        it.check(not theirs, "%s reached the client for queries sent at "
+                 "%s s, with another upstream healthy" % (rcode, theirs[:5]))
         it.check(bad.nqueries() >= 1, "the %s upstream was never tried" %
                  rcode)
-        ups = _upstream_lines(d)
+        ups = upstream_lines(d)
         it.check(int(ups.get("u0", {}).get(rcode.lower(), 0)) >= 1,
                  "SIGUSR1 does not count the %s answers: %s" % (rcode, ups))
         d.stop_and_check()
@@ -208,15 +227,10 @@ def health_upstream_recovers(t):
     fast.set(mode="rcode_all", rcode="REFUSED")
     d = t.dnsfwd(*it.tls_up(fast), *it.tls_up(slow_up, ca=False),
                  "--timeout", "2000")
-    timer = threading.Timer(2.5, lambda: fast.set(mode="normal"))
-    timer.start()
-    try:
-        t0 = time.monotonic()
-        res = _stream(d.port, 8.0, 0.1, "rec")
-    finally:
-        timer.cancel()
-    _expect_share(t, res, 0.0, 0.95, 2.0, "faster upstream refusing, then "
-                  "back")
+    res, t0 = stream(d.port, 8.0, 0.1, "rec",
+                     at={2.5: lambda: fast.set(mode="normal")})
+    _expect_share(t, res, t0, 0.0, 0.95, 2.0, "faster upstream refusing, "
+                  "then back")
     late = t0 + 6.0
     n_fast = len(_since(fast, late, "rec"))
     n_slow = len(_since(slow_up, late, "rec"))
@@ -237,10 +251,8 @@ def health_keepalive_latest(t):
     d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000", "--idle-timeout", "30")
     it.expect_a(it.ask_udp(d.port, "ka1.example."), it.GOOD_ADDR, "first")
     it.expect_a(it.ask_udp(d.port, "ka2.example."), it.GOOD_ADDR, "second")
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline and fu.stats()["closed"] < 1:
-        time.sleep(0.02)
-    it.check(fu.stats()["closed"] >= 1, "the connection stays open after a "
+    it.check(scen.until(lambda: fu.stats()["closed"] >= 1, 1.5),
+             "the connection stays open after a "
              "later answer asked for close when idle: %s" % fu.stats())
 
 
@@ -262,9 +274,7 @@ def health_own_resets_no_blame(t):
         th.start()
         for src in ("127.0.0.2", "127.0.0.1", "127.0.0.2"):
             time.sleep(0.7)
-            svc.ip("route", "replace", "local", "127.0.0.1", "dev", "lo",
-                   "proto", "kernel", "scope", "host", "src", src,
-                   "table", "local")
+            svc.move_local_route(src)
         th.join(10)
         r = box.get("r")
         it.check(r is not None, "no result for the query")
@@ -313,7 +323,7 @@ def health_notify_status(t):
         ns.close()
 
 
-def _tfo_counters():
+def tfo_counters():
     """TcpExt TCPFastOpen* counters of the calling thread's namespace."""
     with open("/proc/thread-self/net/netstat") as f:
         rows = [ln.split() for ln in f if ln.startswith("TcpExt:")]
@@ -328,19 +338,18 @@ def health_fastopen(t):
 
     def reconnect_twice(fu, *extra):
         d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000", *extra)
-        before = _tfo_counters()
+        before = tfo_counters()
         for i in range(3):
             it.expect_a(it.ask_udp(d.port, "tfo%d.example." % i), it.GOOD_ADDR,
                         "query %d" % i)
             fu.close_all(graceful=True)
             time.sleep(0.1)
-        after = _tfo_counters()
+        after = tfo_counters()
         d.stop_and_check()
         return {k: after.get(k, 0) - before.get(k, 0) for k in after}
 
     def body():
-        with open("/proc/sys/net/ipv4/tcp_fastopen", "w") as f:
-            f.write("3\n")
+        svc.sysctl("net/ipv4/tcp_fastopen", "3")
         delta = reconnect_twice(t.fakeup(fastopen=True))
         t.note("Fast Open server: %s" % delta)
         it.check(delta.get("TCPFastOpenActive", 0) >= 1, "no connection "

@@ -27,11 +27,8 @@ skipped, and counted, when a Link cannot be made (not root, no
 busy cores: tens of milliseconds over the path's own figures, never as
 much as what they rule out (TCP's retransmission, a deadline).
 """
-import ctypes
 import math
-import os
 import statistics
-import threading
 import time
 
 import dns.rcode
@@ -39,6 +36,8 @@ import dns.rcode
 import fakeup
 import pathemu
 import scen
+import scen_health
+import scen_service
 
 it = None                  # the integration module, set by register()
 _reg = scen.Registry(__name__)
@@ -52,40 +51,9 @@ def register(mod):
 RTT_MS = 30                 # each path's round trip: 15 ms each way
 ATTEMPT_MIN_MS = 100        # health.c: the attempt timeout's floor
 HEDGE_EVERY, HEDGE_BURST = 20, 10   # mux.c: the hedge budget
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # ---------------------------------------------------------------- helpers
-
-def _in_ns(link, side, fn, *args, timeout=120):
-    """fn(*args) on a new thread moved into namespace side of link; its
-    value, or its exception raised here.  Sockets, threads and processes
-    it makes stay in that namespace; the thread ends with fn."""
-    box = {}
-
-    def body():
-        try:
-            fd = os.open("/run/netns/" + link.ns(side), os.O_RDONLY)
-            try:
-                if _libc.setns(fd, pathemu.CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, "setns: " + os.strerror(e))
-            finally:
-                os.close(fd)
-            box["ret"] = fn(*args)
-        except BaseException as e:      # handed to the caller's thread
-            box["exc"] = e
-
-    th = threading.Thread(target=body, name="path-" + side, daemon=True)
-    th.start()
-    th.join(timeout)
-    if th.is_alive():
-        raise it.Fail("scenario body in namespace %s still running after "
-                      "%d s" % (side, timeout))
-    if "exc" in box:
-        raise box["exc"]
-    return box.get("ret")
-
 
 def _on_path(t, paths, body, timeout=150):
     """Makes a Link of `paths` paths, each with a 30 ms round trip, runs
@@ -99,7 +67,7 @@ def _on_path(t, paths, body, timeout=150):
     try:
         for p in link.path:
             p.set(delay_ms=RTT_MS / 2)
-        return _in_ns(link, "a", body, link, timeout=timeout)
+        return link.in_ns("a", body, link, timeout=timeout)
     finally:
         for d in t.daemons:
             if d.proc is not None and not d.checked:
@@ -116,33 +84,23 @@ def _on_path(t, paths, body, timeout=150):
 
 def _fakeup(t, link, path, **kw):
     """A fakeup in namespace b, listening on path's b address."""
-    return _in_ns(link, "b", lambda: t.fakeup(host=path.b_addr, **kw),
-                  timeout=30)
+    return link.in_ns("b", lambda: t.fakeup(host=path.b_addr, **kw))
 
 
 def _up(fu, path, ca=True):
     return it.tls_up(fu, ca=ca, host=path.b_addr)
 
 
-def _upstreams(d):
-    """SIGUSR1's per-upstream lines, as {"u0": {key: value}}."""
-    d.stats()
-    out = {}
-    for ln in d.grep("upstream u"):
-        f = ln.split("upstream ", 1)[1].split()
-        out[f[0]] = dict(x.split("=", 1) for x in f[2:] if "=" in x)
-    return out
-
-
 def _attempt_ms(u):
-    """The attempt timeout health.c gives an upstream of line u (None: a
-    daemon without these lines, held to the floor)."""
+    """The attempt timeout health.c gives an upstream of line u: srtt +
+    4 x rttvar, the variance term at least srtt / 2, at least 100 ms
+    (None: a daemon without these lines, held to the floor)."""
     if not u:
         return ATTEMPT_MIN_MS
     srtt, rttvar = float(u["srtt_ms"]), float(u["rttvar_ms"])
     if srtt == 0:
         return 1000.0
-    return max(ATTEMPT_MIN_MS, math.ceil(srtt + 4 * rttvar))
+    return max(ATTEMPT_MIN_MS, math.ceil(srtt + max(4 * rttvar, srtt / 2)))
 
 
 def _ms(x):
@@ -162,38 +120,6 @@ def _warm(d, prefix, n):
         it.expect_a(r, it.GOOD_ADDR, "warm-up %d" % i)
         out.append(_ms(r.elapsed))
     return out
-
-
-def _stream(port, seconds, gap, prefix, timeout=4.0, at=None):
-    """A query for a new name every `gap` s for `seconds`, each from its
-    own thread; [(monotonic time sent, name, Reply)].  at: {offset s:
-    fn}, each fn called on a thread of its own at that offset."""
-    t0 = time.monotonic() + 0.05
-    n = int(seconds / gap)
-    out = [None] * n
-
-    def one(i):
-        left = t0 + i * gap - time.monotonic()
-        if left > 0:
-            time.sleep(left)
-        name = "%s%d.example." % (prefix, i)
-        sent = time.monotonic()
-        out[i] = (sent, name, it.ask_udp(port, name, timeout=timeout))
-
-    def later(off, fn):
-        left = t0 + off - time.monotonic()
-        if left > 0:
-            time.sleep(left)
-        fn()
-    ths = [threading.Thread(target=one, args=(i,), daemon=True)
-           for i in range(n)]
-    ths += [threading.Thread(target=later, args=(off, fn), daemon=True)
-            for off, fn in sorted((at or {}).items())]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join(seconds + timeout + 10)
-    return [x for x in out if x is not None], t0
 
 
 def _pct(xs, p):
@@ -221,7 +147,7 @@ def path_lost_segment_other_upstream(t):
         d = t.dnsfwd(*_up(fus[0], p0), *_up(fus[1], p1, ca=False),
                      "--timeout", "3000")
         warm = _warm(d, "w", 12)
-        ups = _upstreams(d)
+        ups = scen_health.upstream_lines(d)
         att = {k: _attempt_ms(v) for k, v in ups.items()}
         t.note("warm-up p50 %.1f ms; upstreams %s; attempt timeouts %s" % (
             statistics.median(warm), {k: (v["srtt_ms"], v["rttvar_ms"])
@@ -244,7 +170,7 @@ def path_lost_segment_other_upstream(t):
             link.path[k].set(blackhole=0)
             box["end"] = time.monotonic()
 
-        res, t0 = _stream(d.port, 3.0, 0.02, "s", timeout=3.5,
+        res, t0 = scen_health.stream(d.port, 3.0, 0.02, "s", timeout=3.5,
                           at={1.0: blackhole})
         after = d.stats()
         it.check("end" in box, "the blackhole never ran")
@@ -301,7 +227,7 @@ def path_lost_segment_other_upstream(t):
 
 @scenario
 def path_hedge_after_attempt_timeout(t):
-    """One upstream behind a 30 ms path drops the first query for a name: the client gets the answer after the attempt timeout (srtt + 4 x rttvar, at least 100 ms) and within it + RTT + 80 ms, from a second copy over a second connection; hedges and hedges_won rise by 1."""
+    """One upstream behind a 30 ms path drops the first query for a name: the client gets the answer after the attempt timeout (srtt + 4 x rttvar, the variance term at least srtt / 2, at least 100 ms) and within it + RTT + 80 ms, from a second copy over a second connection; hedges and hedges_won rise by 1."""
     def body(link):
         p = link.path[0]
         fu = _fakeup(t, link, p)
@@ -316,7 +242,7 @@ def path_hedge_after_attempt_timeout(t):
         it.expect_a(r, it.GOOD_ADDR, "first dropped name")
         prime_ms = _ms(r.elapsed)
         warm += _warm(d, "v", 6)
-        u = _upstreams(d).get("u0", {})
+        u = scen_health.upstream_lines(d).get("u0", {})
         att = _attempt_ms(u)
         before = d.stats()
         r = it.ask_udp(d.port, "popular.example.", timeout=3)
@@ -412,53 +338,66 @@ def _hedge_counts(st, u):
 @scenario
 @slow
 def path_hedge_budget_slow_path(t):
-    """A query every 25 ms through one path whose round trip jumps from 30 to 300 ms: second copies stay within the budget (10 saved + 1 per 20 queries), at least one is sent at the jump, every query is answered, and the smoothed RTT catches up (>= 250 ms)."""
+    """A query every 15 ms through one path whose round trip jumps from 30 to 300 ms, a second connection up (a dropped query's copy dialled it): the jump's attempt timeouts ask for more second copies than the budget holds, and in the second after it no more go out than the 10 saved + 1 per 20 queries sent since (the rest counted unpaid); every query is answered, and the smoothed RTT catches up (>= 250 ms)."""
+    gap = 0.015
+
     def body(link):
         p = link.path[0]
         fu = _fakeup(t, link, p)
+        fu.set(drop_first=fakeup.DropFirst(1, names=["prime.example."]))
         d = t.dnsfwd(*_up(fu, p), "--timeout", "4000")
+        # The dropped query's second copy dials the second connection,
+        # kept while second copies are sent: at the jump, copies have a
+        # connection to go on, and only the budget holds them back.
+        it.expect_a(it.ask_udp(d.port, "prime.example.", timeout=3),
+                    it.GOOD_ADDR, "dropped name")
         warm = _warm(d, "w", 25)     # saves the budget up to its 10
-        before = d.stats()
         mid = {}
 
         def slow_down():
-            p.set(delay_ms=150)
+            mid["at_jump"] = d.stats()
             mid["jump"] = time.monotonic()
+            p.set(delay_ms=150)
 
         def look():
+            mid["look"] = time.monotonic()
             mid["stats"] = d.stats()
-        res, t0 = _stream(d.port, 8.0, 0.025, "b", timeout=4.5,
-                          at={2.0: slow_down, 5.0: look})
-        after = d.stats()
-        u = _upstreams(d).get("u0", {})
+        res, t0 = scen_health.stream(d.port, 8.0, gap, "b", timeout=4.5,
+                          at={2.0: slow_down, 3.0: look})
+        u = scen_health.upstream_lines(d).get("u0", {})
         n = len(res)
-        hedges = after.get("hedges", 0) - before.get("hedges", 0)
-        unpaid = (after.get("hedges_unpaid", 0) -
-                  before.get("hedges_unpaid", 0))
-        late = after.get("hedges", 0) - mid["stats"].get("hedges", 0)
-        n_late = sum(1 for s, _, _ in res if s > t0 + 5.0)
+
+        def delta(k):
+            return mid["stats"].get(k, 0) - mid["at_jump"].get(k, 0)
+        hedges, unpaid = delta("hedges"), delta("hedges_unpaid")
+        # Each query of the stream is one first copy, each earning 1/20
+        # of a second; the saved budget is at most 10.
+        firsts = sum(1 for s, _, _ in res
+                     if mid["jump"] - 0.1 <= s <= mid["look"])
+        budget = HEDGE_BURST + firsts // HEDGE_EVERY + 1
         lat_fast = [_ms(r.elapsed) for s, _, r in res
                     if s < mid["jump"] and _good(r)]
         lat_slow = [_ms(r.elapsed) for s, _, r in res
                     if s > t0 + 5.0 and _good(r)]
-        budget = HEDGE_BURST + n // HEDGE_EVERY
         t.note("warm-up p50 %.1f ms; %d queries; at 30 ms p50 %.1f max "
-               "%.1f, at 300 ms (last 3 s) p50 %.1f max %.1f; hedges %d "
-               "(budget %d), unpaid %d; in the last 3 s %d of %d queries; "
-               "at the end srtt %s rttvar %s ms, timeouts %s" % (
+               "%.1f, at 300 ms (last 3 s) p50 %.1f max %.1f; in the "
+               "second after the jump hedges %d (budget %d for %d first "
+               "copies), unpaid %d; at the end srtt %s rttvar %s ms, "
+               "timeouts %s" % (
                    statistics.median(warm), n, _pct(lat_fast, 0.5),
                    max(lat_fast or [0]), _pct(lat_slow, 0.5),
-                   max(lat_slow or [0]), hedges, budget, unpaid, late,
-                   n_late, u.get("srtt_ms"), u.get("rttvar_ms"),
-                   u.get("timeouts")))
+                   max(lat_slow or [0]), hedges, budget, firsts, unpaid,
+                   u.get("srtt_ms"), u.get("rttvar_ms"), u.get("timeouts")))
         _no_failures(res, "path turned slow")
-        it.check(hedges <= budget, "%d second copies for %d queries, over "
-                 "the budget of %d" % (hedges, n, budget))
-        # The jump must have been seen as attempt timeouts; whether a second
-        # copy goes out depends on whether the second connection, dialled
-        # over the now slow path, is up before the first copy's answer.
-        it.check(int(u.get("timeouts", 0)) >= 1, "no attempt timeout when "
-                 "the round trip jumped past it: %s" % u)
+        it.check(hedges >= 1, "no second copy at the jump (a second "
+                 "connection was up): hedges +%d, unpaid +%d" % (
+                     hedges, unpaid))
+        it.check(hedges <= budget, "%d second copies in the second after "
+                 "the jump, over the budget of %d (%d first copies)" % (
+                     hedges, budget, firsts))
+        it.check(unpaid >= 1, "no second copy held back in the second "
+                 "after the jump (%d sent): the jump did not ask for more "
+                 "than the budget, so it was not tested" % hedges)
         it.check(float(u.get("srtt_ms", 0)) >= 250, "srtt %s ms after 6 s "
                  "of a 300 ms path" % u.get("srtt_ms"))
         d.stop_and_check()
@@ -475,15 +414,15 @@ def path_slow_steady_outlier_waited(t):
         fu = _fakeup(t, link, p)
         fu.rule("outlier.example.", delay_ms=60)
         d = t.dnsfwd(*_up(fu, p), "--timeout", "4000")
-        res, _ = _stream(d.port, 3.0, 0.025, "st", timeout=4.5)
+        res, _ = scen_health.stream(d.port, 3.0, 0.025, "st", timeout=4.5)
         _no_failures(res, "steady 300 ms path")
         time.sleep(0.5)
-        u0 = _upstreams(d).get("u0", {})
+        u0 = scen_health.upstream_lines(d).get("u0", {})
         h0 = _hedge_counts(d.stats(), u0)
         r = it.ask_udp(d.port, "outlier.example.", timeout=4)
         it.expect_a(r, it.GOOD_ADDR, "the late answer")
         time.sleep(0.3)
-        u1 = _upstreams(d).get("u0", {})
+        u1 = scen_health.upstream_lines(d).get("u0", {})
         h1 = _hedge_counts(d.stats(), u1)
         demoted = d.grep("no answer within the attempt timeout")
         t.note("before: srtt %s rttvar %s ms (attempt timeout %.0f ms); "
@@ -503,15 +442,7 @@ def path_slow_steady_outlier_waited(t):
 
 def _tfo_active():
     """TcpExt TCPFastOpenActive of the calling thread's namespace."""
-    with open("/proc/thread-self/net/netstat") as f:
-        rows = [ln.split() for ln in f if ln.startswith("TcpExt:")]
-    return dict(zip(rows[0][1:], map(int, rows[1][1:]))).get(
-        "TCPFastOpenActive", 0)
-
-
-def _set_fastopen(value):
-    with open("/proc/sys/net/ipv4/tcp_fastopen", "w") as f:
-        f.write("%d\n" % value)
+    return scen_health.tfo_counters().get("TCPFastOpenActive", 0)
 
 
 @scenario
@@ -536,8 +467,9 @@ def path_fastopen_saves_round_trip(t):
 
     def body(link):
         p = link.path[0]
-        _set_fastopen(3)
-        link.in_ns("b", _set_fastopen, 3)
+        fastopen = ("net/ipv4/tcp_fastopen", "3")
+        scen_service.sysctl(*fastopen)
+        link.in_ns("b", scen_service.sysctl, *fastopen)
         fu = _fakeup(t, link, p, fastopen=True)
         d = t.dnsfwd(*_up(fu, p), "--timeout", "3000")
         fo, fo_active = reconnects(d, fu, "fo")

@@ -950,17 +950,21 @@ SETTLE = 1.5
 PATHS_UP = "10.53.0.%d"
 
 
-# A change of the route to an upstream on 127.0.0.1 that needs no second
-# namespace: its preferred source becomes 127.0.0.2.
-MOVE_LOCAL_ROUTE = ("route", "replace", "local", "127.0.0.1", "dev", "lo",
-                    "proto", "kernel", "scope", "host", "src", "127.0.0.2",
-                    "table", "local")
+def local_route(src):
+    """ip(8) arguments that make src the preferred source of the route to
+    127.0.0.1: a change of the route to an upstream there that needs no
+    second namespace."""
+    return ("route", "replace", "local", "127.0.0.1", "dev", "lo", "proto",
+            "kernel", "scope", "host", "src", src, "table", "local")
 
 
-def move_local_route():
-    """Moves the path to 127.0.0.1 (MOVE_LOCAL_ROUTE), in the calling
-    thread's namespace."""
-    ip(*MOVE_LOCAL_ROUTE)
+MOVE_LOCAL_ROUTE = local_route("127.0.0.2")
+
+
+def move_local_route(src="127.0.0.2"):
+    """Moves the path to 127.0.0.1 to source src, in the calling thread's
+    namespace."""
+    ip(*local_route(src))
 
 
 def _apply(change):
@@ -1189,11 +1193,11 @@ def _two_paths(t, nups=1):
         # Replies to path A's address may come back over path B: no
         # reverse-path filter, in either namespace.
         for dev in ("all", "vA", "vB"):
-            _sysctl("net/ipv4/conf/%s/rp_filter" % dev, "0")
+            sysctl("net/ipv4/conf/%s/rp_filter" % dev, "0")
         for dev in ("all", "vAu", "vBu"):
-            peer.call(_sysctl, "net/ipv4/conf/%s/rp_filter" % dev, "0")
+            peer.call(sysctl, "net/ipv4/conf/%s/rp_filter" % dev, "0")
         # Removing 10.1.0.2 then leaves path A working from 10.1.0.3.
-        _sysctl("net/ipv4/conf/vA/promote_secondaries", "1")
+        sysctl("net/ipv4/conf/vA/promote_secondaries", "1")
         ip("addr", "add", "10.1.0.3/24", "dev", "vA")
         for i in range(nups):
             peer.call(ip, "addr", "add", PATHS_UP % (53 + i) + "/32", "dev",
@@ -1207,7 +1211,7 @@ def _two_paths(t, nups=1):
     return peer, fu
 
 
-def _sysctl(name, value):
+def sysctl(name, value):
     """Sets /proc/sys/NAME in the calling thread's namespace."""
     with open("/proc/sys/" + name, "w") as f:
         f.write(value)

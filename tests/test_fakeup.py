@@ -32,18 +32,11 @@ sys.path.insert(0, HERE)
 
 import checks  # noqa: E402
 import fakeup  # noqa: E402
+from checks import check  # noqa: E402
+from scen import until  # noqa: E402
 
 PKI = None                      # set in main()
 STARTED = []                    # every FakeUpstream, stopped at the end
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
 
 
 def upstream(tls=True):
@@ -131,15 +124,6 @@ def keepalive_of(r):
     return None
 
 
-def wait_for(cond, secs=2.0):
-    end = time.monotonic() + secs
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
 # ---- checks ----
 
 def normal_answers():
@@ -158,7 +142,7 @@ def silent_is_a_blackhole():
     fu = upstream()
     fu.set(mode="silent", budget=1)
     c = Client(fu)
-    check(wait_for(lambda: fu.stats()["handshakes"] == 1), "no handshake")
+    check(until(lambda: fu.stats()["handshakes"] == 1, 2), "no handshake")
     sent = [c.send("hole%d.example." % i) for i in range(5)]
     r = c.recv(1.5)
     check(r is None, "silent answered: %s" % r)
@@ -270,7 +254,7 @@ def drop_first_names_and_modes():
     b.set(drop_first=df, mode="rcode_all", rcode="SERVFAIL", budget=1)
     ca, cb = Client(a, tls=False), Client(b, tls=False)
     ca.send("only.example.")
-    check(wait_for(lambda: a.nqueries("only") == 1), "a did not read it")
+    check(until(lambda: a.nqueries("only") == 1, 2), "a did not read it")
     check(df.seen("only.example") == 0, "a silent upstream's query counted")
     r = cb.ask("free.example.")
     check(r is not None and r.rcode() == dns.rcode.SERVFAIL,
@@ -370,7 +354,7 @@ def main():
                 print("  fakeup %d: %s" % (fu.port, e))
         STARTED.clear()
     try:
-        passed, failed, _ = checks.run(CHECKS, args.k, fail=Fail,
+        passed, failed, _ = checks.run(CHECKS, args.k,
                                        after=stop_fakeups)
     finally:
         shutil.rmtree(work, ignore_errors=True)

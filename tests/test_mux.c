@@ -1911,7 +1911,8 @@ test_keep_warm(void)
 	c0->c_server_idle = 0;
 	/* One upstream, second copies sent lately: the second is kept too. */
 	warm.last_hedge = now;
-	CHECK(upstream_keep_warm(c1, now) && upstream_keep_warm(c1, now + PREWARM_RECENT_MS));
+	CHECK(upstream_keep_warm(c1, now) &&
+	    upstream_keep_warm(c1, now + PREWARM_RECENT_MS));
 	CHECK(!upstream_keep_warm(c1, now + PREWARM_RECENT_MS + 1));
 	c1->c_server_idle = 1;
 	CHECK(!upstream_keep_warm(c1, now));

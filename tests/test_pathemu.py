@@ -43,7 +43,9 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import checks            # noqa: E402
 import pathemu           # noqa: E402
+from checks import Skip, check  # noqa: E402
 
 PORT = 7007
 PROBE = struct.Struct("!IQ")            # sequence number, send time (ns)
@@ -70,15 +72,6 @@ while time.monotonic() < t0 + secs:
             pass
 print(n, flush=True)
 """
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
 
 
 def icmp_checksum(b):
@@ -558,8 +551,6 @@ def main():
             return 1
         rate(senders=a.senders, pps=a.pps, delay_ms=a.delay_ms)
         return 0
-    todo = [t for t in TESTS if not a.substr or a.substr in t.__name__]
-    passed = failed = skipped = 0
     rig = None
     try:
         if not why:
@@ -569,27 +560,13 @@ def main():
                 print("FAIL setup: %s" % traceback.format_exc(), flush=True)
                 print("0 passed, 1 failed")
                 return 1
-        for t in todo:
-            name = t.__name__
+
+        def before():
             if why:
-                print("skip %s: %s" % (name, why))
-                skipped += 1
-                continue
-            t0 = time.monotonic()
-            try:
-                rig.reset()
-                note = t(rig)
-                print("ok %s (%.1f s)%s" % (name, time.monotonic() - t0,
-                                           ": " + note if note else ""),
-                      flush=True)
-                passed += 1
-            except Fail as e:
-                print("FAIL %s: %s" % (name, e), flush=True)
-                failed += 1
-            except Exception:
-                print("FAIL %s: %s" % (name, traceback.format_exc()),
-                      flush=True)
-                failed += 1
+                raise Skip(why)
+            rig.reset()
+        passed, failed, skipped = checks.run(TESTS, a.substr or "",
+                                             before=before, args=(rig,))
     finally:
         if rig:
             rig.close()

@@ -39,6 +39,7 @@ TOP = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import checks  # noqa: E402
+from checks import Fail, Skip, check  # noqa: E402,F401
 
 MAX_EXPOSURE = 1.2
 UNITDIR = "usr/local/lib/systemd/system"
@@ -52,19 +53,6 @@ FILES = {                       # what `make install` puts, and its mode
 ANALYZE = shutil.which("systemd-analyze")
 WORK = None                     # temporary directory, set in main()
 PROCS = []                      # every Popen we started, killed by PID
-
-
-class Fail(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
 
 
 def need_analyze():
@@ -684,8 +672,7 @@ def main():
     WORK = tempfile.mkdtemp(prefix="dnsfwd-units.")
     passed = failed = skipped = 0
     try:
-        passed, failed, skipped = checks.run(CHECKS, args.k, fail=Fail,
-                                             skip=Skip)
+        passed, failed, skipped = checks.run(CHECKS, args.k)
     finally:
         for p in PROCS:
             if p.poll() is None:
