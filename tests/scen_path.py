@@ -29,6 +29,7 @@ much as what they rule out (TCP's retransmission, a deadline).
 """
 import math
 import statistics
+import threading
 import time
 
 import dns.rcode
@@ -291,7 +292,7 @@ def path_nagle_upstream_spread(t):
             out = [None, None]
 
             def one(k):
-                out[k] = _stream(ds[k].port, seconds, GAP, prefix)[0]
+                out[k] = scen_health.stream(ds[k].port, seconds, GAP, prefix)[0]
             ths = [threading.Thread(target=one, args=(k,)) for k in (0, 1)]
             for th in ths:
                 th.start()
@@ -313,7 +314,7 @@ def path_nagle_upstream_spread(t):
                        ("--connections 1", "the default")[k], len(lat),
                        GAP * 1000, p50[k], _pct(lat, 0.9), max(lat),
                        conns[k]))
-        u = _upstreams(ds[1]).get("u0", {})
+        u = scen_health.upstream_lines(ds[1]).get("u0", {})
         path = float(u.get("path_ms", 0))
         t.note("the default's upstream line: %s" % u)
         it.check(p50[1] <= p50[0] - 8, "p50 %.1f ms over connections of "
