@@ -563,21 +563,27 @@ conn_path_rtt(const struct conn *c)
 	return tcp_info(c, &ti) == -1 ? -1 : (int64_t)ti.tcpi_rtt;
 }
 
-/*
- * Suspect from now (conn_stalled); whether its TCP retransmitted since
- * the last timeout tells a lossy path from a slow answer.
- */
 int
-conn_timed_out(struct conn *c)
+conn_retransmitted(struct conn *c)
 {
 	struct tcp_info	 ti;
 	uint32_t	 seen = c->c_retrans;
 
-	c->c_suspect = 1;
 	if (tcp_info(c, &ti) == -1)
 		return 0;
 	c->c_retrans = ti.tcpi_total_retrans;
 	return ti.tcpi_total_retrans != seen;
+}
+
+/*
+ * Suspect from now (conn_stalled); whether its TCP retransmitted tells a
+ * lossy path from a slow answer.
+ */
+int
+conn_timed_out(struct conn *c)
+{
+	c->c_suspect = 1;
+	return conn_retransmitted(c);
 }
 
 /*

@@ -219,10 +219,9 @@ int	conn_has_room(const struct conn *);
 void	conn_send(struct conn *, struct att *, int64_t);
 /* The kernel's smoothed round trip of its TCP, in us; -1: none known. */
 int64_t	conn_path_rtt(const struct conn *);
-/*
- * An attempt on it timed out: it is suspect, and 1 when its TCP
- * retransmitted since the last such call (the path loses packets).
- */
+/* Its TCP retransmitted since the last call: the path loses packets. */
+int	conn_retransmitted(struct conn *);
+/* An attempt on it timed out: it is suspect; conn_retransmitted's answer. */
 int	conn_timed_out(struct conn *);
 /*
  * Its oldest query is older than `late` ms, or an attempt on it timed

@@ -295,8 +295,7 @@ dispatch(int64_t now)
 			pq_unqueue(pq);
 			attempt(pq, c, ATT_FIRST, now);
 			probe(pq, up, now);
-			if (c->c_inflight > 1)
-				upstream_spread(up, now);
+			upstream_grow(up, c, now);
 			continue;
 		}
 		if (upstream_need_dial(up, mux.nwait) &&

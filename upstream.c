@@ -92,6 +92,9 @@ upstream_free(struct upstream *up)
 /* How queries share an upstream's connections. */
 enum share { SHARE_FEWEST, SHARE_SPREAD, SHARE_FIRST };
 
+static int	 still_lossy(struct upstream *);
+static int	 open_conns(const struct upstream *);
+
 /*
  * Over a short path, spread by the queries in flight.  Over a long one,
  * an answer written while an earlier one on its connection is
@@ -100,16 +103,33 @@ enum share { SHARE_FEWEST, SHARE_SPREAD, SHARE_FIRST };
  * quiet connection waits for TCP's retransmission timer (200 ms at
  * least), where on a busy one the segments after it show the loss
  * within a round trip: once an attempt times out on a connection that
- * retransmitted, queries share the first for a while.
+ * retransmitted, queries share the first for SPREAD_QUIET_MS, and again
+ * while its TCP goes on retransmitting.
  */
 static enum share
-share(const struct upstream *up, int64_t now)
+share(struct upstream *up, int64_t now)
 {
 	if (up->up_path_rtt < SPREAD_RTT_US)
 		return SHARE_FEWEST;
-	if (up->up_lossy_at != 0 && now - up->up_lossy_at < SPREAD_QUIET_MS)
-		return SHARE_FIRST;
-	return SHARE_SPREAD;
+	if (up->up_lossy_at != 0 && now - up->up_lossy_at >= SPREAD_QUIET_MS)
+		up->up_lossy_at = still_lossy(up) ? now : 0;
+	return up->up_lossy_at != 0 ? SHARE_FIRST : SHARE_SPREAD;
+}
+
+/*
+ * Once the queries share a busy connection, TCP recovers most losses
+ * before an attempt times out: whether it still retransmits says whether
+ * the path still loses packets.
+ */
+static int
+still_lossy(struct upstream *up)
+{
+	int	 i, lost = 0;
+
+	for (i = 0; i < up->up_nconns; i++)
+		if (up->up_conns[i].c_state == CONN_READY)
+			lost |= conn_retransmitted(&up->up_conns[i]);
+	return lost;
 }
 
 /*
@@ -160,14 +180,32 @@ upstream_conn(struct upstream *up, const struct conn *not, int64_t now)
 }
 
 /*
- * A query had to share a connection: where a round trip is long enough
- * for the wait above to matter, another is opened for those to come.
+ * A query went on c.  Spreading, one that had to share opens another
+ * connection for those to come.  Sharing the first over a lossy path, a
+ * second is kept ready: a lost segment may stall the first for TCP's
+ * retransmission timer, and what comes meanwhile goes on the spare.
  */
 void
-upstream_spread(struct upstream *up, int64_t now)
+upstream_grow(struct upstream *up, const struct conn *c, int64_t now)
 {
-	if (share(up, now) == SHARE_SPREAD && upstream_may_dial(up, now))
+	enum share	 how = share(up, now);
+
+	if (!upstream_may_dial(up, now))
+		return;
+	if ((how == SHARE_SPREAD && c->c_inflight > 1) ||
+	    (how == SHARE_FIRST && open_conns(up) < 2))
 		(void)upstream_dial(up, now);
+}
+
+/* Connections up or being dialled. */
+static int
+open_conns(const struct upstream *up)
+{
+	int	 i, n = 0;
+
+	for (i = 0; i < up->up_nconns; i++)
+		n += up->up_conns[i].c_state != CONN_IDLE;
+	return n;
 }
 
 struct conn *
@@ -431,17 +469,18 @@ upstream_prewarm(struct upstream *up, int64_t now)
 
 /*
  * An idle connection past its timeout stays open while --prewarm wants
- * it (the first ready one), or, with one upstream, while second copies
- * were sent lately (the second): they go over a second connection, which
- * then needs no handshake.  Closing a kept connection only to open it
- * again would cost a handshake and spare the server nothing; it still
- * goes when the server asked for that (RFC 7828).
+ * it (the first ready one); the second, with one upstream while second
+ * copies were sent lately, since they go over it and it then needs no
+ * handshake, and over a lossy path as the spare (upstream_grow).
+ * Closing a kept connection only to open it again would cost a handshake
+ * and spare the server nothing; it still goes when the server asked for
+ * that (RFC 7828).
  */
 int
 upstream_keep_warm(const struct conn *c, int64_t now)
 {
-	const struct upstream *up = c->c_up;
-	int	 i, before = 0;
+	struct upstream	*up = c->c_up;
+	int		 i, before = 0;
 
 	if (c->c_server_idle)
 		return 0;
@@ -449,8 +488,9 @@ upstream_keep_warm(const struct conn *c, int64_t now)
 		before += up->up_conns[i].c_state == CONN_READY;
 	if (before == 0)
 		return warm_wanted(now);
-	return before == 1 && warm.nup == 1 && warm.last_hedge != 0 &&
-	    now - warm.last_hedge <= PREWARM_RECENT_MS;
+	return before == 1 && ((warm.nup == 1 && warm.last_hedge != 0 &&
+	    now - warm.last_hedge <= PREWARM_RECENT_MS) ||
+	    share(up, now) == SHARE_FIRST);
 }
 
 /*

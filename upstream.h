@@ -27,8 +27,11 @@ void	upstream_free(struct upstream *);
  * loses packets, the first.  One that seems stalled comes last.
  */
 struct conn *upstream_conn(struct upstream *, const struct conn *, int64_t);
-/* A query went on a busy connection: on a long path, dial another. */
-void	upstream_spread(struct upstream *, int64_t);
+/*
+ * A query went on that connection: on a long path, dial another when it
+ * had to share, or a spare for a lossy one.
+ */
+void	upstream_grow(struct upstream *, const struct conn *, int64_t);
 /* A slot with no connection, or NULL. */
 struct conn *upstream_idle(struct upstream *);
 /* Connections being dialled. */
