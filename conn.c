@@ -575,15 +575,10 @@ conn_retransmitted(struct conn *c)
 	return ti.tcpi_total_retrans != seen;
 }
 
-/*
- * Suspect from now (conn_stalled); whether its TCP retransmitted tells a
- * lossy path from a slow answer.
- */
-int
-conn_timed_out(struct conn *c)
+void
+conn_suspect(struct conn *c)
 {
 	c->c_suspect = 1;
-	return conn_retransmitted(c);
 }
 
 /*

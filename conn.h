@@ -221,8 +221,8 @@ void	conn_send(struct conn *, struct att *, int64_t);
 int64_t	conn_path_rtt(const struct conn *);
 /* Its TCP retransmitted since the last call: the path loses packets. */
 int	conn_retransmitted(struct conn *);
-/* An attempt on it timed out: it is suspect; conn_retransmitted's answer. */
-int	conn_timed_out(struct conn *);
+/* An attempt on it timed out: it is suspect (conn_stalled). */
+void	conn_suspect(struct conn *);
 /*
  * Its oldest query is older than `late` ms, or an attempt on it timed
  * out and it may yet hold what follows.

@@ -483,7 +483,8 @@ att_timed_out(struct att *a, int64_t now)
 	struct pq	*pq = a->a_pq;
 	struct upstream	*up = a->a_conn->c_up;
 
-	health_timed_out(up, a, conn_timed_out(a->a_conn), now);
+	conn_suspect(a->a_conn);
+	health_timed_out(up, a, upstream_retransmitted(up), now);
 	a->a_late = 1;
 	pq->pq_overdue = 1;
 	if (pq->pq_done != NULL) {

@@ -92,7 +92,6 @@ upstream_free(struct upstream *up)
 /* How queries share an upstream's connections. */
 enum share { SHARE_FEWEST, SHARE_SPREAD, SHARE_FIRST };
 
-static int	 still_lossy(struct upstream *);
 static int	 open_conns(const struct upstream *);
 
 /*
@@ -102,9 +101,9 @@ static int	 open_conns(const struct upstream *);
  * up to a round trip: a connection each.  But a lone segment lost on a
  * quiet connection waits for TCP's retransmission timer (200 ms at
  * least), where on a busy one the segments after it show the loss
- * within a round trip: once an attempt times out on a connection that
- * retransmitted, queries share the first for SPREAD_QUIET_MS, and again
- * while its TCP goes on retransmitting.
+ * within a round trip: once an attempt times out while TCP retransmits
+ * on its connections, queries share the first for SPREAD_QUIET_MS, and
+ * again while TCP goes on retransmitting.
  */
 static enum share
 share(struct upstream *up, int64_t now)
@@ -112,17 +111,17 @@ share(struct upstream *up, int64_t now)
 	if (up->up_path_rtt < SPREAD_RTT_US)
 		return SHARE_FEWEST;
 	if (up->up_lossy_at != 0 && now - up->up_lossy_at >= SPREAD_QUIET_MS)
-		up->up_lossy_at = still_lossy(up) ? now : 0;
+		up->up_lossy_at = upstream_retransmitted(up) ? now : 0;
 	return up->up_lossy_at != 0 ? SHARE_FIRST : SHARE_SPREAD;
 }
 
 /*
- * Once the queries share a busy connection, TCP recovers most losses
- * before an attempt times out: whether it still retransmits says whether
- * the path still loses packets.
+ * Whether the path loses packets: at an attempt timeout, and, once the
+ * queries share a busy connection, where TCP recovers most losses before
+ * an attempt times out, as SPREAD_QUIET_MS ends.
  */
-static int
-still_lossy(struct upstream *up)
+int
+upstream_retransmitted(struct upstream *up)
 {
 	int	 i, lost = 0;
 

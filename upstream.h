@@ -27,6 +27,8 @@ void	upstream_free(struct upstream *);
  * loses packets, the first.  One that seems stalled comes last.
  */
 struct conn *upstream_conn(struct upstream *, const struct conn *, int64_t);
+/* TCP retransmitted on one of its connections since the last call. */
+int	upstream_retransmitted(struct upstream *);
 /*
  * A query went on that connection: on a long path, dial another when it
  * had to share, or a spare for a lossy one.

@@ -329,6 +329,44 @@ def path_nagle_upstream_spread(t):
     _on_path(t, 2, body)
 
 
+@scenario
+@slow
+def path_lossy_shares_one_connection(t):
+    """An upstream behind a 30 ms path, a query every 6 ms: without loss they go over connections of their own (3 or more); once the path loses 5 % each way, attempts time out while TCP retransmits, and the queries of the last 3 s share the first connection: half or more of their first copies on one (spreading, about 1 in 8), the others on the spare or the next while the first is stalled; second copies go where they may, so a lost segment is found by the ones behind it within a round trip, not TCP's timer; every query is answered."""
+    gap = 0.006
+
+    def conns(fu, res):
+        """The connection each query's first copy came over."""
+        return [fu.records(name)[0]["conn"] for _, name, _ in res
+                if fu.records(name)]
+
+    def body(link):
+        p = link.path[0]
+        fu = _fakeup(t, link, p)
+        d = t.dnsfwd(*_up(fu, p), "--timeout", "4000")
+        _warm(d, "w", 5)
+        clean, _ = scen_health.stream(d.port, 2.0, gap, "c")
+        p.set(loss=0.05)
+        lossy, t0 = scen_health.stream(d.port, 7.0, gap, "l", timeout=4.5)
+        late = [x for x in lossy if x[0] > t0 + 4.0]
+        first = conns(fu, clean)
+        last = conns(fu, late)
+        top = max(last.count(c) for c in set(last)) if last else 0
+        u = scen_health.upstream_lines(d).get("u0", {})
+        t.note("no loss: %d queries over %d connections; 5%% loss, last "
+               "3 s: %d queries over %d connections, %d on the busiest; "
+               "%s" % (len(clean), len(set(first)), len(last),
+                       len(set(last)), top, u))
+        _no_failures(clean + lossy, "the streams")
+        it.check(len(set(first)) >= 3, "without loss, %d connections, want "
+                 "3 or more" % len(set(first)))
+        it.check(top >= 0.5 * len(last), "with loss, the last 3 s went "
+                 "over %d connections, %d of %d on the busiest: want half "
+                 "or more on one" % (len(set(last)), top, len(last)))
+        d.stop_and_check()
+    _on_path(t, 1, body)
+
+
 def _hedge_counts(st, u):
     """(hedges, hedges_unpaid, timeouts) of a stats dict and an upstream
     line; 0 for what a daemon does not count."""
