@@ -578,6 +578,21 @@ def slow(fn):
     return fn
 
 
+# How long a timed scenario waits for the other suites' timed lanes: a
+# lane's scenarios take about a minute, two minutes under ASan.
+TIMED_WAIT = 300
+
+
+def timed(fn):
+    """Marks a scenario that measures milliseconds over an emulated path:
+    such scenarios run one at a time on a lane of their own, and one at a
+    time on the host across suites run at once (three, and a soak, in
+    make check), since a dozen of them together starve the Python upstreams
+    and path emulators they measure through."""
+    fn.timed = True
+    return fn
+
+
 @scenario
 def unbound_udp_tcp(t):
     """dnspython and kdig get answers from real unbound over DoT, via UDP and TCP."""
@@ -2250,24 +2265,31 @@ def servfail_ede_text(t):
 
 
 @contextlib.contextmanager
-def fixed_ports_lock():
-    """Held by scenarios that use fixed ports (853, 53), so that suites
-    run at once (tests/runall.py runs two) take turns; bounded wait."""
-    path = os.path.join(tempfile.gettempdir(), "dnsfwd-it-fixed-ports.lock")
+def host_lock(name, wait):
+    """An flock on a file in the temporary directory, shared by every
+    suite run at once on this host; waits at most `wait` s."""
+    path = os.path.join(tempfile.gettempdir(), name)
     with open(path, "a") as f:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + wait
         while True:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise Fail("%s held for 20 s by another run" % path)
+                    raise Fail("%s held for %d s by another run" % (
+                        path, wait))
                 time.sleep(0.05)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def fixed_ports_lock():
+    """Held by scenarios that use fixed ports (853, 53), so that suites
+    run at once (tests/runall.py runs three) take turns."""
+    return host_lock("dnsfwd-it-fixed-ports.lock", 20)
 
 
 @scenario
@@ -3679,7 +3701,11 @@ def run_one(fn, workdir):
     status, reason = "ok", ""
     t0 = time.monotonic()
     try:
-        fn(t)
+        if getattr(fn, "timed", False):
+            with host_lock("dnsfwd-it-timed.lock", TIMED_WAIT):
+                fn(t)
+        else:
+            fn(t)
     except Skip as e:
         status, reason = "skip", str(e)
     except Fail as e:
@@ -3726,9 +3752,11 @@ def main():
     passed = failed = skipped = 0
     t0 = time.monotonic()
     try:
-        with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as ex:
+        with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as ex, \
+                concurrent.futures.ThreadPoolExecutor(1) as lane:
             first = sorted(todo, key=lambda fn: not getattr(fn, "slow", 0))
-            started = {fn: ex.submit(run_one, fn, workdir) for fn in first}
+            started = {fn: (lane if getattr(fn, "timed", False) else ex)
+                       .submit(run_one, fn, workdir) for fn in first}
             futs = [started[fn] for fn in todo]
             for fn, fut in zip(todo, futs):
                 try:

@@ -2,14 +2,14 @@
 
     it = None                       # integration.py, once registered
     _reg = scen.Registry(__name__)
-    scenario, slow = _reg.scenario, _reg.slow
+    scenario, slow, timed = _reg.scenario, _reg.slow, _reg.timed
 
     def register(mod):
         _reg.register(mod)
 
 integration.py imports each such module and calls its register() with
 itself: the module's `it` is set, so its helpers can use integration.py's,
-and its scenarios are added to the list, in order, slow ones marked.
+and its scenarios are added to the list, in order, slow and timed ones marked.
 """
 import sys
 import time
@@ -39,6 +39,11 @@ class Registry:
         fn.slow_here = True
         return fn
 
+    @staticmethod
+    def timed(fn):
+        fn.timed_here = True
+        return fn
+
     def register(self, it):
         if self.module.it is not None:
             return
@@ -46,4 +51,6 @@ class Registry:
         for fn in self.fns:
             if getattr(fn, "slow_here", False):
                 it.slow(fn)
+            if getattr(fn, "timed_here", False):
+                it.timed(fn)
             it.scenario(fn)

@@ -38,22 +38,28 @@ def stream(port, seconds, gap, prefix, timeout=4.0, at=None):
     """A query for a new name every `gap` s for `seconds`, each from its
     own thread; [(monotonic time sent, name, Reply)].  at: {offset s:
     fn}, each fn called on a thread of its own at that offset."""
-    t0 = time.monotonic() + 0.05
     n = int(seconds / gap)
     out = [None] * n
+    # Starting hundreds of threads takes seconds on a loaded machine:
+    # the clock starts once all are up, or the first queries would go
+    # out in a burst and an `at` function long after its offset.
+    go = threading.Event()
+    clock = {}
 
-    def one(i):
-        left = t0 + i * gap - time.monotonic()
+    def wait(off):
+        go.wait()
+        left = clock["t0"] + off - time.monotonic()
         if left > 0:
             time.sleep(left)
+
+    def one(i):
+        wait(i * gap)
         name = "%s%d.example." % (prefix, i)
         sent = time.monotonic()
         out[i] = (sent, name, it.ask_udp(port, name, timeout=timeout))
 
     def later(off, fn):
-        left = t0 + off - time.monotonic()
-        if left > 0:
-            time.sleep(left)
+        wait(off)
         fn()
     ths = [threading.Thread(target=one, args=(i,), daemon=True)
            for i in range(n)]
@@ -61,9 +67,11 @@ def stream(port, seconds, gap, prefix, timeout=4.0, at=None):
             for off, fn in sorted((at or {}).items())]
     for th in ths:
         th.start()
+    clock["t0"] = time.monotonic() + 0.05
+    go.set()
     for th in ths:
         th.join(seconds + timeout + 10)
-    return [x for x in out if x is not None], t0
+    return [x for x in out if x is not None], clock["t0"]
 
 
 def _share(results, t0, after):

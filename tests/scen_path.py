@@ -42,7 +42,7 @@ import scen_service
 
 it = None                  # the integration module, set by register()
 _reg = scen.Registry(__name__)
-scenario, slow = _reg.scenario, _reg.slow
+scenario, timed = _reg.scenario, _reg.timed
 
 
 def register(mod):
@@ -137,9 +137,9 @@ def _no_failures(res, what):
 # ---------------------------------------------------------------- scenarios
 
 @scenario
-@slow
+@timed
 def path_lost_segment_other_upstream(t):
-    """Two upstreams, each behind its own 30 ms path, a query every 20 ms: the path of the one in use blackholed for 400 ms, the answers through the other keep their latency (max within RTT + 70 ms) and the queries caught on the blackholed one are answered within an attempt timeout + RTT + 100 ms via the other (second copies), not after TCP's retransmission."""
+    """Two upstreams, each behind its own 30 ms path, a query every 20 ms: the path of the one in use blackholed for 400 ms, the answers through the other keep their latency (max within RTT + 120 ms, short of TCP's 200 ms retransmission) and the queries caught on the blackholed one are answered within an attempt timeout + RTT + 100 ms via the other (second copies), not after TCP's retransmission."""
     hole_ms = 400
 
     def body(link):
@@ -214,9 +214,12 @@ def path_lost_segment_other_upstream(t):
                                                  caught))
         it.check(len(direct) >= 5, "only %d queries went to u%d first "
                  "while u%d was blackholed" % (len(direct), 1 - k, k))
-        it.check(dmax <= RTT_MS + 70, "a query answered by u%d, its first "
+        # What a query held behind the blackhole would wait is TCP's
+        # retransmission, 200 ms at the least; the rest is slack for a
+        # loaded CI (two cores, three builds at once), seen at 107 ms.
+        it.check(dmax <= RTT_MS + 120, "a query answered by u%d, its first "
                  "copy sent there, waited %.1f ms while u%d was blackholed "
-                 "(want <= %d ms): %s" % (1 - k, dmax, k, RTT_MS + 70,
+                 "(want <= %d ms): %s" % (1 - k, dmax, k, RTT_MS + 120,
                                           direct))
         it.check(hedges >= 1 and won >= 1, "hedges %d, hedges_won %d: "
                  "want second copies sent and winning" % (hedges, won))
@@ -227,6 +230,7 @@ def path_lost_segment_other_upstream(t):
 
 
 @scenario
+@timed
 def path_hedge_after_attempt_timeout(t):
     """One upstream behind a 30 ms path drops the first query for a name: the client gets the answer after the attempt timeout (srtt + 4 x rttvar, the variance term at least srtt / 2, at least 100 ms) and within it + RTT + 80 ms, from a second copy over a second connection; hedges and hedges_won rise by 1."""
     def body(link):
@@ -275,7 +279,7 @@ def path_hedge_after_attempt_timeout(t):
 
 
 @scenario
-@slow
+@timed
 def path_nagle_upstream_spread(t):
     """Two upstreams that leave Nagle on (fakeup nagle=True), each behind a 30 ms path of its own, and a dnsfwd for each, sent a query every 6 ms at the same time: one with --connections 1, one with the default. The default puts a query on a connection of its own, so no answer waits at the server for the ACK of the one before: its median is at least 8 ms below the single connection's (about RTT/2 apart when idle), over 3 connections or more; SIGUSR1 gives its path_ms, TCP's round trip, as the path's (25-60 ms), not the answers'."""
     GAP = 0.006     # five in flight: the default's 8 seldom all busy
@@ -330,7 +334,7 @@ def path_nagle_upstream_spread(t):
 
 
 @scenario
-@slow
+@timed
 def path_lossy_shares_one_connection(t):
     """An upstream behind a 30 ms path, a query every 6 ms: without loss they go over connections of their own (3 or more); once the path loses 5 % each way, attempts time out while TCP retransmits, and the queries of the last 3 s share the first connection: half or more of their first copies on one (spreading, about 1 in 8), the others on the spare or the next while the first is stalled; second copies go where they may, so a lost segment is found by the ones behind it within a round trip, not TCP's timer; every query is answered."""
     gap = 0.006
@@ -375,7 +379,7 @@ def _hedge_counts(st, u):
 
 
 @scenario
-@slow
+@timed
 def path_hedge_budget_slow_path(t):
     """A query every 15 ms through one path whose round trip jumps from 30 to 300 ms, a second connection up (a dropped query's copy dialled it): the jump's attempt timeouts ask for more second copies than the budget holds, and in the second after it no more go out than the 10 saved + 1 per 20 queries sent since (the rest counted unpaid); every query is answered, and the smoothed RTT catches up (>= 250 ms)."""
     gap = 0.015
@@ -394,15 +398,17 @@ def path_hedge_budget_slow_path(t):
         mid = {}
 
         def slow_down():
+            # The look is timed from the jump itself: under load the
+            # SIGUSR1 before it can take most of a second, and a look at
+            # a fixed offset then finds no attempt timed out yet.
             mid["at_jump"] = d.stats()
             mid["jump"] = time.monotonic()
             p.set(delay_ms=150)
-
-        def look():
+            time.sleep(1.0)
             mid["look"] = time.monotonic()
             mid["stats"] = d.stats()
         res, t0 = scen_health.stream(d.port, 8.0, gap, "b", timeout=4.5,
-                          at={2.0: slow_down, 3.0: look})
+                          at={2.0: slow_down})
         u = scen_health.upstream_lines(d).get("u0", {})
         n = len(res)
 
@@ -444,7 +450,7 @@ def path_hedge_budget_slow_path(t):
 
 
 @scenario
-@slow
+@timed
 def path_slow_steady_outlier_waited(t):
     """On a steady 300 ms path (the smoothed RTT caught up after 3 s of a query every 25 ms), an answer 60 ms (20 %) later than usual is waited for: no attempt timeout, no second copy, the upstream not demoted."""
     def body(link):
@@ -485,7 +491,7 @@ def _tfo_active():
 
 
 @scenario
-@slow
+@timed
 def path_fastopen_saves_round_trip(t):
     """With net.ipv4.tcp_fastopen=3 on both sides of a 30 ms path and a Fast Open server, the first query after the server closed the connection goes over a reconnect that takes Fast Open (TCPFastOpenActive rises each time) and costs about one round trip less (median at least 15 ms less) than with --no-fastopen, which never sends data in a SYN."""
     rounds = 6
