@@ -93,6 +93,7 @@ upstream_free(struct upstream *up)
 enum share { SHARE_FEWEST, SHARE_SPREAD, SHARE_FIRST };
 
 static int	 open_conns(const struct upstream *);
+static int	 sharing(const struct upstream *);
 
 /*
  * Over a short path, spread by the queries in flight.  Over a long one,
@@ -180,20 +181,40 @@ upstream_conn(struct upstream *up, const struct conn *not, int64_t now)
 
 /*
  * A query went on c.  Spreading, one that had to share opens another
- * connection for those to come.  Sharing the first over a lossy path, a
- * second is kept ready: a lost segment may stall the first for TCP's
- * retransmission timer, and what comes meanwhile goes on the spare.
+ * connection for those to come, and as many are dialled at once as
+ * queries share: one at a time, a handshake of two round trips each, the
+ * pool would take a second to grow over a long path, and the queries of
+ * that second would wait on a busy connection.  Sharing the first over a
+ * lossy path, a second is kept ready: a lost segment may stall the first
+ * for TCP's retransmission timer, and what comes meanwhile goes on the
+ * spare.
  */
 void
 upstream_grow(struct upstream *up, const struct conn *c, int64_t now)
 {
 	enum share	 how = share(up, now);
+	int		 dialing;
 
-	if (!upstream_may_dial(up, now))
+	if (upstream_idle(up) == NULL || upstream_backing_off(up, now))
 		return;
-	if ((how == SHARE_SPREAD && c->c_inflight > 1) ||
-	    (how == SHARE_FIRST && open_conns(up) < 2))
+	dialing = upstream_dialing(up);
+	if ((how == SHARE_SPREAD && c->c_inflight > 1 &&
+	    dialing < sharing(up)) ||
+	    (how == SHARE_FIRST && dialing == 0 && open_conns(up) < 2))
 		(void)upstream_dial(up, now);
+}
+
+/* Queries beyond the first on each connection up. */
+static int
+sharing(const struct upstream *up)
+{
+	int	 i, n = 0;
+
+	for (i = 0; i < up->up_nconns; i++)
+		if (up->up_conns[i].c_state == CONN_READY &&
+		    up->up_conns[i].c_inflight > 1)
+			n += up->up_conns[i].c_inflight - 1;
+	return n;
 }
 
 /* Connections up or being dialled. */

@@ -1583,7 +1583,7 @@ test_hedge(void)
 /*
  * How queries share one upstream's connections: by the fewest in flight
  * over a short path; over a long one, one with nothing in flight, else
- * the one given a query longest ago, dialling another meanwhile; the
+ * the one given a query longest ago, dialling as many more as share; the
  * first once a timeout came with retransmissions; a suspect one last.
  */
 static void
@@ -1650,6 +1650,25 @@ test_share(void)
 	    !conn_stalled(&c[1], 1000, now_ms()));
 	/* So does one whose oldest query waited past the path's round trips. */
 	CHECK(conn_stalled(&c[1], 0, now_ms() + 1));
+	teardown();
+
+	/* Long path: as many dialled at once as queries share. */
+	setup(1, 4, 8);
+	up = &mux.ups[0];
+	c = up->up_conns;
+	make_idle(0, 2);
+	make_idle(0, 3);
+	up->up_srtt = 30000;
+	up->up_sampled = t;
+	health_path_rtt(up, 30000);
+	r[0] = sendname(1, "d0");
+	r[1] = sendname(2, "d1");
+	r[2] = sendname(3, "d2");
+	flush_cb(loop, NULL, 0);
+	CHECK(c[2].c_state == CONN_CONNECTING && c[3].c_state == CONN_IDLE);
+	r[3] = sendname(4, "d3");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(r[3])->a_conn == &c[1] && c[3].c_state == CONN_CONNECTING);
 	teardown();
 }
 
