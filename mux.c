@@ -108,6 +108,7 @@ static void	 att_end(struct att *);
 static void	 att_timeout_insert(struct att *, int64_t, int64_t);
 static void	 att_timer_cb(struct ev_loop *, ev_timer *, int);
 static void	 att_timed_out(struct att *, int64_t);
+static void	 fail_over(struct upstream *, int64_t);
 static int	 pq_live(const struct pq *);
 static void	 pq_enqueue(struct pq *, int, int);
 static void	 pq_unqueue(struct pq *);
@@ -482,6 +483,7 @@ att_timed_out(struct att *a, int64_t now)
 {
 	struct pq	*pq = a->a_pq;
 	struct upstream	*up = a->a_conn->c_up;
+	int		 was_bad = up->up_bad > 0;
 
 	conn_suspect(a->a_conn);
 	health_timed_out(up, a, upstream_retransmitted(up), now);
@@ -494,6 +496,33 @@ att_timed_out(struct att *a, int64_t now)
 		att_end(a);
 		pq_release(pq);
 	}
+	if (!was_bad && up->up_bad > 0)
+		fail_over(up, now);
+}
+
+/*
+ * An upstream just demoted, having said nothing for an attempt timeout:
+ * every query still waiting on it goes to one in good standing now, not
+ * each at its own attempt timeout, since whatever silenced it caught
+ * them too; a failover costs nothing of the budget (failover()).
+ */
+static void
+fail_over(struct upstream *up, int64_t now)
+{
+	struct upstream	*to = pick_upstream(now, upstream_bit(up));
+	struct att	*a;
+	struct pq	*pq;
+	int		 j;
+
+	if (to == NULL || !failover(up, to))
+		return;
+	for (j = 0; j < up->up_nconns; j++)
+		TAILQ_FOREACH(a, &up->up_conns[j].c_atts, a_link) {
+			pq = a->a_pq;
+			if (pq->pq_done != NULL && !a->a_probe &&
+			    pq->pq_list == PQ_ON_NONE && pq_live(pq) < PQ_ATTS)
+				pq_enqueue(pq, PQ_ON_HEDGE, 0);
+		}
 }
 
 /* The best upstream not in `avoid`, NULL when none may be used. */

@@ -1580,6 +1580,63 @@ test_hedge(void)
 	teardown();
 }
 
+/* Makes only r's attempt timeout due now and runs the timer. */
+static void
+expire_one(struct rec *r)
+{
+	struct att	*at = att_of(r);
+
+	TAILQ_REMOVE(&mux.atimeouts, at, a_tlink);
+	at->a_due = now_ms() - 1;
+	TAILQ_INSERT_HEAD(&mux.atimeouts, at, a_tlink);
+	att_timer_cb(loop, &mux.att_timer, EV_TIMER);
+}
+
+/*
+ * The timeout that demotes an upstream sends every query still waiting
+ * on it to one in good standing at once, free of the budget; with no
+ * such upstream, the others wait for their own timeouts.
+ */
+static void
+test_fail_over(void)
+{
+	struct rec	*a, *b, *p;
+	int64_t		 t = now_ms();
+
+	setup(2, 1, 8);
+	mux.ups[0].up_srtt = 1000;
+	mux.ups[1].up_srtt = 5000;
+	mux.ups[0].up_sampled = mux.ups[1].up_sampled = t;
+	mux.ups[0].up_heard = mux.ups[1].up_heard = t - 1000;
+	a = sendname(1, "fo1");
+	b = sendname(2, "fo2");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(a)->a_conn == &mux.ups[0].up_conns[0] &&
+	    att_of(b)->a_conn == &mux.ups[0].up_conns[0]);
+	mux.hedge_tokens = 0;
+	expire_one(a);
+	CHECK(mux.ups[0].up_bad > 0 && att_of(b)->a_late == 0);
+	CHECK(pq_of(a)->pq_att[1].a_conn == &mux.ups[1].up_conns[0] &&
+	    pq_of(b)->pq_att[1].a_conn == &mux.ups[1].up_conns[0]);
+	CHECK(stats.st_hedges == 2 && stats.st_hedges_unpaid == 0);
+	teardown();
+
+	setup(1, 2, 8);
+	mux.ups[0].up_srtt = 1000;
+	mux.ups[0].up_sampled = t;
+	mux.ups[0].up_heard = t - 1000;
+	a = sendname(3, "fo3");
+	b = sendname(4, "fo4");
+	p = sendname(5, "fo5");
+	flush_cb(loop, NULL, 0);
+	mux.hedge_tokens = HEDGE_EVERY;
+	expire_one(a);
+	CHECK(mux.ups[0].up_bad > 0 && pq_of(a)->pq_att[1].a_conn != NULL);
+	CHECK(pq_of(b)->pq_att[1].a_conn == NULL &&
+	    pq_of(p)->pq_att[1].a_conn == NULL && stats.st_hedges == 1);
+	teardown();
+}
+
 /*
  * How queries share one upstream's connections: by the fewest in flight
  * over a short path; over a long one, one with nothing in flight, else
@@ -2442,6 +2499,7 @@ main(void)
 	test_probe();
 	test_rtt_choice();
 	test_hedge();
+	test_fail_over();
 	test_share();
 	test_timeout_judgement();
 	test_slow_dial();
