@@ -81,6 +81,17 @@ random_bytes(void *buf, size_t len)
 	}
 }
 
+/* Not cleared, so untouched: its pages stay free until written. */
+void *
+xmalloc(size_t size)
+{
+	void	*p = malloc(size);
+
+	if (p == NULL)
+		fatal(EXIT_SETUP, "cannot allocate %zu bytes", size);
+	return p;
+}
+
 void *
 xcalloc(size_t n, size_t size)
 {

@@ -33,6 +33,7 @@ int64_t	boottime_ms(void);
 void	random_bytes(void *, size_t);
 const char *addr_str(const struct sockaddr *, char *, size_t);
 /* malloc that ends start-up on failure; only used before the loop runs. */
+void	*xmalloc(size_t);
 void	*xcalloc(size_t, size_t);
 /*
  * (Re)arms a one-shot timer to fire at `when` (ms, as now_ms): libev
