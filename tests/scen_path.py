@@ -512,7 +512,7 @@ def _tfo_active():
 @scenario
 @timed
 def path_fastopen_saves_round_trip(t):
-    """With net.ipv4.tcp_fastopen=3 on both sides of a 30 ms path and a Fast Open server, the first query after the server closed the connection goes over a reconnect that takes Fast Open (TCPFastOpenActive rises each time) and costs about one round trip less (median at least 15 ms less) than with --no-fastopen, which never sends data in a SYN."""
+    """With net.ipv4.tcp_fastopen=3 on both sides of a 30 ms path and a Fast Open server, the first query after the server closed the connection goes over a reconnect that takes Fast Open (TCPFastOpenActive rises each time) and costs about one round trip less (the fastest of six at least 15 ms less) than with --no-fastopen, which never sends data in a SYN."""
     rounds = 6
 
     def reconnects(d, fu, tag):
@@ -548,15 +548,17 @@ def path_fastopen_saves_round_trip(t):
         d = t.dnsfwd(*_up(fu, p), "--timeout", "3000", "--no-fastopen")
         plain, plain_active = reconnects(d, fu, "nofo")
         d.stop_and_check()
-        gain = statistics.median(plain) - statistics.median(fo)
+        # The fastest of each: load only adds (the fakeup's handshakes
+        # starve when make check runs everything), never takes away the
+        # round trip a reconnect costs, so the best shows the path's.
+        gain = min(plain) - min(fo)
         t.note("--no-fastopen: %s ms, median %.1f; TCPFastOpenActive +%d; "
-               "Fast Open saves %.1f ms at the median (RTT %d ms)" % (
+               "Fast Open saves %.1f ms at the fastest (RTT %d ms)" % (
                    ["%.1f" % x for x in plain], statistics.median(plain),
                    plain_active, gain, RTT_MS))
         it.check(plain_active == 0, "--no-fastopen sent data in %d SYNs" %
                  plain_active)
-        it.check(gain >= RTT_MS / 2, "Fast Open saved %.1f ms at the median "
+        it.check(gain >= RTT_MS / 2, "Fast Open saved %.1f ms at the fastest "
                  "(%.1f vs %.1f), want about one %d ms round trip" % (
-                     gain, statistics.median(fo), statistics.median(plain),
-                     RTT_MS))
+                     gain, min(fo), min(plain), RTT_MS))
     _on_path(t, 1, body)
