@@ -189,16 +189,24 @@ health_failed(struct upstream *up, const struct att *a, const char *why,
  * An upstream that answered since the attempt was sent is alive: this
  * query was lost on the way, or is a slow lookup, and a second copy is
  * the remedy.  Demoting it would move every query to the others and
- * their cold connections at each lost packet.  Silence demotes.
+ * their cold connections at each lost packet.  Silence demotes; so do,
+ * over a path not known to lose packets, answers only to queries sent
+ * before this one: spread over connections of their own, those sent
+ * after it would have been answered, and these were on their way back
+ * when the path went dark.  Over a lossy path queries share a connection
+ * and wait behind a lost segment, and that would demote at every loss.
  */
 void
 health_timed_out(struct upstream *up, const struct att *a, int lossy,
     int64_t now)
 {
+	int	 dark = up->up_lossy_at != 0 ? up->up_heard <= a->a_sent :
+		    up->up_heard_sent < a->a_sent;
+
 	up->up_n.n_timeouts++;
 	if (lossy)
 		up->up_lossy_at = now;
-	if (up->up_heard <= a->a_sent)
+	if (dark)
 		health_failed(up, a, "no answer within the attempt timeout",
 		    now);
 }

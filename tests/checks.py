@@ -6,9 +6,21 @@ Skip a check raises, through check(cond, msg) or itself.
     from checks import Fail, Skip, check
     passed, failed, skipped = checks.run(CHECKS, "-k substring",
                                          before=fn, after=fn, args=(x,))
+
+host_lock(name, wait) is the flock that scripts run at once on one host
+take turns with; TIMED_LOCK, for what measures milliseconds over an
+emulated path (integration.py's timed scenarios, test_pathemu.py).
 """
+import contextlib
+import fcntl
+import os
 import sys
+import tempfile
+import time
 import traceback
+
+
+TIMED_LOCK = "dnsfwd-it-timed.lock"
 
 
 class Fail(Exception):
@@ -22,6 +34,31 @@ class Skip(Exception):
 def check(cond, msg):
     if not cond:
         raise Fail(msg)
+
+
+@contextlib.contextmanager
+def host_lock(name, wait):
+    """An flock on a file in the temporary directory, shared by every
+    suite run at once on this host; waits at most `wait` s."""
+    path = os.path.join(tempfile.gettempdir(), name)
+    with open(path, "a") as f:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise Fail("%s held for %d s by another run" % (
+                        path, wait))
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            # Waiters poll every 50 ms: a moment before this thread may
+            # take it again lets them in, or a lane would keep it.
+            time.sleep(0.1)
 
 
 def run(fns, substr="", fail=Fail, skip=Skip, before=None, after=None,

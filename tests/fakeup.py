@@ -890,14 +890,15 @@ class FakeUpstream:
                     self.resets += 1
                     self.closed += 1
                 else:
+                    # Started before others can see it in live, whose
+                    # close_all() and stop() join its thread.
                     c = _Conn(self, s, cid, stall)
+                    c.thread.start()
                     self.live.add(c)
             if reset:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                              struct.pack("ii", 1, 0))
                 s.close()
-                continue
-            c.thread.start()
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None

@@ -18,8 +18,6 @@ kept under the printed work directory.
 
 import argparse
 import concurrent.futures
-import contextlib
-import fcntl
 import itertools
 import os
 import re
@@ -46,7 +44,7 @@ import dns.rcode     # noqa: E402
 import dns.rdatatype  # noqa: E402
 
 import fakeup        # noqa: E402
-from checks import Fail, Skip, check  # noqa: E402
+from checks import Fail, Skip, check, host_lock, TIMED_LOCK  # noqa: E402
 from scen import until  # noqa: E402
 from fakeup import FakeUpstream, GOOD_ADDR, BAD_ADDR  # noqa: E402
 from unbound import Unbound, WWW_ADDR  # noqa: E402
@@ -2264,28 +2262,6 @@ def servfail_ede_text(t):
           "the slow upstream saw %d queries" % slow_up.nqueries("ede-slow"))
 
 
-@contextlib.contextmanager
-def host_lock(name, wait):
-    """An flock on a file in the temporary directory, shared by every
-    suite run at once on this host; waits at most `wait` s."""
-    path = os.path.join(tempfile.gettempdir(), name)
-    with open(path, "a") as f:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise Fail("%s held for %d s by another run" % (
-                        path, wait))
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def fixed_ports_lock():
     """Held by scenarios that use fixed ports (853, 53), so that suites
     run at once (tests/runall.py runs three) take turns."""
@@ -3702,7 +3678,7 @@ def run_one(fn, workdir):
     t0 = time.monotonic()
     try:
         if getattr(fn, "timed", False):
-            with host_lock("dnsfwd-it-timed.lock", TIMED_WAIT):
+            with host_lock(TIMED_LOCK, TIMED_WAIT):
                 fn(t)
         else:
             fn(t)

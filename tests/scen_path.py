@@ -139,7 +139,7 @@ def _no_failures(res, what):
 @scenario
 @timed
 def path_lost_segment_other_upstream(t):
-    """Two upstreams, each behind its own 30 ms path, a query every 20 ms: the path of the one in use blackholed for 400 ms, the answers through the other keep their latency (max within RTT + 120 ms, short of TCP's 200 ms retransmission) and the queries caught on the blackholed one are answered within an attempt timeout + RTT + 100 ms via the other (second copies), not after TCP's retransmission, and together: the timeout that demotes it sends on every query waiting there."""
+    """Two upstreams, each behind its own 30 ms path, a query every 10 ms: the path of the one in use blackholed for 400 ms, the answers through the other keep their latency (max within RTT + 120 ms, short of TCP's 200 ms retransmission) and the queries caught on the blackholed one are answered within an attempt timeout + RTT + 100 ms via the other (second copies), not after TCP's retransmission, and together: the timeout that demotes it sends on every query waiting there."""
     hole_ms = 400
 
     def body(link):
@@ -171,7 +171,10 @@ def path_lost_segment_other_upstream(t):
             link.path[k].set(blackhole=0)
             box["end"] = time.monotonic()
 
-        res, t0 = scen_health.stream(d.port, 3.0, 0.02, "s", timeout=3.5,
+        # Every 10 ms: queries go elsewhere once u_k's connections look
+        # stalled (within about 40 ms), so a slower stream leaves one or
+        # two caught there, too few to tell one failover from several.
+        res, t0 = scen_health.stream(d.port, 3.0, 0.01, "s", timeout=3.5,
                           at={1.0: blackhole})
         after = d.stats()
         it.check("end" in box, "the blackhole never ran")

@@ -1731,7 +1731,8 @@ test_share(void)
 
 /*
  * A timeout demotes an upstream only when it answered nothing since the
- * attempt was sent; an overtaken late answer is no RTT sample (Karn); a
+ * attempt was sent, or, over a path not known to be lossy, nothing sent
+ * with or after it; an overtaken late answer is no RTT sample (Karn); a
  * paid second copy that wins earns its token back.
  */
 static void
@@ -1747,11 +1748,17 @@ test_timeout_judgement(void)
 	memset(&a, 0, sizeof(a));
 	a.a_sent = t - 100;
 	up->up_heard = t - 50;
+	up->up_heard_sent = t - 100;
 	health_timed_out(up, &a, 0, t);
 	CHECK(up->up_bad == 0 && up->up_lossy_at == 0 &&
 	    up->up_n.n_timeouts == 1);
+	/* Heard since, only from queries sent before: dark, unless lossy. */
+	up->up_heard_sent = t - 101;
 	health_timed_out(up, &a, 1, t);
-	CHECK(up->up_bad == 0 && up->up_lossy_at == t);
+	CHECK(up->up_bad == 1 && up->up_lossy_at == t);
+	up->up_bad = 0;
+	health_timed_out(up, &a, 0, t);
+	CHECK(up->up_bad == 0);
 	up->up_heard = t - 100;
 	health_timed_out(up, &a, 0, t);
 	CHECK(up->up_bad == 1);
