@@ -501,7 +501,7 @@ att_timed_out(struct att *a, int64_t now)
 }
 
 /*
- * An upstream just demoted, having said nothing for an attempt timeout:
+ * An upstream just demoted by an attempt timeout (health_timed_out):
  * every query still waiting on it goes to one in good standing now, not
  * each at its own attempt timeout, since whatever silenced it caught
  * them too; a failover costs nothing of the budget (failover()).
