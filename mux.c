@@ -108,6 +108,7 @@ static void	 att_end(struct att *);
 static void	 att_timeout_insert(struct att *, int64_t, int64_t);
 static void	 att_timer_cb(struct ev_loop *, ev_timer *, int);
 static void	 att_timed_out(struct att *, int64_t);
+static void	 send_on(struct pq *);
 static void	 fail_over(struct upstream *, int64_t);
 static int	 pq_live(const struct pq *);
 static void	 pq_enqueue(struct pq *, int, int);
@@ -489,15 +490,23 @@ att_timed_out(struct att *a, int64_t now)
 	health_timed_out(up, a, upstream_retransmitted(up), now);
 	a->a_late = 1;
 	pq->pq_overdue = 1;
-	if (pq->pq_done != NULL) {
-		if (pq->pq_list == PQ_ON_NONE && pq_live(pq) < PQ_ATTS)
-			pq_enqueue(pq, PQ_ON_HEDGE, 0);
-	} else if (!a->a_probe) {
+	if (pq->pq_done != NULL)
+		send_on(pq);
+	else if (!a->a_probe) {
 		att_end(a);
 		pq_release(pq);
 	}
 	if (!was_bad && up->up_bad > 0)
 		fail_over(up, now);
+}
+
+/* A query its client still waits for gets one more copy, if it may. */
+static void
+send_on(struct pq *pq)
+{
+	if (pq->pq_done != NULL && pq->pq_list == PQ_ON_NONE &&
+	    pq_live(pq) < PQ_ATTS)
+		pq_enqueue(pq, PQ_ON_HEDGE, 0);
 }
 
 /*
@@ -511,18 +520,14 @@ fail_over(struct upstream *up, int64_t now)
 {
 	struct upstream	*to = pick_upstream(now, upstream_bit(up));
 	struct att	*a;
-	struct pq	*pq;
 	int		 j;
 
 	if (to == NULL || !failover(up, to))
 		return;
 	for (j = 0; j < up->up_nconns; j++)
-		TAILQ_FOREACH(a, &up->up_conns[j].c_atts, a_link) {
-			pq = a->a_pq;
-			if (pq->pq_done != NULL && !a->a_probe &&
-			    pq->pq_list == PQ_ON_NONE && pq_live(pq) < PQ_ATTS)
-				pq_enqueue(pq, PQ_ON_HEDGE, 0);
-		}
+		TAILQ_FOREACH(a, &up->up_conns[j].c_atts, a_link)
+			if (!a->a_probe)
+				send_on(a->a_pq);
 }
 
 /* The best upstream not in `avoid`, NULL when none may be used. */

@@ -195,12 +195,13 @@ upstream_grow(struct upstream *up, const struct conn *c, int64_t now)
 	enum share	 how = share(up, now);
 	int		 dialing;
 
-	if (upstream_idle(up) == NULL || upstream_backing_off(up, now))
+	/* First what costs nothing: this runs for every query. */
+	if (how == SHARE_FEWEST || (how == SHARE_SPREAD && c->c_inflight < 2) ||
+	    upstream_idle(up) == NULL || upstream_backing_off(up, now))
 		return;
 	dialing = upstream_dialing(up);
-	if ((how == SHARE_SPREAD && c->c_inflight > 1 &&
-	    dialing < sharing(up)) ||
-	    (how == SHARE_FIRST && dialing == 0 && open_conns(up) < 2))
+	if (how == SHARE_SPREAD ? dialing < sharing(up) :
+	    dialing == 0 && open_conns(up) < 2)
 		(void)upstream_dial(up, now);
 }
 
