@@ -45,7 +45,7 @@ import dns.rdatatype  # noqa: E402
 
 import fakeup        # noqa: E402
 from checks import Fail, Skip, check, host_lock, TIMED_LOCK  # noqa: E402
-from scen import until  # noqa: E402
+from scen import until, slow, timed  # noqa: E402
 from fakeup import FakeUpstream, GOOD_ADDR, BAD_ADDR  # noqa: E402
 from unbound import Unbound, WWW_ADDR  # noqa: E402
 import unbound as unbound_mod  # noqa: E402
@@ -569,26 +569,9 @@ def scenario(fn):
     return fn
 
 
-def slow(fn):
-    """Marks a scenario that mostly waits (seconds): the runner starts it
-    first, so it overlaps the others; results still print in order."""
-    fn.slow = True
-    return fn
-
-
 # How long a timed scenario waits for the other suites' timed lanes: a
 # lane's scenarios take about a minute, two minutes under ASan.
 TIMED_WAIT = 300
-
-
-def timed(fn):
-    """Marks a scenario that measures milliseconds over an emulated path:
-    such scenarios run one at a time on a lane of their own, and one at a
-    time on the host across suites run at once (three, and a soak, in
-    make check), since a dozen of them together starve the Python upstreams
-    and path emulators they measure through."""
-    fn.timed = True
-    return fn
 
 
 @scenario

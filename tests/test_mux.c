@@ -1638,6 +1638,27 @@ test_fail_over(void)
 }
 
 /*
+ * One upstream with `conns` slots, the first `up` of them connected, a
+ * 30 ms smoothed RTT and, when path_us is not 0, TCP's round trip.
+ */
+static struct upstream *
+one_upstream(int conns, int up, int64_t path_us)
+{
+	struct upstream	*u;
+	int		 i;
+
+	setup(1, conns, 8);
+	for (i = up; i < conns; i++)
+		make_idle(0, i);
+	u = &mux.ups[0];
+	u->up_srtt = 30000;
+	u->up_sampled = now_ms();
+	if (path_us != 0)
+		health_path_rtt(u, path_us);
+	return u;
+}
+
+/*
  * How queries share one upstream's connections: by the fewest in flight
  * over a short path; over a long one, one with nothing in flight, else
  * the one given a query longest ago, dialling as many more as share; the
@@ -1649,14 +1670,8 @@ test_share(void)
 	struct upstream	*up;
 	struct conn	*c;
 	struct rec	*r[7];
-	int64_t		 t = now_ms();
 
-	setup(1, 3, 8);
-	up = &mux.ups[0];
-	c = up->up_conns;
-	make_idle(0, 2);
-	up->up_srtt = 30000;
-	up->up_sampled = t;
+	c = one_upstream(3, 2, 0)->up_conns;
 	/* Short path: fewest in flight, and no dial while there is room. */
 	r[0] = sendname(1, "f0");
 	r[1] = sendname(2, "f1");
@@ -1666,13 +1681,8 @@ test_share(void)
 	    att_of(r[2])->a_conn == &c[0] && c[2].c_state == CONN_IDLE);
 	teardown();
 
-	setup(1, 3, 8);
-	up = &mux.ups[0];
+	up = one_upstream(3, 2, 30000);
 	c = up->up_conns;
-	make_idle(0, 2);
-	up->up_srtt = 30000;
-	up->up_sampled = t;
-	health_path_rtt(up, 30000);
 	/*
 	 * Long path: c0, c1, then c0 (given a query longest ago), and a dial;
 	 * with one in flight on each, c1, given one longer ago (the fewest
@@ -1710,14 +1720,7 @@ test_share(void)
 	teardown();
 
 	/* Long path: as many dialled at once as queries share. */
-	setup(1, 4, 8);
-	up = &mux.ups[0];
-	c = up->up_conns;
-	make_idle(0, 2);
-	make_idle(0, 3);
-	up->up_srtt = 30000;
-	up->up_sampled = t;
-	health_path_rtt(up, 30000);
+	c = one_upstream(4, 2, 30000)->up_conns;
 	r[0] = sendname(1, "d0");
 	r[1] = sendname(2, "d1");
 	r[2] = sendname(3, "d2");
