@@ -2142,7 +2142,7 @@ def warnings_rate_limited(t):
 
 @scenario
 def rtt_prefers_faster(t):
-    """Of two upstreams, the one without a 150 ms delay gets at least 25 of 30 sequential queries after 20 warm-up ones."""
+    """Of two upstreams, the one without a 150 ms delay gets the first copy of at least 25 of 30 sequential queries after 20 warm-up ones.  A second copy to the other (a hedge, when a loaded machine holds an answer past the 100 ms attempt timeout) is allowed but not counted as a choice."""
     laggy = t.fakeup()
     laggy.set(delay_ms=150)
     fast = t.fakeup()
@@ -2151,12 +2151,23 @@ def rtt_prefers_faster(t):
         expect_a(ask_udp(d.port, "warm%d.example." % i), GOOD_ADDR, "warm-up")
     for i in range(30):
         expect_a(ask_udp(d.port, "rtt%d.example." % i))
-    n_fast, n_slow = fast.nqueries("rtt"), laggy.nqueries("rtt")
-    check(n_fast + n_slow == 30, "upstreams saw %d + %d of 30 queries" %
-          (n_fast, n_slow))
-    check(n_fast >= 25, "the fast upstream got %d of 30, the 150 ms one %d "
-          "(warm-up: %d fast, %d slow)" % (
-              n_fast, n_slow, fast.nqueries("warm"), laggy.nqueries("warm")))
+    first = {}     # name -> (time of its first copy, upstream)
+    for fu, which in ((fast, "fast"), (laggy, "slow")):
+        for i in range(30):
+            for rec in fu.records("rtt%d.example." % i):
+                name = rec["qname"]
+                if name not in first or rec["t"] < first[name][0]:
+                    first[name] = (rec["t"], which)
+    n_fast = sum(1 for _, which in first.values() if which == "fast")
+    copies = fast.nqueries("rtt") + laggy.nqueries("rtt")
+    check(len(first) == 30, "the upstreams saw %d of the 30 names" %
+          len(first))
+    check(copies <= 30 + 3, "%d copies of 30 queries: more second copies "
+          "than a loaded machine explains" % copies)
+    check(n_fast >= 25, "the fast upstream got the first copy of %d of 30, "
+          "the 150 ms one %d (warm-up: %d fast, %d slow)" % (
+              n_fast, 30 - n_fast, fast.nqueries("warm"),
+              laggy.nqueries("warm")))
 
 
 @scenario
