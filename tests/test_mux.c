@@ -197,7 +197,8 @@ fake_tls_write(struct tls_conn *tc, const uint8_t *buf, size_t len)
 
 /*
  * The one callback.  It must never run inside mux_send, runs once per
- * accepted send, and finds the send's pool entry already free.
+ * accepted send, and finds the send's pool entry already free unless
+ * another copy is still out.
  */
 static void
 done_cb(void *arg, enum mux_status st, uint8_t *reply, size_t len,
@@ -222,7 +223,9 @@ done_cb(void *arg, enum mux_status st, uint8_t *reply, size_t len,
 		}
 	} else
 		CHECK(reply == NULL && len == 0);
-	CHECK(TAILQ_FIRST(&mux.free) == &mux.pool[r->handle]);
+	/* Unless a copy is still out: that holds the entry till it ends. */
+	CHECK(TAILQ_FIRST(&mux.free) == &mux.pool[r->handle] ||
+	    pq_live(&mux.pool[r->handle]) > 0);
 	if (r->resend) {
 		struct rec	*c = &recs[nrecs++];
 		int		 was = in_send;
@@ -1540,6 +1543,7 @@ test_hedge(void)
 {
 	struct rec	*a, *b;
 	int64_t		 t = now_ms();
+	int		 left;
 
 	setup(2, 1, 8);
 	mux.ups[0].up_srtt = 1000;
@@ -1577,6 +1581,32 @@ test_hedge(void)
 	CHECK(pq_of(b)->pq_att[1].a_conn != NULL &&
 	    pq_of(b)->pq_att[1].a_conn != att_of(b)->a_conn);
 	CHECK(stats.st_hedges == 1 && mux.hedge_tokens < HEDGE_EVERY);
+	teardown();
+
+	/*
+	 * A hedge that loses: the first copy's answer is delivered and the
+	 * hedge is not refunded; the hedge's answer, later, is no second
+	 * delivery (done_cb checks) and frees the entry it held.
+	 */
+	setup(1, 2, 8);
+	mux.ups[0].up_srtt = 1000;
+	mux.ups[0].up_sampled = t;
+	mux.hedge_tokens = HEDGE_EVERY;
+	a = sendname(5, "h5");
+	flush_cb(loop, NULL, 0);
+	expire_attempts();
+	flush_cb(loop, NULL, 0);
+	left = mux.hedge_tokens;
+	CHECK(stats.st_hedges == 1 && left < HEDGE_EVERY);
+	CHECK(att_of(a)->a_conn == &mux.ups[0].up_conns[0] &&
+	    pq_of(a)->pq_att[1].a_conn == &mux.ups[0].up_conns[1]);
+	CHECK(answer_all(0, 0) == 1);
+	CHECK(a->calls == 1 && a->st == MUX_ANSWER);
+	CHECK(stats.st_hedges_won == 0 && mux.hedge_tokens == left);
+	CHECK(mux_inflight() == 1);
+	CHECK(answer_all(0, 1) == 1);
+	CHECK(a->calls == 1 && stats.st_hedges_won == 0 &&
+	    mux.hedge_tokens == left && mux_inflight() == 0);
 	teardown();
 }
 
@@ -1730,6 +1760,32 @@ test_share(void)
 	flush_cb(loop, NULL, 0);
 	CHECK(att_of(r[3])->a_conn == &c[1] && c[3].c_state == CONN_CONNECTING);
 	teardown();
+}
+
+/*
+ * An attempt's timeout: srtt + 4 x rttvar, the variance term at least
+ * srtt / 2, 100 ms in all, 1 s for an upstream not measured, and never
+ * more than half of what is left to the deadline, measured or not.
+ */
+static void
+test_attempt_ms(void)
+{
+	struct upstream	 up;
+	int64_t		 now = 1000000;
+
+	memset(&up, 0, sizeof(up));
+	CHECK(health_attempt_ms(&up, now + 60000, now) == 1000);
+	CHECK(health_attempt_ms(&up, now + 1500, now) == 750);
+	up.up_srtt = 1000;
+	CHECK(health_attempt_ms(&up, now + 60000, now) == 100);
+	up.up_srtt = 200000;
+	up.up_rttvar = 10000;
+	CHECK(health_attempt_ms(&up, now + 60000, now) == 300);
+	up.up_rttvar = 50000;
+	CHECK(health_attempt_ms(&up, now + 60000, now) == 400);
+	CHECK(health_attempt_ms(&up, now + 500, now) == 250);
+	CHECK(health_attempt_ms(&up, now + 1, now) == 1);
+	CHECK(health_attempt_ms(&up, now - 5, now) == 1);
 }
 
 /*
@@ -2511,6 +2567,7 @@ main(void)
 	test_hedge();
 	test_fail_over();
 	test_share();
+	test_attempt_ms();
 	test_timeout_judgement();
 	test_slow_dial();
 	test_suspend();
