@@ -102,6 +102,8 @@ health_rtt(struct upstream *up, const struct att *a, int64_t now)
 	if (a->a_late && up->up_heard_sent > a->a_sent)
 		return;
 	up->up_sampled = now;
+	up->up_last_rtt = r;
+	up->up_nsamples++;
 	if (up->up_srtt == 0) {
 		up->up_srtt = r > 0 ? r : 1;
 		up->up_rttvar = r / 2;
@@ -235,6 +237,7 @@ health_reset(struct upstream *up)
 {
 	up->up_srtt = up->up_rttvar = 0;
 	up->up_sampled = 0;
+	up->up_last_rtt = 0;
 	up->up_heard = 0;
 	up->up_heard_sent = 0;
 	up->up_path_rtt = 0;

@@ -297,9 +297,15 @@ usable(struct upstream *up, int nwait, int64_t now)
  * the others idle.
  */
 static int
+clearly_below(int64_t us, int64_t than)
+{
+	return us < than - than / 8 - 1000;
+}
+
+static int
 faster(const struct upstream *a, const struct upstream *b)
 {
-	return a->up_srtt < b->up_srtt - b->up_srtt / 8 - 1000;
+	return clearly_below(a->up_srtt, b->up_srtt);
 }
 
 /* By health_rank, and of those alike the clearly faster, else the first. */
@@ -330,22 +336,31 @@ upstream_pick(struct upstream *ups, int n, uint32_t avoid, int nwait,
 /*
  * Instead of best, an upstream in good standing, connected, whose
  * round-trip time was last measured EXPLORE_MS ago; it is counted as
- * measured now, so one query at a time explores.
+ * measured now, so one query at a time explores.  One whose answer to
+ * the last explorer came clearly sooner than best's average gets the
+ * next query too, and so on while they do: an upstream that got faster
+ * (its path or its load changed) moves the smoothed average an eighth of
+ * the way per sample, and one explorer per EXPLORE_MS would take half a
+ * minute to bring it back.
  */
 struct upstream *
 upstream_explore(struct upstream *ups, int n, struct upstream *best,
     int64_t now)
 {
 	struct upstream	*up;
-	int		 i;
+	int		 i, follow;
 
 	for (i = 0; i < n; i++) {
 		up = &ups[i];
-		if (up == best || up->up_srtt == 0 || up->up_bad > 0 ||
-		    now - up->up_sampled < EXPLORE_MS ||
+		if (up == best || up->up_srtt == 0 || up->up_bad > 0)
+			continue;
+		follow = up->up_nsamples != up->up_explored &&
+		    clearly_below(up->up_last_rtt, best->up_srtt);
+		if ((!follow && now - up->up_sampled < EXPLORE_MS) ||
 		    upstream_conn(up, NULL, now) == NULL)
 			continue;
 		up->up_sampled = now;
+		up->up_explored = up->up_nsamples;
 		return up;
 	}
 	return best;

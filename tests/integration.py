@@ -2171,6 +2171,31 @@ def rtt_prefers_faster(t):
 
 
 @scenario
+def rtt_explore_finds_recovery(t):
+    """Two upstreams trade speeds: the one measured at 150 ms becomes fast and the fast one takes 60 ms (under the 100 ms attempt timeout, so no second copy re-measures the other).  dnsfwd keeps preferring on its old measure but re-measures the other every 2 s with one real query (explore), and within 8 s sends at least 15 of the last 20 queries to the now faster one."""
+    a = t.fakeup()
+    a.set(delay_ms=150)
+    b = t.fakeup()
+    d = t.dnsfwd(*tls_up(a), *tls_up(b, ca=False), "--timeout", "2000")
+    for i in range(20):
+        expect_a(ask_udp(d.port, "warm%d.example." % i), GOOD_ADDR, "warm-up")
+    check(b.nqueries("warm") >= 15, "warm-up: the fast upstream got %d of 20"
+          % b.nqueries("warm"))
+    a.set(delay_ms=0)
+    b.set(delay_ms=60)
+    names, end = [], time.monotonic() + 8
+    while time.monotonic() < end:
+        names.append("swap%d.example." % len(names))
+        expect_a(ask_udp(d.port, names[-1]), GOOD_ADDR, "after the swap")
+        time.sleep(0.05)
+    last = names[-20:]
+    on_a = sum(1 for n in last if a.count(n) > 0)
+    check(on_a >= 15, "of the last 20 of %d queries, %d went to the upstream "
+          "that became fast, %d to the one that became slow" % (
+              len(names), on_a, sum(1 for n in last if b.count(n) > 0)))
+
+
+@scenario
 def silent_connection_replaced(t):
     """A connection that reads queries but never answers: the query goes again on a second connection after its attempt timeout (half the 500 ms deadline for an upstream not heard from) and is answered there; the silent connection is replaced at the deadline ('silent' logged, closed) and the next query goes over the new one."""
     fu = t.fakeup()

@@ -1859,7 +1859,7 @@ static void
 test_rtt_choice(void)
 {
 	struct conn	*c;
-	struct rec	*a;
+	struct rec	*a, *b;
 	int64_t		 t;
 	int		 i;
 
@@ -1903,6 +1903,25 @@ test_rtt_choice(void)
 	a = sendname(11, "best");
 	flush_cb(loop, NULL, 0);
 	CHECK(att_of(a)->a_conn == &mux.ups[1].up_conns[0]);
+	/*
+	 * Its answer came clearly sooner than the best's average: the next
+	 * query follows it, while its answers do, an average over 40 ms or
+	 * not; one as slow as that average ends it.
+	 */
+	CHECK(answer_all(0, 0) == 1 && answer_all(1, 0) == 1);
+	CHECK(mux.ups[0].up_srtt > 30000 && mux.ups[1].up_srtt < 5000);
+	a = sendname(13, "follow");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(a)->a_conn == &mux.ups[0].up_conns[0]);
+	b = sendname(14, "notyet");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(b)->a_conn == &mux.ups[1].up_conns[0]);
+	att_of(a)->a_sent = now_ms() - 20;
+	CHECK(answer_all(0, 0) == 1 && answer_all(1, 0) == 1);
+	a = sendname(15, "ended");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(a)->a_conn == &mux.ups[1].up_conns[0]);
+	CHECK(answer_all(1, 0) == 1);
 	/* A demoted one is probed with copies, not explored. */
 	mux.ups[0].up_sampled = t - EXPLORE_MS;
 	mux.ups[0].up_bad = 1;
