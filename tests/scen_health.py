@@ -169,6 +169,28 @@ def health_rcode_upstream(t):
 
 
 @scenario
+@slow
+def health_probe_interval_doubles(t):
+    """An upstream that answers REFUSED to everything, beside a healthy one, under a query every 50 ms for 9 s: it gets a copy of a real query every probe interval, from 0.5 s doubling while the probes fail, so 4 to 7 copies in all (a fixed 0.5 s would be 18), each gap at least 1.5 times the one before; every client gets NOERROR."""
+    bad, good = t.fakeup(), t.fakeup()
+    bad.set(mode="rcode_all", rcode="REFUSED")
+    d = t.dnsfwd(*it.tls_up(bad), *it.tls_up(good, ca=False),
+                 "--timeout", "1500")
+    res, t0 = stream(d.port, 9.0, 0.05, "pd")
+    wrong = [(round(s - t0, 2), r.describe()) for s, _, r in res
+             if r.msg is None or r.msg.rcode() != dns.rcode.NOERROR]
+    it.check(not wrong, "%d of %d clients not answered NOERROR: %s" % (
+        len(wrong), len(res), wrong[:4]))
+    times = [q["t"] for q in bad.queries]
+    gaps = [round(b - a, 2) for a, b in zip(times, times[1:])]
+    it.check(4 <= len(times) <= 7, "the refusing upstream got %d copies in "
+             "9 s, want 4 to 7; gaps %s s" % (len(times), gaps))
+    it.check(all(b >= 1.5 * a for a, b in zip(gaps, gaps[1:])),
+             "gaps between the probes do not double: %s s" % gaps)
+    d.stop_and_check()
+
+
+@scenario
 def health_all_refuse(t):
     """When every upstream answers REFUSED, the client gets REFUSED at once (what they said), not a SERVFAIL at the deadline; both upstreams were asked."""
     a, b = t.fakeup(), t.fakeup()
