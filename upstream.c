@@ -336,12 +336,13 @@ upstream_pick(struct upstream *ups, int n, uint32_t avoid, int nwait,
 /*
  * Instead of best, an upstream in good standing, connected, whose
  * round-trip time was last measured EXPLORE_MS ago; it is counted as
- * measured now, so one query at a time explores.  One whose answer to
- * the last explorer came clearly sooner than best's average gets the
- * next query too, and so on while they do: an upstream that got faster
- * (its path or its load changed) moves the smoothed average an eighth of
- * the way per sample, and one explorer per EXPLORE_MS would take half a
- * minute to bring it back.
+ * measured now, so one query at a time explores.  One whose latest
+ * answer, come since the last explorer went, was clearly sooner than
+ * best's average gets the next query too, and so on while its answers
+ * are: an upstream that got faster (its path or its load changed)
+ * moves the smoothed average an eighth of the way per sample, and with
+ * one explorer per EXPLORE_MS, one measured at 150 ms that now answers
+ * at once would take 16 s to win back from one at 60 ms.
  */
 struct upstream *
 upstream_explore(struct upstream *ups, int n, struct upstream *best,

@@ -223,7 +223,6 @@ done_cb(void *arg, enum mux_status st, uint8_t *reply, size_t len,
 		}
 	} else
 		CHECK(reply == NULL && len == 0);
-	/* Unless a copy is still out: that holds the entry till it ends. */
 	CHECK(TAILQ_FIRST(&mux.free) == &mux.pool[r->handle] ||
 	    pq_live(&mux.pool[r->handle]) > 0);
 	if (r->resend) {
@@ -1905,8 +1904,8 @@ test_rtt_choice(void)
 	CHECK(att_of(a)->a_conn == &mux.ups[1].up_conns[0]);
 	/*
 	 * Its answer came clearly sooner than the best's average: the next
-	 * query follows it, while its answers do, an average over 40 ms or
-	 * not; one as slow as that average ends it.
+	 * query follows it while its answers do, its average still over 30
+	 * ms; one not clearly sooner than the best's average ends it.
 	 */
 	CHECK(answer_all(0, 0) == 1 && answer_all(1, 0) == 1);
 	CHECK(mux.ups[0].up_srtt > 30000 && mux.ups[1].up_srtt < 5000);
