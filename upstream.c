@@ -302,9 +302,17 @@ clearly_below(int64_t us, int64_t than)
 	return us < than - than / 8 - 1000;
 }
 
+/*
+ * Among demoted or unreachable ones, one never heard from (srtt 0) is
+ * the slowest, not the fastest: one that answered once is likelier to
+ * again, and when a stall demotes a healthy upstream beside a dead one,
+ * its queries must not go to the dead one first.
+ */
 static int
 faster(const struct upstream *a, const struct upstream *b)
 {
+	if (a->up_srtt == 0 || b->up_srtt == 0)
+		return a->up_srtt != 0;
 	return clearly_below(a->up_srtt, b->up_srtt);
 }
 

@@ -8,13 +8,17 @@ wide enough for two busy cores.
 
   health_blackhole_upstream     a connected upstream that never answers
   health_rcode_upstream         REFUSED, then SERVFAIL, to everything
+  health_probe_interval_doubles a refusing upstream's probes back off
   health_all_refuse             every upstream refuses: their answer
   health_dropped_query          one dropped query costs one attempt timeout
   health_dropped_query_two      the same across two upstreams
   health_upstream_recovers      a demoted upstream gets its traffic back
   health_keepalive_latest       a later edns-tcp-keepalive 0 closes when idle
   health_own_resets_no_blame    route flaps resend a query, never fail it
+  health_netchange_during_handshake
+                                a route change drops a dial mid-handshake
 """
+import subprocess
 import threading
 import time
 
@@ -315,6 +319,49 @@ def health_own_resets_no_blame(t):
         it.check(len(d.grep("network changed")) >= 3, "only %d network "
                  "changes noticed: %s" % (len(d.grep("network changed")),
                                           d.tail(6)))
+    svc.in_netns(body)
+
+
+@scenario
+def health_netchange_during_handshake(t):
+    """The route to the only upstream moves while dnsfwd's first connection is stuck in its TLS handshake (the server accepted but never answers the ClientHello): that dial is dropped at once (its socket closed, seen with ss) and a new one made, and the query is answered within 2 s of the change, not when the dial is judged slow (half the 8 s timeout)."""
+    svc = __import__("scen_service")
+
+    def established():
+        out = subprocess.run(["ss", "-Htn", "state", "established",
+                              "dst", "127.0.0.1:%d" % fu.port],
+                             capture_output=True, text=True).stdout
+        return [ln for ln in out.splitlines() if ln.strip()]
+
+    def body():
+        nonlocal fu
+        fu = t.fakeup()
+        fu.set(mode="stall", budget=1)
+        d = t.dnsfwd(*it.tls_up(fu), "--timeout", "8000")
+        box = {}
+        th = threading.Thread(target=lambda: box.update(
+            r=it.ask_udp(d.port, "hs.example.", timeout=9)))
+        th.start()
+        it.check(scen.until(lambda: fu.stats()["conns"] >= 1, 3),
+                 "no dial within 3 s of the query: %s" % fu.stats())
+        time.sleep(0.3)
+        it.check(len(established()) == 1, "before the change: %s" %
+                 established())
+        t0 = time.monotonic()
+        svc.move_local_route("127.0.0.2")
+        th.join(10)
+        took = time.monotonic() - t0
+        r = box.get("r")
+        it.check(r is not None, "no result for the query")
+        it.expect_a(r, it.GOOD_ADDR, "query over the new connection")
+        it.check(took <= 2.0, "answered %.2f s after the route change; want "
+                 "within 2 s, not at the slow-dial judgement" % took)
+        it.check(fu.stats()["handshakes"] == 1 and fu.stats()["conns"] == 2,
+                 "want the stalled dial and one more, with one handshake: "
+                 "%s" % fu.stats())
+        it.check(scen.until(lambda: len(established()) == 1, 2),
+                 "the stalled dial was not closed: %s" % established())
+    fu = None
     svc.in_netns(body)
 
 

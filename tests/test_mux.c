@@ -1931,6 +1931,28 @@ test_rtt_choice(void)
 	teardown();
 }
 
+/*
+ * Both demoted: the one that has answered before goes first, however
+ * slow, not the one never heard from (srtt 0 is no sample, not 0 ms);
+ * between two measured ones the clearly faster.
+ */
+static void
+test_pick_demoted(void)
+{
+	setup(2, 1, 8);
+	mux.ups[0].up_bad = mux.ups[1].up_bad = 1;
+	mux.ups[1].up_srtt = 50000;
+	CHECK(pick_upstream(now_ms(), 0) == &mux.ups[1]);
+	mux.ups[0].up_srtt = 5000;
+	CHECK(pick_upstream(now_ms(), 0) == &mux.ups[0]);
+	mux.ups[0].up_srtt = 48000;
+	CHECK(pick_upstream(now_ms(), 0) == &mux.ups[0]);
+	mux.ups[0].up_srtt = 0;
+	mux.ups[1].up_srtt = 0;
+	CHECK(pick_upstream(now_ms(), 0) == &mux.ups[0]);
+	teardown();
+}
+
 /* An upstream stuck dialling past half the timeout yields to another. */
 static void
 test_slow_dial(void)
@@ -2587,6 +2609,7 @@ main(void)
 	test_share();
 	test_attempt_ms();
 	test_timeout_judgement();
+	test_pick_demoted();
 	test_slow_dial();
 	test_suspend();
 	test_keep_warm();
