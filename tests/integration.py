@@ -934,7 +934,20 @@ def upstream_delay_timeout(t):
     check(0.45 <= r.elapsed <= 1.1,
           "TCP SERVFAIL after %.2fs, want about 0.6s" % r.elapsed)
     fu.set(delay_ms=0)
-    expect_a(ask_udp(d.port, "fast.example."), GOOD_ADDR, "after the delay")
+    # On a loaded machine the connection replacing the silent one can take
+    # longer than the 600 ms --timeout to handshake: that dial fails, the
+    # upstream backs off 250 ms and a query meanwhile gets SERVFAIL at once
+    # (by design); a stub asks again, and so does this.
+    tries, end = [], time.monotonic() + 3
+    while time.monotonic() < end:
+        r = ask_udp(d.port, "fast%d.example." % len(tries))
+        tries.append(r.describe())
+        if r.msg is not None and r.msg.rcode() == dns.rcode.NOERROR:
+            break
+        time.sleep(0.2)
+    expect_a(r, GOOD_ADDR, "after the delay (tries: %s)" % tries)
+    if len(tries) > 1:
+        t.note("answered at try %d: %s" % (len(tries), tries))
     time.sleep(1.0)            # the late replies have arrived by now
     st = d.stats()
     check(st.get("inflight") == 0, "inflight not back to 0: %s" % st)
