@@ -1312,7 +1312,7 @@ def _read_to_end(s, timeout):
 
 @scenario
 def tcp_client_not_reading(t):
-    """A TCP client that asks for 1.2 MB of answers and reads none is cut off abortively once 256 KiB wait for it in dnsfwd: its socket leaves dnsfwd within 5 s and the connection is gone from /proc/net/tcp (RST, not a FIN behind unsent data), the client reads what it had then ECONNRESET/EOF, tcp_aborts rises by 1, and serving goes on."""
+    """A TCP client that asks for 1.2 MB of answers and reads none is cut off abortively once 256 KiB wait for it in dnsfwd: its socket leaves dnsfwd within 10 s (the upstream's pace decides when) and the connection is gone from /proc/net/tcp (RST, not a FIN behind unsent data), the client reads what it had then ECONNRESET/EOF, tcp_aborts rises by 1, and serving goes on."""
     fu = t.fakeup()
     d = t.dnsfwd(*tls_up(fu), "--timeout", "3000", "--cache-size", "0")
     before = d.stats()
@@ -1321,10 +1321,10 @@ def tcp_client_not_reading(t):
         inode = _server_inode(d, s)
         qs = [make_query("huge.n%d.example." % i, "TXT") for i in range(60)]
         s.sendall(b"".join(fakeup.frame(q.to_wire()) for q in qs))
-        gone = _wait_dropped(d, inode, 5)
+        gone = _wait_dropped(d, inode, 10)
         check(gone is not None, "dnsfwd still holds the socket of a client "
               "that read none of 60 20-KB answers (the upstream sent %d) "
-              "5 s later" % fu.stats()["replies"])
+              "10 s later" % fu.stats()["replies"])
         time.sleep(0.1)
         left = _server_ends(d, s)
         check(not left, "after dropping the client, its connection lingers "
@@ -2858,8 +2858,10 @@ def tls_stress_pipelined(t):
     """Over one TLS connection to an upstream with 4 KB socket buffers, a 536-byte MSS and a 20 ms pause after each read (so dnsfwd's TLS writes and reads would block), 8 TCP clients pipelining 64 queries each (every 8th a 20 KB answer, the rest long names) get all 512 answers intact."""
     fu = t.fakeup(sock_buf=4096, mss=536)
     fu.set(read_pause_ms=20)
+    # The deadline and the read timeout leave room for a loaded machine:
+    # this upstream is slow by design, and its pace is what load slows.
     d = t.dnsfwd(*tls_up(fu), "--connections", "1", "--max-inflight", "400",
-                 "--timeout", "4000", "--cache-size", "0")
+                 "--timeout", "8000", "--cache-size", "0")
     huge = sorted(fakeup.huge_txt_strings())
     long_tail = ".".join(c * 60 for c in "wxy") + ".example."
 
@@ -2872,7 +2874,7 @@ def tls_stress_pipelined(t):
             else:
                 qs.append(make_query("s%d-%d.%s" % (ci, j, long_tail),
                                      qid=j))
-        frames = tcp_pipeline(d.port, qs, 6)
+        frames = tcp_pipeline(d.port, qs, 10)
         bad = []
         byid = {q.id: q for q in qs}
         for f in frames:

@@ -18,6 +18,7 @@ wide enough for two busy cores.
   health_netchange_during_handshake
                                 a route change drops a dial mid-handshake
 """
+import itertools
 import subprocess
 import threading
 import time
@@ -175,7 +176,7 @@ def health_rcode_upstream(t):
 @scenario
 @slow
 def health_probe_interval_doubles(t):
-    """An upstream that answers REFUSED to everything, beside a healthy one, under a query every 50 ms for 9 s: it gets a copy of a real query every probe interval, from 0.5 s doubling while the probes fail, so 4 to 7 copies in all (a fixed 0.5 s would be 18), each gap at least 1.5 times the one before; every client gets NOERROR."""
+    """An upstream that answers REFUSED to everything, beside a healthy one, under a query every 50 ms for 9 s: it gets a copy of a real query every probe interval, from 0.5 s doubling while the probes fail, so 3 to 6 probes after the first copies (a fixed 0.5 s would be 17), each gap at least 1.5 times the one before; every client gets NOERROR."""
     bad, good = t.fakeup(), t.fakeup()
     bad.set(mode="rcode_all", rcode="REFUSED")
     d = t.dnsfwd(*it.tls_up(bad), *it.tls_up(good, ca=False),
@@ -187,9 +188,12 @@ def health_probe_interval_doubles(t):
         len(wrong), len(res), wrong[:4]))
     times = [q["t"] for q in bad.queries]
     gaps = [round(b - a, 2) for a, b in zip(times, times[1:])]
-    it.check(4 <= len(times) <= 7, "the refusing upstream got %d copies in "
-             "9 s, want 4 to 7; gaps %s s" % (len(times), gaps))
-    it.check(all(b >= 1.5 * a for a, b in zip(gaps, gaps[1:])),
+    # Until its first REFUSED comes back, an upstream not heard from gets
+    # queries as they come: on a loaded machine a few, at once.
+    probes = list(itertools.dropwhile(lambda g: g < 0.3, gaps))
+    it.check(3 <= len(probes) <= 6, "the refusing upstream got %d probe "
+             "copies in 9 s, want 3 to 6; gaps %s s" % (len(probes), gaps))
+    it.check(all(b >= 1.5 * a for a, b in zip(probes, probes[1:])),
              "gaps between the probes do not double: %s s" % gaps)
     d.stop_and_check()
 
