@@ -302,21 +302,29 @@ clearly_below(int64_t us, int64_t than)
 	return us < than - than / 8 - 1000;
 }
 
-/*
- * Among demoted or unreachable ones, one never heard from (srtt 0) is
- * the slowest, not the fastest: one that answered once is likelier to
- * again, and when a stall demotes a healthy upstream beside a dead one,
- * its queries must not go to the dead one first.
- */
 static int
 faster(const struct upstream *a, const struct upstream *b)
 {
-	if (a->up_srtt == 0 || b->up_srtt == 0)
-		return a->up_srtt != 0;
 	return clearly_below(a->up_srtt, b->up_srtt);
 }
 
-/* By health_rank, and of those alike the clearly faster, else the first. */
+/*
+ * Of two upstreams of one rank, whether a goes before b.  Demoted or
+ * unreachable, the one whose last usable answer came latest: not the
+ * fastest, which may be fastest at failing (a REFUSED comes back at
+ * once) or never measured (srtt 0 is no sample).  When a stall demotes
+ * a healthy upstream beside a dead or refusing one, its queries must
+ * not go to that one first.
+ */
+static int
+goes_before(const struct upstream *a, const struct upstream *b, int rank)
+{
+	if (rank >= 2)
+		return a->up_heard > b->up_heard;
+	return faster(a, b);
+}
+
+/* By health_rank, and of those alike goes_before, else the first. */
 struct upstream *
 upstream_pick(struct upstream *ups, int n, uint32_t avoid, int nwait,
     int64_t now)
@@ -333,7 +341,7 @@ upstream_pick(struct upstream *ups, int n, uint32_t avoid, int nwait,
 			continue;
 		rank = health_rank(up, unreachable);
 		if (best == NULL || rank < best_rank || (rank == best_rank &&
-		    faster(up, best))) {
+		    goes_before(up, best, rank))) {
 			best = up;
 			best_rank = rank;
 		}

@@ -1932,24 +1932,32 @@ test_rtt_choice(void)
 }
 
 /*
- * Both demoted: the one that has answered before goes first, however
- * slow, not the one never heard from (srtt 0 is no sample, not 0 ms);
- * between two measured ones the clearly faster.
+ * Both demoted: the one whose last usable answer came latest goes first,
+ * not the faster (a refusing upstream answers at once) nor one never
+ * heard from (srtt 0 is no sample, not 0 ms); of upstreams in good
+ * standing, the clearly faster.
  */
 static void
 test_pick_demoted(void)
 {
+	int64_t	 t = now_ms();
+
 	setup(2, 1, 8);
 	mux.ups[0].up_bad = mux.ups[1].up_bad = 1;
 	mux.ups[1].up_srtt = 50000;
-	CHECK(pick_upstream(now_ms(), 0) == &mux.ups[1]);
-	mux.ups[0].up_srtt = 5000;
-	CHECK(pick_upstream(now_ms(), 0) == &mux.ups[0]);
+	mux.ups[1].up_heard = t - 5000;
+	CHECK(pick_upstream(t, 0) == &mux.ups[1]);
+	mux.ups[0].up_srtt = 500;		/* quick to refuse */
+	CHECK(pick_upstream(t, 0) == &mux.ups[1]);
+	mux.ups[0].up_heard = t - 100;
+	CHECK(pick_upstream(t, 0) == &mux.ups[0]);
+	mux.ups[0].up_heard = mux.ups[1].up_heard;
+	CHECK(pick_upstream(t, 0) == &mux.ups[0]);
+	mux.ups[0].up_bad = mux.ups[1].up_bad = 0;
 	mux.ups[0].up_srtt = 48000;
-	CHECK(pick_upstream(now_ms(), 0) == &mux.ups[0]);
-	mux.ups[0].up_srtt = 0;
-	mux.ups[1].up_srtt = 0;
-	CHECK(pick_upstream(now_ms(), 0) == &mux.ups[0]);
+	CHECK(pick_upstream(t, 0) == &mux.ups[0]);
+	mux.ups[1].up_srtt = 5000;
+	CHECK(pick_upstream(t, 0) == &mux.ups[1]);
 	teardown();
 }
 
