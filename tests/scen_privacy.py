@@ -214,6 +214,48 @@ def priv_prewarm(t):
 
 @scenario
 @slow
+def priv_prewarm_keeps_hedge_spare(t):
+    """With --prewarm and one upstream, the second connection a second copy (hedge) went over stays open past --idle-timeout, beside the warm one, so that the next hedge pays no handshake: 3 s after a hedge (--idle-timeout 1) no connection has closed, and another hedge goes over the same two connections."""
+    fu = t.fakeup()
+    fu.rule("slowhedge.example.", delay_ms=400)
+    # The first's 400 ms answer is a round-trip sample (RFC 6298) that
+    # lifts the attempt timeout to about 450 ms: the second is held longer.
+    fu.rule("slowhedge2.example.", delay_ms=1200)
+    d = t.dnsfwd(*it.tls_up(fu), "--prewarm", "--idle-timeout", "1",
+                 "--timeout", "3000")
+    it.check(scen.until(lambda: fu.stats()["handshakes"] >= 1, 3),
+             "--prewarm: no handshake within 3 s of start")
+    for i in range(5):
+        it.expect_a(it.ask_udp(d.port, "hw%d.example." % i), it.GOOD_ADDR,
+                    "warm-up")
+    before = d.stats()
+    it.expect_a(it.ask_udp(d.port, "slowhedge.example.", timeout=3),
+                it.GOOD_ADDR, "the query held 400 ms")
+    it.check(it._delta(before, d.stats(), "hedges") == 1 and
+             fu.count("slowhedge.example.") == 2, "want one second copy: "
+             "hedges +%d, the upstream saw %d copies" % (
+                 it._delta(before, d.stats(), "hedges"),
+                 fu.count("slowhedge.example.")))
+    conns = sorted({q["conn"] for q in fu.records("slowhedge.example.")})
+    it.check(len(conns) == 2, "both copies went over connection(s) %s" %
+             conns)
+    s = fu.stats()
+    time.sleep(3.0)
+    it.check(fu.stats()["closed"] == s["closed"], "a connection closed "
+             "within 3 s of the hedge (--idle-timeout 1): before %s, after "
+             "%s" % (s, fu.stats()))
+    it.expect_a(it.ask_udp(d.port, "slowhedge2.example.", timeout=3),
+                it.GOOD_ADDR, "the second query held 1200 ms")
+    again = sorted({q["conn"] for q in fu.records("slowhedge2.example.")})
+    it.check(again == conns and fu.stats()["handshakes"] == s["handshakes"],
+             "the next hedge went over connections %s (before %s) with %d "
+             "handshakes (before %d)" % (again, conns,
+                                         fu.stats()["handshakes"],
+                                         s["handshakes"]))
+
+
+@scenario
+@slow
 def priv_prewarm_server_idle(t):
     """With --prewarm, a server that announces edns-tcp-keepalive 1.5 s still has its idle timeout kept: dnsfwd closes the connection at about 1 s and opens the next at once, before any query."""
     fu = t.fakeup()
