@@ -14,6 +14,7 @@ wide enough for two busy cores.
   health_dropped_query_two      the same across two upstreams
   health_upstream_recovers      a demoted upstream gets its traffic back
   health_keepalive_latest       a later edns-tcp-keepalive 0 closes when idle
+  health_keepalive_raised       a later, longer edns-tcp-keepalive is kept
   health_own_resets_no_blame    route flaps resend a query, never fail it
   health_netchange_during_handshake
                                 a route change drops a dial mid-handshake
@@ -292,6 +293,29 @@ def health_keepalive_latest(t):
     it.check(scen.until(lambda: fu.stats()["closed"] >= 1, 1.5),
              "the connection stays open after a "
              "later answer asked for close when idle: %s" % fu.stats())
+
+
+@scenario
+@slow
+def health_keepalive_raised(t):
+    """A server that first keeps idle connections 1 s (edns-tcp-keepalive 10) and later says 4 s (40): the latest is kept, so the connection is still open 2 s after the second answer, and closed by dnsfwd about 3.5 s after it (the server's 4 s less dnsfwd's 0.5 s margin; at most 4.5 s here, for a loaded machine), long before --idle-timeout 30."""
+    fu = t.fakeup()
+    fu.set(keepalive=10)
+    d = t.dnsfwd(*it.tls_up(fu), "--timeout", "2000", "--idle-timeout", "30")
+    it.expect_a(it.ask_udp(d.port, "kr1.example."), it.GOOD_ADDR, "first")
+    fu.set(keepalive=40)
+    it.expect_a(it.ask_udp(d.port, "kr2.example."), it.GOOD_ADDR, "second")
+    t0 = time.monotonic()
+    it.check(fu.stats()["conns"] == 1, "the second query did not use the "
+             "first connection: %s" % fu.stats())
+    time.sleep(2.0)
+    it.check(fu.stats()["closed"] == 0, "closed within 2 s of an answer "
+             "that said 4 s: the earlier 1 s was kept")
+    it.check(scen.until(lambda: fu.stats()["closed"] >= 1, 3),
+             "still open %.1f s after an answer that said 4 s" %
+             (time.monotonic() - t0))
+    it.check(time.monotonic() - t0 <= 4.5, "closed %.2f s after the "
+             "answer; want about 3.5 s" % (time.monotonic() - t0))
 
 
 @scenario
