@@ -2185,7 +2185,7 @@ def rtt_prefers_faster(t):
 
 @scenario
 def rtt_explore_finds_recovery(t):
-    """Two upstreams trade speeds: the one measured at 150 ms becomes fast and the fast one takes 60 ms (under the 100 ms attempt timeout, so no second copy re-measures the other).  dnsfwd keeps preferring on its old measure but re-measures the other every 2 s with one real query (explore), and within 8 s sends at least 15 of the last 20 queries to the now faster one."""
+    """Two upstreams trade speeds: the one measured at 150 ms becomes fast and the fast one takes 60 ms (under the 100 ms attempt timeout, so no second copy re-measures the other).  dnsfwd prefers on its old measure until it re-measures the other with one real query (explore, every 2 s), then follows it while its answers come clearly sooner, and so sends at least 15 of the last 20 queries of 8 s to the now faster one (one explorer per 2 s alone would take about 16 s)."""
     a = t.fakeup()
     a.set(delay_ms=150)
     b = t.fakeup()
