@@ -156,9 +156,7 @@ struct upstream {
 	int64_t		 up_srtt;	/* 0: no answer yet */
 	int64_t		 up_rttvar;
 	int64_t		 up_sampled;	/* the last answer, or an explorer sent */
-	int64_t		 up_last_rtt;	/* the last answer's round trip */
-	uint32_t	 up_nsamples;
-	uint32_t	 up_explored;	/* up_nsamples when an explorer went */
+	int64_t		 up_last_rtt;	/* -1: none since an explorer went */
 	int64_t		 up_heard;	/* its latest usable answer came */
 	int64_t		 up_heard_sent;	/* the latest sent of those answered */
 	int64_t		 up_path_rtt;	/* the shortest TCP round trip, in us */

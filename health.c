@@ -103,7 +103,6 @@ health_rtt(struct upstream *up, const struct att *a, int64_t now)
 		return;
 	up->up_sampled = now;
 	up->up_last_rtt = r;
-	up->up_nsamples++;
 	if (up->up_srtt == 0) {
 		up->up_srtt = r > 0 ? r : 1;
 		up->up_rttvar = r / 2;
@@ -237,7 +236,7 @@ health_reset(struct upstream *up)
 {
 	up->up_srtt = up->up_rttvar = 0;
 	up->up_sampled = 0;
-	up->up_last_rtt = 0;
+	up->up_last_rtt = -1;
 	up->up_heard = 0;
 	up->up_heard_sent = 0;
 	up->up_path_rtt = 0;

@@ -67,6 +67,7 @@ upstream_init(struct upstream *up, const struct config *cf,
 	up->up_idx = idx;
 	up->up_nconns = cf->cf_connections;
 	up->up_maxq = cf->cf_max_inflight;
+	up->up_last_rtt = -1;
 	snprintf(up->up_label, sizeof(up->up_label), "u%d %s", idx,
 	    addr_str(&uc->uc_addr.sa, a, sizeof(a)));
 	if (uc->uc_tls)
@@ -302,12 +303,6 @@ clearly_below(int64_t us, int64_t than)
 	return us < than - than / 8 - 1000;
 }
 
-static int
-faster(const struct upstream *a, const struct upstream *b)
-{
-	return clearly_below(a->up_srtt, b->up_srtt);
-}
-
 /*
  * Of two upstreams of one rank, whether a goes before b.  Demoted or
  * unreachable, the one whose last usable answer came latest: not the
@@ -321,7 +316,7 @@ goes_before(const struct upstream *a, const struct upstream *b, int rank)
 {
 	if (rank >= 2)
 		return a->up_heard > b->up_heard;
-	return faster(a, b);
+	return clearly_below(a->up_srtt, b->up_srtt);
 }
 
 /* By health_rank, and of those alike goes_before, else the first. */
@@ -371,13 +366,13 @@ upstream_explore(struct upstream *ups, int n, struct upstream *best,
 		up = &ups[i];
 		if (up == best || up->up_srtt == 0 || up->up_bad > 0)
 			continue;
-		follow = up->up_nsamples != up->up_explored &&
+		follow = up->up_last_rtt >= 0 &&
 		    clearly_below(up->up_last_rtt, best->up_srtt);
 		if ((!follow && now - up->up_sampled < EXPLORE_MS) ||
 		    upstream_conn(up, NULL, now) == NULL)
 			continue;
 		up->up_sampled = now;
-		up->up_explored = up->up_nsamples;
+		up->up_last_rtt = -1;
 		return up;
 	}
 	return best;
