@@ -2153,15 +2153,21 @@ def warnings_rate_limited(t):
                                            time.monotonic() - t0, warns[:5]))
 
 
+def _rtt_pair(t):
+    """Two upstreams, the first answering 150 ms late, and a dnsfwd given
+    both after 20 warm-up queries: (slow, fast, dnsfwd)."""
+    slow, fast = t.fakeup(), t.fakeup()
+    slow.set(delay_ms=150)
+    d = t.dnsfwd(*tls_up(slow), *tls_up(fast, ca=False), "--timeout", "2000")
+    for i in range(20):
+        expect_a(ask_udp(d.port, "warm%d.example." % i), GOOD_ADDR, "warm-up")
+    return slow, fast, d
+
+
 @scenario
 def rtt_prefers_faster(t):
     """Of two upstreams, the one without a 150 ms delay gets the first copy of at least 25 of 30 sequential queries after 20 warm-up ones.  A second copy to the other (a hedge, when a loaded machine holds an answer past the 100 ms attempt timeout) is allowed but not counted as a choice."""
-    laggy = t.fakeup()
-    laggy.set(delay_ms=150)
-    fast = t.fakeup()
-    d = t.dnsfwd(*tls_up(laggy), *tls_up(fast, ca=False), "--timeout", "2000")
-    for i in range(20):
-        expect_a(ask_udp(d.port, "warm%d.example." % i), GOOD_ADDR, "warm-up")
+    laggy, fast, d = _rtt_pair(t)
     for i in range(30):
         expect_a(ask_udp(d.port, "rtt%d.example." % i))
     first = {}     # name -> (time of its first copy, upstream)
@@ -2186,12 +2192,7 @@ def rtt_prefers_faster(t):
 @scenario
 def rtt_explore_finds_recovery(t):
     """Two upstreams trade speeds: the one measured at 150 ms becomes fast and the fast one takes 60 ms (under the 100 ms attempt timeout, so no second copy re-measures the other).  dnsfwd prefers on its old measure until it re-measures the other with one real query (explore, every 2 s), then follows it while its answers come clearly sooner, and so sends at least 15 of the last 20 queries of 8 s to the now faster one (one explorer per 2 s alone would take about 16 s)."""
-    a = t.fakeup()
-    a.set(delay_ms=150)
-    b = t.fakeup()
-    d = t.dnsfwd(*tls_up(a), *tls_up(b, ca=False), "--timeout", "2000")
-    for i in range(20):
-        expect_a(ask_udp(d.port, "warm%d.example." % i), GOOD_ADDR, "warm-up")
+    a, b, d = _rtt_pair(t)
     check(b.nqueries("warm") >= 15, "warm-up: the fast upstream got %d of 20"
           % b.nqueries("warm"))
     a.set(delay_ms=0)

@@ -1533,6 +1533,40 @@ expire_attempts(void)
 }
 
 /*
+ * One upstream with `conns` slots, the first `up` of them connected, a
+ * 30 ms smoothed RTT and, when path_us is not 0, TCP's round trip.
+ */
+static struct upstream *
+one_upstream(int conns, int up, int64_t path_us)
+{
+	struct upstream	*u;
+	int		 i;
+
+	setup(1, conns, 8);
+	for (i = up; i < conns; i++)
+		make_idle(0, i);
+	u = &mux.ups[0];
+	u->up_srtt = 30000;
+	u->up_sampled = now_ms();
+	if (path_us != 0)
+		health_path_rtt(u, path_us);
+	return u;
+}
+
+/*
+ * Two upstreams measured at t, the first at 1 ms and the second at 5:
+ * queries go to the first.
+ */
+static void
+two_measured(int64_t t)
+{
+	setup(2, 1, 8);
+	mux.ups[0].up_srtt = 1000;
+	mux.ups[1].up_srtt = 5000;
+	mux.ups[0].up_sampled = mux.ups[1].up_sampled = t;
+}
+
+/*
  * A copy unanswered past its attempt timeout gets a second: from a
  * demoted upstream to one in good standing for free (failover), else
  * within the budget, on another connection, never the same one.
@@ -1544,10 +1578,7 @@ test_hedge(void)
 	int64_t		 t = now_ms();
 	int		 left;
 
-	setup(2, 1, 8);
-	mux.ups[0].up_srtt = 1000;
-	mux.ups[1].up_srtt = 5000;
-	mux.ups[0].up_sampled = mux.ups[1].up_sampled = t;
+	two_measured(t);
 	a = sendname(1, "h1");
 	b = sendname(2, "h2");
 	flush_cb(loop, NULL, 0);
@@ -1564,9 +1595,7 @@ test_hedge(void)
 	teardown();
 
 	/* One upstream: a second connection, and the budget pays. */
-	setup(1, 2, 8);
-	mux.ups[0].up_srtt = 1000;
-	mux.ups[0].up_sampled = t;
+	one_upstream(2, 2, 0);
 	mux.hedge_tokens = 0;
 	a = sendname(3, "h3");
 	flush_cb(loop, NULL, 0);
@@ -1587,9 +1616,7 @@ test_hedge(void)
 	 * hedge is not refunded; the hedge's answer, later, is no second
 	 * delivery (done_cb checks) and frees the entry it held.
 	 */
-	setup(1, 2, 8);
-	mux.ups[0].up_srtt = 1000;
-	mux.ups[0].up_sampled = t;
+	one_upstream(2, 2, 0);
 	mux.hedge_tokens = HEDGE_EVERY;
 	a = sendname(5, "h5");
 	flush_cb(loop, NULL, 0);
@@ -1632,10 +1659,7 @@ test_fail_over(void)
 	struct rec	*a, *b, *p;
 	int64_t		 t = now_ms();
 
-	setup(2, 1, 8);
-	mux.ups[0].up_srtt = 1000;
-	mux.ups[1].up_srtt = 5000;
-	mux.ups[0].up_sampled = mux.ups[1].up_sampled = t;
+	two_measured(t);
 	mux.ups[0].up_heard = mux.ups[1].up_heard = t - 1000;
 	a = sendname(1, "fo1");
 	b = sendname(2, "fo2");
@@ -1650,9 +1674,7 @@ test_fail_over(void)
 	CHECK(stats.st_hedges == 2 && stats.st_hedges_unpaid == 0);
 	teardown();
 
-	setup(1, 2, 8);
-	mux.ups[0].up_srtt = 1000;
-	mux.ups[0].up_sampled = t;
+	one_upstream(2, 2, 0);
 	mux.ups[0].up_heard = t - 1000;
 	a = sendname(3, "fo3");
 	b = sendname(4, "fo4");
@@ -1664,27 +1686,6 @@ test_fail_over(void)
 	CHECK(pq_of(b)->pq_att[1].a_conn == NULL &&
 	    pq_of(p)->pq_att[1].a_conn == NULL && stats.st_hedges == 1);
 	teardown();
-}
-
-/*
- * One upstream with `conns` slots, the first `up` of them connected, a
- * 30 ms smoothed RTT and, when path_us is not 0, TCP's round trip.
- */
-static struct upstream *
-one_upstream(int conns, int up, int64_t path_us)
-{
-	struct upstream	*u;
-	int		 i;
-
-	setup(1, conns, 8);
-	for (i = up; i < conns; i++)
-		make_idle(0, i);
-	u = &mux.ups[0];
-	u->up_srtt = 30000;
-	u->up_sampled = now_ms();
-	if (path_us != 0)
-		health_path_rtt(u, path_us);
-	return u;
 }
 
 /*
