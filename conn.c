@@ -13,7 +13,8 @@
 #include <sys/socket.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
+/* Not <netinet/tcp.h>: its tcp_info lacks tcpi_fastopen_client_fail. */
+#include <linux/tcp.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -46,6 +47,8 @@
  */
 #define ACK_GAP		0.0002
 #define ACK_LATE	0.001
+/* Fast Open stays off this long after a SYN carrying data was lost. */
+#define TFO_OFF_MS	(60 * 60 * 1000)
 
 static struct {
 	struct ev_loop	*loop;
@@ -62,6 +65,8 @@ static struct {
 static void	 conn_connected(struct conn *, int64_t);
 static void	 conn_handshake(struct conn *, int64_t);
 static void	 conn_ready(struct conn *, int64_t);
+static void	 conn_syn_data_check(struct conn *, int64_t);
+static int	 tcp_info(const struct conn *, struct tcp_info *);
 static void	 conn_end(struct conn *, enum conn_end, const char *,
 		    int64_t);
 static void	 conn_input(struct conn *, int64_t);
@@ -152,7 +157,7 @@ conn_dial(struct conn *c, char *why, size_t whylen)
 	 * the ClientHello, carrying it when the server gave us a cookie.
 	 * Kernels without it refuse the option: a plain connect, then.
 	 */
-	if (!cn.cf->cf_no_fastopen)
+	if (!cn.cf->cf_no_fastopen && now_ms() >= c->c_up->up_tfo_off_until)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, &one,
 		    sizeof(one));
 	if (connect(fd, &uc->uc_addr.sa, uc->uc_addrlen) == -1 &&
@@ -252,6 +257,7 @@ conn_ready(struct conn *c, int64_t now)
 	ev_io_stop(cn.loop, &c->c_wio);
 	ev_io_start(cn.loop, &c->c_rio);
 	ev_timer_stop(cn.loop, &c->c_timer);
+	conn_syn_data_check(c, now);
 	if (c->c_tls != NULL && tls_resumed(c->c_tls))
 		stats.st_tls_resumed++;
 	else if (c->c_tls != NULL)
@@ -297,6 +303,26 @@ conn_close(struct conn *c, const char *why, struct attlist *back)
 	c->c_suspect = 0;
 	c->c_retrans = 0;
 	chain_clear(c->c_hash, cn.hmask);
+}
+
+/*
+ * A path that drops SYNs carrying data costs the kernel's 1 s SYN timer
+ * on every reconnect: the plain SYN it sends again gets the server's
+ * cookie back, so the kernel never learns (measured on Linux 6.18).
+ * Fast Open to that upstream is off for TFO_OFF_MS, or until the
+ * network changes.
+ */
+static void
+conn_syn_data_check(struct conn *c, int64_t now)
+{
+	struct tcp_info	 ti;
+
+	if (tcp_info(c, &ti) == -1 ||
+	    ti.tcpi_fastopen_client_fail != TFO_SYN_RETRANSMITTED)
+		return;
+	c->c_up->up_tfo_off_until = now + TFO_OFF_MS;
+	log_info("%s: a SYN carrying data was lost; Fast Open off for %d "
+	    "minutes", c->c_up->up_label, TFO_OFF_MS / 60000);
 }
 
 /* Closes a connection that failed or ended by itself, and tells the pool. */

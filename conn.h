@@ -160,6 +160,7 @@ struct upstream {
 	int64_t		 up_heard;	/* its latest usable answer came */
 	int64_t		 up_heard_sent;	/* the latest sent of those answered */
 	int64_t		 up_path_rtt;	/* the shortest TCP round trip, in us */
+	int64_t		 up_tfo_off_until; /* a SYN with data was lost */
 	int64_t		 up_lossy_at;	/* a timeout came with retransmissions */
 	/* Answers that failed demote it; it is probed with copies meanwhile. */
 	int		 up_bad;	/* failed answers since a good one */

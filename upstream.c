@@ -552,6 +552,7 @@ upstream_forget(struct upstream *up)
 	up->up_fails = 0;
 	up->up_backoff_ms = 0;
 	up->up_retry_at = 0;
+	up->up_tfo_off_until = 0;
 	health_reset(up);
 	if (up->up_tls != NULL)
 		tls_upstream_forget(up->up_tls);

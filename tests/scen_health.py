@@ -18,8 +18,11 @@ wide enough for two busy cores.
   health_own_resets_no_blame    route flaps resend a query, never fail it
   health_netchange_during_handshake
                                 a route change drops a dial mid-handshake
+  health_fastopen_syn_data_dropped
+                                a path that drops SYN data: Fast Open off
 """
 import itertools
+import re
 import subprocess
 import threading
 import time
@@ -390,6 +393,55 @@ def health_netchange_during_handshake(t):
         it.check(scen.until(lambda: len(established()) == 1, 2),
                  "the stalled dial was not closed: %s" % established())
     fu = None
+    svc.in_netns(body)
+
+
+@scenario
+def health_fastopen_syn_data_dropped(t):
+    """A path that drops SYNs carrying data (an nftables rule on input in a namespace of its own, net.ipv4.tcp_fastopen=3): after the server handed out a cookie, the reconnect's SYN with the ClientHello is lost (the rule counts it, TcpExt TCPFastOpenActiveFail rises), the kernel sends the SYN again without data after its 1 s timer and the query is answered within 3 s; the kernel would go on sending data in every reconnect's SYN (the plain SYN got the cookie back), so dnsfwd turns Fast Open off for that upstream: the next two reconnects are plain, answered within 0.5 s, and no other SYN with data reaches the rule."""
+    svc = __import__("scen_service")
+
+    def nft(*args):
+        subprocess.run(["nft", *args], check=True, capture_output=True)
+
+    def dropped():
+        out = subprocess.run(["nft", "list", "chain", "inet", "synd", "in"],
+                             capture_output=True, text=True).stdout
+        m = re.search(r"counter packets (\d+)", out)
+        return int(m.group(1)) if m else -1
+
+    def body():
+        svc.sysctl("net/ipv4/tcp_fastopen", "3")
+        fu = t.fakeup(fastopen=True)
+        d = t.dnsfwd(*it.tls_up(fu), "--timeout", "4000")
+        it.expect_a(it.ask_udp(d.port, "cookie.example."), it.GOOD_ADDR,
+                    "the query that gets the cookie")
+        nft("add", "table", "inet", "synd")
+        # On input: a drop on output is an error the sender sees at once,
+        # and Linux then sends a plain SYN straight away; a path's drop
+        # is silent.
+        nft("add", "chain", "inet", "synd", "in",
+            "{ type filter hook input priority 0 ; }")
+        nft("add", "rule", "inet", "synd", "in", "tcp", "dport",
+            str(fu.port), "tcp", "flags", "&", "(syn|ack)", "==", "syn",
+            "ip", "length", ">", "100", "counter", "drop")
+        before = tfo_counters()
+        for i, most in enumerate((3.0, 0.5, 0.5)):
+            fu.close_all(graceful=True)
+            time.sleep(0.1)
+            r = it.ask_udp(d.port, "nosyndata%d.example." % i, timeout=5)
+            it.expect_a(r, it.GOOD_ADDR, "query %d over the reconnect" % i)
+            it.check(r.elapsed <= most, "query %d answered %.2f s after it "
+                     "was asked, want within %.1f s" % (i, r.elapsed, most))
+            t.note("query %d: %.2f s" % (i, r.elapsed))
+        delta = {k: v - before.get(k, 0) for k, v in tfo_counters().items()}
+        t.note("dropped SYNs with data: %d; %s" % (dropped(), delta))
+        it.check(dropped() == 1, "%d SYNs with data reached the rule, want "
+                 "1" % dropped())
+        it.check(delta.get("TCPFastOpenActiveFail", 0) == 1, "the kernel "
+                 "counted %d failed Fast Opens, want 1: %s" % (
+                     delta.get("TCPFastOpenActiveFail", 0), delta))
+        d.stop_and_check()
     svc.in_netns(body)
 
 
