@@ -40,7 +40,7 @@ M3LIB =		$(M3)/usr/lib/$(shell $(CC) -print-multiarch)
 
 DEBS =		build-essential libev-dev libmbedtls-dev ca-certificates
 TEST_DEBS =	unbound python3-dnspython knot-dnsutils openssl mandoc systemd \
-		dnsmasq-base iproute2 clang-14 libclang-rt-14-dev valgrind
+		dnsmasq-base iproute2 nftables clang-14 libclang-rt-14-dev valgrind
 
 RUN_ARGS =	--bind-udp 127.0.0.1:5353 --bind-tcp 127.0.0.1:5353 \
 		--connect-tls 9.9.9.9\#dns.quad9.net \
