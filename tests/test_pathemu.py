@@ -16,7 +16,8 @@ because make check shares two busy cores:
 - loss: each direction's counted loss within 4.5 standard deviations of
   the binomial (p = 0.1, n = 2000: +-0.03), and the round trips the client
   gets back within 4.5 of theirs (0.81 +-0.04);
-- jitter: no probe early, 95 % within the range asked (+5 ms), a spread
+- jitter: no probe early, 95 % within the range asked (+5 ms) in one of
+  three tries (a stall of pathemu under load holds many back), a spread
   at all, and, with order kept, not one probe overtaking another.
 Every check is a function below whose docstring is the claim it checks.
 Prints "ok NAME", "FAIL NAME: reason" or "skip NAME: reason" per check,
@@ -232,17 +233,33 @@ def reorders(got):
     return sum(1 for a, b in zip(got, got[1:]) if b[0] < a[0])
 
 
+def jitter_probes(rig, order_ok, tries=3):
+    """Probes the jittered path 0 up to `tries` times; every try must have
+    every probe back, none early, and pass order_ok.  The p95 bound is a
+    matter of scheduling too: one 40 ms stall of pathemu on a loaded
+    machine holds back 20 probes, 5 % of them.  So it must hold in one
+    try, and the tries stop there.  A jitter range that is wrong fails
+    every try."""
+    for i in range(tries):
+        got = rig.probe(count=400, interval=0.002)
+        rtts = [r for _, r in got]
+        check(len(got) == 400, "%d of 400 probes back" % len(got))
+        order_ok(got)
+        check(min(rtts) >= 9.95, "a probe back in %.2f ms" % min(rtts))
+        if p95(rtts) <= 35:
+            return got
+    check(False, "RTT %.2f-%.2f ms, p95 %.2f in the last of %d tries" % (
+        min(rtts), max(rtts), p95(rtts), tries))
+
+
 def test_jitter_ordered(rig):
     """5 ms + 0-10 ms jitter each way, order kept: round trips spread over
     10-30 ms (none early, 95 % by 35 ms), and not one probe overtakes
     another."""
     rig.link.path[0].set(delay_ms=5, jitter_ms=10, order=1)
-    got = rig.probe(count=400, interval=0.002)
+    got = jitter_probes(rig, lambda got: check(
+        reorders(got) == 0, "%d probes overtaken" % reorders(got)))
     rtts = [r for _, r in got]
-    check(len(got) == 400, "%d of 400 probes back" % len(got))
-    check(reorders(got) == 0, "%d probes overtaken" % reorders(got))
-    check(min(rtts) >= 9.95 and p95(rtts) <= 35, "RTT %.2f-%.2f ms, p95 "
-          "%.2f" % (min(rtts), max(rtts), p95(rtts)))
     check(statistics.pstdev(rtts) >= 1.5, "RTT sd %.2f ms: no jitter" %
           statistics.pstdev(rtts))
     return "RTT %.2f-%.2f ms, sd %.2f" % (min(rtts), max(rtts),
@@ -253,12 +270,8 @@ def test_jitter_unordered(rig):
     """The same jitter with order=0 does reorder probes 2 ms apart, and
     they still come back within 10-30 ms (none early, 95 % by 35 ms)."""
     rig.link.path[0].set(delay_ms=5, jitter_ms=10, order=0)
-    got = rig.probe(count=400, interval=0.002)
-    rtts = [r for _, r in got]
-    check(len(got) == 400, "%d of 400 probes back" % len(got))
-    check(reorders(got) > 10, "only %d probes overtaken" % reorders(got))
-    check(min(rtts) >= 9.95 and p95(rtts) <= 35, "RTT %.2f-%.2f ms, p95 "
-          "%.2f" % (min(rtts), max(rtts), p95(rtts)))
+    got = jitter_probes(rig, lambda got: check(
+        reorders(got) > 10, "only %d probes overtaken" % reorders(got)))
     return "%d overtaken" % reorders(got)
 
 
