@@ -120,8 +120,8 @@ conn_init(struct conn *c, struct upstream *up, int idx)
 	c->c_hash = chain_buckets(cn.hmask);
 	ev_init(&c->c_rio, conn_read_cb);
 	ev_init(&c->c_wio, conn_write_cb);
-	ev_init(&c->c_timer, conn_timer_cb);
-	ev_init(&c->c_acktimer, conn_ack_cb);
+	timer_init(&c->c_timer, conn_timer_cb);
+	timer_init(&c->c_acktimer, conn_ack_cb);
 }
 
 void

@@ -82,7 +82,7 @@ signal_cb(struct ev_loop *l, ev_signal *w, int revents)
 	notify("STOPPING=1");
 	listen_stop();
 	/* Answer what is in flight, but never past DRAIN_S. */
-	ev_timer_init(&drain_timer, drain_cb, DRAIN_S, 0.0);
+	ev_timer_set(&drain_timer, DRAIN_S, 0.0);
 	ev_timer_start(loop, &drain_timer);
 	ev_prepare_start(loop, &drain_prep);
 }
@@ -268,7 +268,7 @@ watchdog_start(void)
 		return;
 	if ((period = strtod(usec, NULL) / 2e6) <= 0)
 		return;
-	ev_timer_init(&watchdog, watchdog_cb, period, period);
+	ev_timer_set(&watchdog, period, period);
 	ev_timer_start(loop, &watchdog);
 	ev_unref(loop);
 }
@@ -332,12 +332,13 @@ start(void)
 	ev_signal_start(loop, &sig_term);
 	ev_signal_start(loop, &sig_int);
 	ev_signal_start(loop, &sig_usr1);
-	ev_init(&drain_timer, drain_cb);
+	timer_init(&drain_timer, drain_cb);
 	ev_prepare_init(&drain_prep, drain_check_cb);
 	ev_set_priority(&drain_prep, EV_MINPRI);
-	ev_init(&watchdog, watchdog_cb);
+	timer_init(&watchdog, watchdog_cb);
 	watchdog_start();
-	ev_timer_init(&status_timer, status_cb, 0.1, STATUS_S);
+	timer_init(&status_timer, status_cb);
+	ev_timer_set(&status_timer, 0.1, STATUS_S);
 	if (notify_fd != -1) {
 		ev_timer_start(loop, &status_timer);
 		ev_unref(loop);

@@ -176,7 +176,7 @@ listen_init(struct ev_loop *l, const struct config *config)
 	for (i = 0; i < ls.cf->cf_ntcp; i++)
 		listen_add(listen_on(&ls.cf->cf_tcp[i], SOCK_STREAM),
 		    &ls.cf->cf_tcp[i], SOCK_STREAM);
-	ev_init(&ls.accept_pause, accept_pause_cb);
+	timer_init(&ls.accept_pause, accept_pause_cb);
 	ev_prepare_init(&ls.flush_prep, prepare_cb);
 	/* After the mux's prepare, which may answer queries it fails. */
 	ev_set_priority(&ls.flush_prep, EV_MINPRI);
@@ -733,7 +733,7 @@ client_open(int fd, const union sockaddr_any *peer)
 	c->tc_denied = !client_allowed(peer);
 	ev_io_init(&c->tc_rio, client_read_cb, fd, EV_READ);
 	ev_io_init(&c->tc_wio, client_write_cb, fd, EV_WRITE);
-	ev_init(&c->tc_idle, client_idle_cb);
+	timer_init(&c->tc_idle, client_idle_cb);
 	c->tc_idle.repeat = c->tc_denied ? TCP_DENIED_WAIT : TCP_CLIENT_IDLE;
 	ev_io_start(ls.loop, &c->tc_rio);
 	client_progress(c, now_ms());

@@ -80,6 +80,8 @@ static struct {
 	int		 kick;		/* sends wait for dispatch */
 	ev_timer	 deadline_timer;
 	ev_timer	 att_timer;
+	int64_t		 deadline_looked; /* timer_stalled */
+	int64_t		 att_looked;
 	ev_prepare	 flush_prep;
 	int		 hedge_tokens;	/* in 1/HEDGE_EVERY of a hedge */
 	int64_t		 boot_offset;
@@ -162,8 +164,8 @@ mux_init(struct ev_loop *loop, const struct config *cf)
 	conn_setup(loop, cf, &events, mux.pool, mux.hmask);
 	for (i = 0; i < mux.nup; i++)
 		upstream_init(&mux.ups[i], cf, &cf->cf_up[i], i);
-	ev_init(&mux.deadline_timer, deadline_cb);
-	ev_init(&mux.att_timer, att_timer_cb);
+	timer_init(&mux.deadline_timer, deadline_cb);
+	timer_init(&mux.att_timer, att_timer_cb);
 	ev_prepare_init(&mux.flush_prep, flush_cb);
 	/* Before the listeners' own prepare writes out what we answered. */
 	ev_set_priority(&mux.flush_prep, EV_MAXPRI);
@@ -458,8 +460,11 @@ att_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	struct att	*a;
 	int64_t		 now = now_ms();
 
-	(void)loop;
 	(void)revents;
+	a = TAILQ_FIRST(&mux.atimeouts);
+	if (timer_stalled(loop, w, a != NULL ? a->a_due : now, now,
+	    &mux.att_looked))
+		return;
 	while ((a = TAILQ_FIRST(&mux.atimeouts)) != NULL && a->a_due <= now) {
 		TAILQ_REMOVE(&mux.atimeouts, a, a_tlink);
 		a->a_due = 0;
@@ -838,9 +843,11 @@ deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	struct pq	*pq;
 	int64_t		 now = now_ms();
 
-	(void)loop;
-	(void)w;
 	(void)revents;
+	pq = TAILQ_FIRST(&mux.deadlines);
+	if (timer_stalled(loop, w, pq != NULL ? pq->pq_deadline : now, now,
+	    &mux.deadline_looked))
+		return;
 	while ((pq = TAILQ_FIRST(&mux.deadlines)) != NULL &&
 	    pq->pq_deadline <= now)
 		pq_give_up(pq, now);

@@ -136,8 +136,8 @@ netmon_init(struct ev_loop *loop, const struct config *cf)
 	ev_io_init(&nm.qio, netmon_reply_cb, nm.qfd, EV_READ);
 	ev_io_start(loop, &nm.qio);
 	ev_unref(loop);
-	ev_init(&nm.settle, netmon_settle_cb);
-	ev_init(&nm.lookup, netmon_lookup_cb);
+	timer_init(&nm.settle, netmon_settle_cb);
+	timer_init(&nm.lookup, netmon_lookup_cb);
 	/* The first round learns the routes that later ones compare with. */
 	round_start(now_ms());
 }

@@ -86,6 +86,7 @@ static struct {
 	uint32_t	 kmask;
 	uint8_t		 key[SIPHASH_KEYLEN];	/* of the flight table's hash */
 	ev_timer	 timer;
+	int64_t		 looked;	/* timer_stalled */
 	int64_t		 overload_warned;
 	/* Answers are made here, one at a time, up to the largest message. */
 	uint8_t		 abuf[DNS_MAXMSG];
@@ -142,7 +143,7 @@ query_init(struct ev_loop *loop, const struct config *cf,
 	qs.kmask = chain_mask((uint32_t)qs.nflights);
 	qs.keys = chain_buckets(qs.kmask);
 	random_bytes(qs.key, sizeof(qs.key));
-	ev_init(&qs.timer, timer_cb);
+	timer_init(&qs.timer, timer_cb);
 }
 
 void
@@ -564,11 +565,11 @@ timer_update(int64_t now)
 static void
 timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	(void)loop;
-	(void)w;
-	(void)revents;
-	int64_t	 now = now_ms();
+	int64_t	 now = now_ms(), due = next_due();
 
+	(void)revents;
+	if (timer_stalled(loop, w, due != 0 ? due : now, now, &qs.looked))
+		return;
 	(void)query_tick(now);
 	timer_update(now);
 }

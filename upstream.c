@@ -438,7 +438,7 @@ upstream_warm_setup(struct ev_loop *loop, const struct config *cf,
 	warm.nup = nup;
 	warm.last_active = now;
 	warm.last_hedge = 0;
-	ev_init(&warm.timer, warm_cb);
+	timer_init(&warm.timer, warm_cb);
 }
 
 void

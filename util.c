@@ -19,6 +19,12 @@
 #include "log.h"
 #include "util.h"
 
+/*
+ * A timer this late was not held up by a busy pass (a few ms even under
+ * load) but by dnsfwd not running at all.
+ */
+#define TIMER_STALL_MS	10
+
 static int64_t	clock_ms(clockid_t);
 
 /*
@@ -120,6 +126,24 @@ addr_str(const struct sockaddr *sa, char *buf, size_t len)
 		snprintf(buf, len, "%s:%u", host, ntohs(s4->sin_port));
 	}
 	return buf;
+}
+
+void
+timer_init(ev_timer *t, void (*cb)(struct ev_loop *, ev_timer *, int))
+{
+	ev_init(t, cb);
+	ev_set_priority(t, TIMER_PRI);
+}
+
+int
+timer_stalled(struct ev_loop *loop, ev_timer *t, int64_t due, int64_t now,
+    int64_t *looked)
+{
+	if (now - due < TIMER_STALL_MS || *looked >= due)
+		return 0;
+	*looked = now;
+	timer_arm(loop, t, now, now);
+	return 1;
 }
 
 void

@@ -36,6 +36,26 @@ const char *addr_str(const struct sockaddr *, char *, size_t);
 void	*xmalloc(size_t);
 void	*xcalloc(size_t, size_t);
 /*
+ * Every timer runs after the I/O of its loop pass: a timeout is judged
+ * only once what arrived in time has been read, even when dnsfwd itself
+ * was late to look (libev runs a pass's pending watchers last-queued
+ * first, and timers are queued after I/O).
+ */
+#define TIMER_PRI	(-1)
+void	timer_init(struct ev_timer *,
+	    void (*)(struct ev_loop *, struct ev_timer *, int));
+/*
+ * For a timer that judges what did not arrive: 1 when it fired so long
+ * after `due` that dnsfwd itself was not running (stopped, frozen,
+ * starved).  A stopped epoll_wait returns EINTR having read nothing, so
+ * what came meanwhile may be unread: the timer is armed for the next
+ * pass, which reads it first, and the caller returns.  `*looked` holds
+ * when that pass was asked for: one is enough for whatever was due by
+ * then.
+ */
+int	timer_stalled(struct ev_loop *, struct ev_timer *, int64_t due,
+	    int64_t now, int64_t *looked);
+/*
  * (Re)arms a one-shot timer to fire at `when` (ms, as now_ms): libev
  * counts in seconds of its own clock, so only the distance is converted.
  */

@@ -467,12 +467,15 @@ class Container:
         if self.pid1 is None:
             raise Fail("systemd-nspawn did not start systemd; see %s" %
                        self.logpath)
-        # Until PID 1 has its private socket up, systemctl cannot connect.
+        # Until PID 1 has its private socket up, systemctl cannot connect;
+        # until it has made /run/systemd/system, systemctl says "offline"
+        # (sd_booted() is false), which a loaded host makes last a while.
         end = time.monotonic() + 120
         while True:
             p = self.sh("systemctl is-system-running --wait", timeout=120)
             state = p.stdout.strip()
-            if "bus" not in state or time.monotonic() > end:
+            if ("bus" not in state and state != "offline") or \
+                    time.monotonic() > end:
                 break
             time.sleep(0.2)
         check(state in ("running", "degraded"),

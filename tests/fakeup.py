@@ -26,7 +26,8 @@ TXT "fakeup"), rcode= any RCODE name ("NXDOMAIN", "SERVFAIL", "REFUSED",
 "FORMERR", ...) or "NODATA", soa=(TTL, MINIMUM) for an SOA in the
 authority section of an NXDOMAIN or NODATA answer, tc=True to set TC,
 delay_ms=N to answer that name N ms later than the others,
-options=[(code, bytes), ...] for an OPT with these options in its answers.
+options=[(code, bytes), ...] for an OPT with these options in its answers,
+on_query=fn to call fn(record) as the query is read (before its answer).
 With fu.set(mark_bits=True), A answers say which of the query's DO and
 CD bits were set: 192.0.2.1 neither, .2 DO, .3 CD, .4 both (marked_addr).
 Queries are recorded with their "do", "cd" and "rd" bits, whether they had
@@ -406,8 +407,10 @@ class _Conn:
                 delay += fu.rng.uniform(0, fu.jitter_ms) / 1000.0
             n = fu.n
             rule = fu.rules.get(rec["qname"])
+            on_query = None
             if rule is not None:
                 delay += rule.get("delay_ms", 0) / 1000.0
+                on_query = rule.get("on_query")
             mark = fu.mark_bits
             extra = dict(ecs=fu.ecs_answer, refuse_rd0=fu.refuse_rd0)
             aopts, apad = fu.answer_options, fu.answer_pad
@@ -422,6 +425,8 @@ class _Conn:
                     aopts = aopts + [(11, struct.pack("!H", fu.keepalive))]
                     rec["keepalive"] = fu.keepalive
                 rec["answer_no"] = self.nans
+        if on_query is not None:
+            on_query(rec)
         if q is None:
             return
         if mode == "blackhole_first_conn":
@@ -770,15 +775,18 @@ class FakeUpstream:
                 self.budget = budget
 
     def rule(self, name, ttl=None, rcode=None, soa=None, tc=False,
-             delay_ms=0, options=()):
+             delay_ms=0, options=(), on_query=None):
         """Answers for name (absolute or not, any case) from now on: TTL
         ttl (default 60), rcode an RCODE name or "NODATA", soa (TTL,
         MINIMUM) in the authority of an NXDOMAIN/NODATA answer, tc: TC,
         delay_ms: added to the answer's delay, options: [(code, bytes)]
-        in an OPT of the answer, as answer_options."""
+        in an OPT of the answer, as answer_options; on_query: called with
+        the query's record on the connection's thread as it is read,
+        before its answer is scheduled (to act on the client just then)."""
         name = _absname(name)
         r = {"rcode": rcode, "soa": soa, "tc": tc, "delay_ms": delay_ms,
-             "options": [(int(c), bytes(d)) for c, d in options]}
+             "options": [(int(c), bytes(d)) for c, d in options],
+             "on_query": on_query}
         if ttl is not None:
             r["ttl"] = ttl
         with self.lock:

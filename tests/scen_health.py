@@ -9,6 +9,8 @@ wide enough for two busy cores.
   health_blackhole_upstream     a connected upstream that never answers
   health_rcode_upstream         REFUSED, then SERVFAIL, to everything
   health_probe_interval_doubles a refusing upstream's probes back off
+  health_daemon_stopped_no_blame
+                                dnsfwd itself stopped: the answer waits
   health_all_refuse             every upstream refuses: their answer
   health_dropped_query          one dropped query costs one attempt timeout
   health_dropped_query_two      the same across two upstreams
@@ -22,7 +24,9 @@ wide enough for two busy cores.
                                 a path that drops SYN data: Fast Open off
 """
 import itertools
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -200,6 +204,57 @@ def health_probe_interval_doubles(t):
     it.check(all(b >= 1.5 * a for a, b in zip(probes, probes[1:])),
              "gaps between the probes do not double: %s s" % gaps)
     d.stop_and_check()
+
+
+@scenario
+def health_daemon_stopped_no_blame(t):
+    """dnsfwd stopped (SIGSTOP, as a frozen container or a debugger would) just after it sent a query, its answer arriving 50 ms later, then continued: after 0.5 s (past the attempt timeout) and after 1.5 s (past the 1 s deadline) the waiting answer is delivered; no copy goes to the other upstream, and neither is charged a timeout."""
+    ups = [t.fakeup(), t.fakeup()]
+    d = t.dnsfwd(*it.tls_up(ups[0]), *it.tls_up(ups[1], ca=False),
+                 "--timeout", "1000")
+    for i in range(5):
+        it.expect_a(it.ask_udp(d.port, "warm%d.example." % i, timeout=3),
+                    it.GOOD_ADDR, "warm-up %d" % i)
+    before = upstream_lines(d)
+    hedges = d.stats().get("hedges", 0)
+    conts = []
+
+    def stop_for(seconds):
+        def on_query(rec):
+            if conts and conts[-1].name == rec["qname"]:
+                return          # a second copy: dnsfwd was not blamed
+            os.kill(d.proc.pid, signal.SIGSTOP)
+            th = threading.Timer(seconds, os.kill,
+                                 (d.proc.pid, signal.SIGCONT))
+            th.name = rec["qname"]
+            th.start()
+            conts.append(th)
+        return on_query
+    try:
+        for stop in (0.5, 1.5):
+            name = "stopped%d.example." % (stop * 10)
+            # Whichever upstream dnsfwd picks stops it.
+            for fu in ups:
+                fu.rule(name, delay_ms=50, on_query=stop_for(stop))
+            r = it.ask_udp(d.port, name, timeout=4)
+            it.expect_a(r, it.GOOD_ADDR, "stopped %.1f s" % stop)
+            it.check(r.elapsed >= stop, "answered after %.2f s, before "
+                     "SIGCONT at %.1f s: was dnsfwd stopped?" % (
+                         r.elapsed, stop))
+            n = [fu.count(name) for fu in ups]
+            it.check(sorted(n) == [0, 1], "the upstreams were asked %s "
+                     "after a %.1f s stop, want one copy" % (n, stop))
+    finally:
+        for th in conts:
+            th.join()
+        os.kill(d.proc.pid, signal.SIGCONT)
+    after = upstream_lines(d)
+    for u in ("u0", "u1"):
+        it.check(after[u]["timeouts"] == before[u]["timeouts"], "%s's "
+                 "timeouts went from %s to %s" % (
+                     u, before[u]["timeouts"], after[u]["timeouts"]))
+    it.check(d.stats().get("hedges", 0) == hedges, "hedges were sent")
+    t.note("answered after the stops; no timeout charged")
 
 
 @scenario
