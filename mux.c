@@ -313,10 +313,12 @@ dispatch(int64_t now)
  * Sends another copy of a query whose attempt timed out, or that an
  * upstream refused: to the best upstream that has neither a copy nor
  * said no, else on another connection of the one that has the copy (the
- * same connection would only queue it behind what holds the first).  It
- * waits for a dial if it must; with nowhere left to go, or no hedge in
- * the budget, the copy out is all; a query with none gets what the
- * upstreams said.
+ * same connection would only queue it behind what holds the first).
+ * From an upstream in good standing it goes to a demoted one only when
+ * the first said no: a demoted upstream is silent or refusing, and gets
+ * its copies as probes (probe()).  It waits for a dial if it must; with
+ * nowhere left to go, or no hedge in the budget, the copy out is all; a
+ * query with none gets what the upstreams said.
  */
 static void
 hedge(struct pq *pq, int64_t now)
@@ -331,8 +333,8 @@ hedge(struct pq *pq, int64_t now)
 			busy = pq->pq_att[k].a_conn;
 	up = pick_upstream(now, pq->pq_said |
 	    (busy != NULL ? upstream_bit(busy->c_up) : 0));
-	if (up == NULL && busy != NULL &&
-	    !(pq->pq_said & upstream_bit(busy->c_up)))
+	if (busy != NULL && !(pq->pq_said & upstream_bit(busy->c_up)) &&
+	    (up == NULL || (up->up_bad > 0 && busy->c_up->up_bad == 0)))
 		up = busy->c_up;
 	if (up == NULL) {
 		pq_unqueue(pq);

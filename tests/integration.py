@@ -239,6 +239,25 @@ def expect_a(r, addr=GOOD_ADDR, what="query"):
               what, r.query.question[0].name, r.describe(), addr))
 
 
+def ask_answered(port, prefix, what, seconds=4.0):
+    """Asks prefix0.example., prefix1.example., ... until one is answered
+    NOERROR, as a stub asks again after a SERVFAIL, and expects the A of
+    the last: for a query whose short --timeout a handshake on a loaded
+    machine may exceed (the dial fails, the upstream backs off 250 ms and
+    queries meanwhile get SERVFAIL at once, by design).  Returns the
+    number of tries."""
+    tries, end = [], time.monotonic() + seconds
+    while True:
+        r = ask_udp(port, "%s%d.example." % (prefix, len(tries)))
+        tries.append(r.describe())
+        if (r.msg is not None and r.msg.rcode() == dns.rcode.NOERROR) or \
+                time.monotonic() >= end:
+            break
+        time.sleep(0.2)
+    expect_a(r, GOOD_ADDR, "%s (tries: %s)" % (what, tries))
+    return len(tries)
+
+
 def expect_servfail(r, what="query"):
     check(r.msg is not None, "%s: %s, want SERVFAIL" % (what, r.describe()))
     check(r.msg.rcode() == dns.rcode.SERVFAIL,
@@ -411,7 +430,9 @@ class Dnsfwd:
         raise Fail("no stats line after SIGUSR1: %s" % self.tail())
 
     def stop_and_check(self, sig=signal.SIGTERM):
-        """Signals dnsfwd; it must exit 0 within 2 s, last line 'stopped'."""
+        """Signals dnsfwd; it must exit 0 within 3 s (its drain takes 1 s
+        at most, the rest is a loaded machine's and ASan's exit), last
+        line 'stopped'."""
         self.checked = True
         p = self.proc
         if p.poll() is not None:
@@ -420,10 +441,10 @@ class Dnsfwd:
         t0 = time.monotonic()
         os.kill(p.pid, sig)
         try:
-            rc = p.wait(2.0)
+            rc = p.wait(3.0)
         except subprocess.TimeoutExpired:
             kill_pid(p)
-            raise Fail("dnsfwd did not exit within 2 s of %s: %s" %
+            raise Fail("dnsfwd did not exit within 3 s of %s: %s" %
                        (signal.Signals(sig).name, self.tail()))
         finally:
             untrack(p)
@@ -749,7 +770,7 @@ def reorder_replies(t):
 def _bad_reply(t, mode):
     fu = t.fakeup()
     d = t.dnsfwd(*tls_up(fu), "--timeout", "800")
-    expect_a(ask_udp(d.port, "warm.example."), GOOD_ADDR, "warm-up")
+    ask_answered(d.port, "warm", "warm-up")
     before = d.stats()
     fu.set(mode=mode, budget=1)
     r = ask_udp(d.port, "victim.example.", timeout=2.5, linger=0.3)
@@ -763,8 +784,10 @@ def _bad_reply(t, mode):
     check(after.get("bad_replies", 0) > before.get("bad_replies", 0),
           "bad_replies did not rise: before %s after %s" % (before, after))
     fu.set(mode="normal")
-    for i in range(3):
-        expect_a(ask_udp(d.port, "after%d.example." % i), GOOD_ADDR,
+    # The first may wait on a new connection's handshake.
+    ask_answered(d.port, "after", "query after the bad reply")
+    for i in range(2):
+        expect_a(ask_udp(d.port, "again%d.example." % i), GOOD_ADDR,
                  "query after the bad reply")
     st = d.stats()
     check(st.get("inflight") == 0, "inflight not back to 0: %s" % st)
@@ -921,7 +944,7 @@ def upstream_delay_timeout(t):
     """An upstream slower than --timeout gives SERVFAIL at about the deadline; the late reply is dropped."""
     fu = t.fakeup()
     d = t.dnsfwd(*tls_up(fu), "--timeout", "600")
-    expect_a(ask_udp(d.port, "warm.example."), GOOD_ADDR, "warm-up")
+    ask_answered(d.port, "warm", "warm-up")
     fu.set(delay_ms=1500)
     r = ask_udp(d.port, "slow.example.", timeout=3, linger=1.3)
     expect_servfail(r, "slow query")
@@ -934,20 +957,10 @@ def upstream_delay_timeout(t):
     check(0.45 <= r.elapsed <= 1.1,
           "TCP SERVFAIL after %.2fs, want about 0.6s" % r.elapsed)
     fu.set(delay_ms=0)
-    # On a loaded machine the connection replacing the silent one can take
-    # longer than the 600 ms --timeout to handshake: that dial fails, the
-    # upstream backs off 250 ms and a query meanwhile gets SERVFAIL at once
-    # (by design); a stub asks again, and so does this.
-    tries, end = [], time.monotonic() + 3
-    while time.monotonic() < end:
-        r = ask_udp(d.port, "fast%d.example." % len(tries))
-        tries.append(r.describe())
-        if r.msg is not None and r.msg.rcode() == dns.rcode.NOERROR:
-            break
-        time.sleep(0.2)
-    expect_a(r, GOOD_ADDR, "after the delay (tries: %s)" % tries)
-    if len(tries) > 1:
-        t.note("answered at try %d: %s" % (len(tries), tries))
+    # The connection replacing the silent one handshakes within 600 ms.
+    n = ask_answered(d.port, "fast", "after the delay")
+    if n > 1:
+        t.note("answered at try %d" % n)
     time.sleep(1.0)            # the late replies have arrived by now
     st = d.stats()
     check(st.get("inflight") == 0, "inflight not back to 0: %s" % st)
@@ -978,23 +991,28 @@ def handshake_stall(t):
 
 @scenario
 def idle_closed_by_server(t):
-    """After the upstream closes an idle connection, the next query is answered without delay."""
+    """After the upstream closes an idle connection, the next query is answered without delay: over a new connection, not after an attempt timeout on the closed one (no second copy sent or held back), within 1.5 s (a handshake on a loaded machine)."""
     fu = t.fakeup()
     d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
     expect_a(ask_udp(d.port, "first.example."))
-    for i in range(3):
-        fu.close_all(graceful=True)
+    before = d.stats()
+    times = []
+    for i in range(4):
+        fu.close_all(graceful=i < 3)
         time.sleep(0.15)
         r = ask_udp(d.port, "again%d.example." % i)
-        expect_a(r, GOOD_ADDR, "after close %d" % i)
-        check(r.elapsed < 0.5, "answer %d took %.2fs after the idle close" %
-              (i, r.elapsed))
-    fu.close_all(graceful=False)
-    time.sleep(0.15)
-    r = ask_udp(d.port, "abrupt.example.")
-    expect_a(r, GOOD_ADDR, "after an abrupt close")
-    check(r.elapsed < 0.5, "answer took %.2fs after an abrupt close" %
-          r.elapsed)
+        how = "idle" if i < 3 else "abrupt"
+        expect_a(r, GOOD_ADDR, "after %s close %d" % (how, i))
+        check(r.elapsed < 1.5, "answer %d took %.2fs after the %s close" %
+              (i, r.elapsed, how))
+        times.append("%.3f" % r.elapsed)
+    after = d.stats()
+    late = [_delta(before, after, k) for k in ("hedges", "hedges_unpaid")]
+    check(late == [0, 0], "second copies sent %d and held back %d: a query "
+          "waited on a closed connection" % tuple(late))
+    check(fu.stats()["conns"] == 5, "fakeup saw %d connections, want 5" %
+          fu.stats()["conns"])
+    t.note("answered after %s s" % ", ".join(times))
 
 
 @scenario
@@ -1136,10 +1154,11 @@ def no_descriptor_leak(t):
     fu = t.fakeup()
     d = t.dnsfwd(*tls_up(fu), "--timeout", "500", "--idle-timeout", "1")
     base = _fds(d.proc.pid)
+    ask_answered(d.port, "warm", "warm-up")
     for i in range(20):
         expect_a(ask_tcp(d.port, "fd%d.example." % i))
     fu.close_all(graceful=False)
-    expect_a(ask_udp(d.port, "after-close.example."))
+    ask_answered(d.port, "after-close", "after the upstream closed")
     fu.set(mode="garbage", budget=1)
     ask_udp(d.port, "garbage.example.", timeout=2)
     fu.refuse()
@@ -1872,9 +1891,9 @@ def pin_applies_to_preceding(t):
     d2 = t.dnsfwd("--connect-tls", "127.0.0.1:%d#dns.test" % good.port,
                   "--connect-tls", "127.0.0.1:%d" % untrusted.port,
                   "--pin-sha256", wrong, "--ca-file", pki("ca.pem"),
-                  "--timeout", "1000")
+                  "--timeout", "3000")
     for i in range(4):
-        expect_a(ask_udp(d2.port, "pb%d.example." % i), GOOD_ADDR,
+        expect_a(ask_udp(d2.port, "pb%d.example." % i, timeout=4), GOOD_ADDR,
                  "name-checked upstream before a pinned one")
     d2.stop_and_check()
 
@@ -1884,9 +1903,10 @@ def failover_on_auth_failure(t):
     """With one upstream failing authentication and one healthy, every query is answered."""
     bad = t.fakeup(cert="untrusted")
     good = t.fakeup()
-    d = t.dnsfwd(*tls_up(bad), *tls_up(good, ca=False), "--timeout", "1000")
-    rs = [ask_udp(d.port, "fa%d.example." % i) for i in range(6)]
-    rs += parallel(lambda i: ask_udp(d.port, "fa-par%d.example." % i),
+    d = t.dnsfwd(*tls_up(bad), *tls_up(good, ca=False), "--timeout", "3000")
+    rs = [ask_udp(d.port, "fa%d.example." % i, timeout=4) for i in range(6)]
+    rs += parallel(lambda i: ask_udp(d.port, "fa-par%d.example." % i,
+                                     timeout=4),
                    range(10))
     bad_rs = [r.describe() for r in rs if r.addrs() != [GOOD_ADDR]]
     check(not bad_rs, "%d of %d not answered: %s" % (len(bad_rs), len(rs),
@@ -1896,7 +1916,7 @@ def failover_on_auth_failure(t):
 
 @scenario
 def sigterm_with_work_pending(t):
-    """SIGTERM with queries in flight, queued, on TCP clients and in a stalled handshake still exits 0 within 2 s."""
+    """SIGTERM with queries in flight, queued, on TCP clients and in a stalled handshake still exits 0 within 3 s (a drain of at most 1 s)."""
     slow = t.fakeup()
     slow.set(delay_ms=5000)
     stall = t.fakeup()
@@ -2211,22 +2231,23 @@ def rtt_explore_finds_recovery(t):
 
 @scenario
 def silent_connection_replaced(t):
-    """A connection that reads queries but never answers: the query goes again on a second connection after its attempt timeout (half the 500 ms deadline for an upstream not heard from) and is answered there; the silent connection is replaced at the deadline ('silent' logged, closed) and the next query goes over the new one."""
+    """A connection that reads queries but never answers: the query goes again on a second connection after its attempt timeout (1 s for an upstream not heard from, or half of what is left of the 2 s deadline) and is answered there; the silent connection is replaced at the deadline ('silent' logged, closed) and the next query goes over the new one."""
     fu = t.fakeup()
     fu.set(mode="blackhole_first_conn")
-    d = t.dnsfwd(*tls_up(fu), "--timeout", "500")
-    r = ask_udp(d.port, "hole.example.", timeout=3)
+    d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
+    r = ask_udp(d.port, "hole.example.", timeout=4)
     expect_a(r, GOOD_ADDR, "query on the silent connection")
-    # NOERROR at all means before the 500 ms deadline (SERVFAIL then):
-    # past it only by the client's own delays.
-    check(0.2 <= r.elapsed <= 0.6, "answered after %.2f s, want after the "
-          "250 ms attempt timeout and before the deadline" % r.elapsed)
+    # NOERROR at all means before the 2 s deadline (SERVFAIL then): past
+    # it only by the client's own delays.  The attempt timeout is at
+    # least 0.75 s while the first handshake takes under 0.5 s.
+    check(0.7 <= r.elapsed <= 2.1, "answered after %.2f s, want after the "
+          "attempt timeout and before the deadline" % r.elapsed)
     check(fu.nqueries("hole") == 2, "the upstream saw %d copies of the "
           "query, want 2" % fu.nqueries("hole"))
     check([q["conn"] for q in fu.queries if q["qname"] == "hole.example."]
           == [1, 2], "copies went over connections %s, want [1, 2]" % [
               q["conn"] for q in fu.queries if q["qname"] == "hole.example."])
-    check(until(lambda: d.grep("silent"), 1), "log does not say the connection was silent: "
+    check(until(lambda: d.grep("silent"), 3), "log does not say the connection was silent: "
           "%s" % d.tail(4))
     r = ask_udp(d.port, "after-hole.example.", timeout=3)
     expect_a(r, GOOD_ADDR, "query after the silent connection")
@@ -2412,22 +2433,24 @@ def upstream_backoff_probe(t):
     for i in range(min(4, len(times) - 1)):
         b = 0.25 * 2 ** i
         gap = times[i + 1] - times[i]
-        check(0.75 * b - 0.03 <= gap <= b + 0.25,
+        # A dial waits on the next query, which a loaded machine can
+        # hold back: the lower bound is the one the backoff sets.
+        check(0.75 * b - 0.03 <= gap <= b + 0.5,
               "dial %d came %.3f s after the one before, want %.3f-%.3f s "
               "(%s)" % (i + 2, gap, 0.75 * b, b, desc))
 
 
 @scenario
 def failover_slow_dial(t):
-    """With --timeout 2000 and the first upstream stalling its TLS handshake, the first query is answered by the second upstream within 1.5 s: a dial slow past half the timeout yields."""
+    """With --timeout 4000 and the first upstream stalling its TLS handshake, the first query is answered by the second upstream within 3.5 s: a dial slow past half the timeout yields (one that did not would end in SERVFAIL at 4 s)."""
     stall = t.fakeup()
     stall.set(mode="stall")
     good = t.fakeup()
-    d = t.dnsfwd(*tls_up(stall), *tls_up(good, ca=False), "--timeout", "2000")
-    r = ask_udp(d.port, "slowdial.example.", timeout=3)
+    d = t.dnsfwd(*tls_up(stall), *tls_up(good, ca=False), "--timeout", "4000")
+    r = ask_udp(d.port, "slowdial.example.", timeout=5)
     expect_a(r, GOOD_ADDR, "first query, first upstream stalling")
-    check(r.elapsed < 1.5, "answered after %.2f s, want under 1.5 s (the "
-          "stalled dial should yield at 1 s, half the timeout)" % r.elapsed)
+    check(r.elapsed < 3.5, "answered after %.2f s, want under 3.5 s (the "
+          "stalled dial should yield at 2 s, half the timeout)" % r.elapsed)
     check(stall.stats()["conns"] >= 1, "dnsfwd never dialled the first "
           "(stalling) upstream, so no slow dial was tested: %s" % d.tail(4))
     check(good.count("slowdial.example.") == 1 and stall.nqueries() == 0,
@@ -2506,19 +2529,21 @@ def _staggered(port, plan, timeout=5.0):
 
 @scenario
 def coalesced_own_deadline(t):
-    """A query that joined an identical one in flight keeps its own deadline: --timeout 2000, an upstream not heard from yet (attempt timeout 1 s) answering in 2.25 s, the first asker gets SERVFAIL at 2 s and the one that joined at 0.5 s still gets the answer; the upstream saw one query and the copy sent after the attempt timeout."""
+    """A query that joined an identical one in flight keeps its own deadline: --timeout 2000, an upstream not heard from yet (attempt timeout 1 s) answering in 2.25 s, the first asker gets SERVFAIL at 2 s and the one that joined at 1 s still gets the answer; the upstream saw one query and the copy sent after the attempt timeout."""
     fu = t.fakeup()
     fu.set(delay_ms=2250)
     d = t.dnsfwd(*tls_up(fu), "--timeout", "2000")
     name = "joinlate.example."
+    # The joiner's deadline (3 s) leaves the first dial and handshake,
+    # which come before the 2.25 s, 0.75 s on a loaded machine.
     ra, rb = _staggered(d.port, [(0, make_query(name, qid=0x0a0a)),
-                                 (0.5, make_query(name, qid=0x0b0b))])
+                                 (1.0, make_query(name, qid=0x0b0b))])
     expect_servfail(ra, "first query, its deadline passed at 2 s")
     # Its deadline moved to the joiner's would bring it the 2.25 s answer
-    # (not SERVFAIL): the bound has only to stay clear of the joiner's 2.5 s.
+    # (not SERVFAIL): the bound has only to stay clear of the joiner's 3 s.
     check(1.7 <= ra.elapsed <= 2.4, "first query: SERVFAIL after %.2f s, "
           "want about 2 s, before the joiner's deadline" % ra.elapsed)
-    expect_a(rb, GOOD_ADDR, "query that joined at 0.5 s (deadline 2.5 s), "
+    expect_a(rb, GOOD_ADDR, "query that joined at 1 s (deadline 3 s), "
              "upstream answer at 2.25 s")
     check(rb.elapsed <= 2.0, "joined query answered %.2f s after it was "
           "asked, past its 2 s deadline" % rb.elapsed)
@@ -2935,6 +2960,7 @@ def tls_ticket_during_blocked_write(t):
 
 
 @scenario
+@timed
 def upstream_nagle_no_stall(t):
     """An upstream that leaves Nagle on (as unbound 1.17 does) holds an answer until its previous one is acknowledged, and a delayed ACK takes 40 ms.  Two queries at once, the second answered 5 ms after the first: the second answer is not held for our delayed ACK: it comes less than 30 ms after the first in at least 8 of 12 rounds, each after 10 sequential queries that put the connection in delayed-ACK mode (without quick ACKs about every other round stalls 40 ms; the gap between the two answers, not their latency, is what a busy core delays least)."""
     fu = t.fakeup(nagle=True)
@@ -3002,16 +3028,21 @@ def _txts(m):
 
 def _ask_at(d, fu, q, want_count, what, timeout=3.0):
     """Asks q over UDP; fakeup must then have seen want_count queries for
-    its name (after 50 ms for a query that went upstream to arrive)."""
+    its name (after 50 ms for a query that went upstream to arrive), not
+    counting second copies (a loaded machine can hold an answer past the
+    100 ms attempt timeout)."""
     if isinstance(q, str):
         q = make_query(q)
+    before = d.stats()
     r = ask_udp(d.port, q, timeout=timeout)
     check(r.msg is not None, "%s: %s" % (what, r.describe()))
     name = q.question[0].name.to_text()
     time.sleep(0.05)
-    n = fu.count(name)
-    check(n == want_count, "%s: the upstream has seen %d queries for %s, "
-          "want %d" % (what, n, name, want_count))
+    hedges = _delta(before, d.stats(), "hedges")
+    n = fu.count(name) - hedges
+    check(n == want_count, "%s: the upstream has seen %d queries for %s "
+          "(and %d second copies), want %d" % (what, n, name, hedges,
+                                               want_count))
     return r
 
 

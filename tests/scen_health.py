@@ -267,7 +267,7 @@ def health_all_refuse(t):
     r = it.ask_udp(d.port, "nobody.example.", timeout=4)
     it.check(r.msg is not None and r.msg.rcode() == dns.rcode.REFUSED,
              "every upstream refusing: %s, want REFUSED" % r.describe())
-    it.check(r.elapsed < 1.5, "REFUSED after %.2f s, want well before the "
+    it.check(r.elapsed < 2.5, "REFUSED after %.2f s, want well before the "
              "3 s deadline" % r.elapsed)
     it.check(a.count("nobody.example.") >= 1 and
              b.count("nobody.example.") >= 1, "upstreams asked %d and %d "
@@ -277,7 +277,7 @@ def health_all_refuse(t):
 
 def _dropped(t, ups, df, name):
     d = t.dnsfwd(*[x for i, f in enumerate(ups)
-                   for x in it.tls_up(f, ca=(i == 0))], "--timeout", "1000")
+                   for x in it.tls_up(f, ca=(i == 0))], "--timeout", "2000")
     it.expect_a(it.ask_udp(d.port, "warm.example."), it.GOOD_ADDR, "warm-up")
     plan = [(i * 0.4, it.make_query(name, qid=0x3000 + i)) for i in range(10)]
     res = it._staggered(d.port, plan, timeout=3)
@@ -287,15 +287,16 @@ def _dropped(t, ups, df, name):
         res[0].elapsed, len(df.dropped)))
     it.check(len(df.dropped) == 1, "%d queries dropped, want 1" %
              len(df.dropped))
-    it.check(res[0].elapsed <= 0.6, "the first asker waited %.2f s, want "
-             "one attempt timeout, well before the 1 s deadline" %
+    # An attempt timeout at half the deadline would answer after 1 s.
+    it.check(res[0].elapsed <= 0.9, "the first asker waited %.2f s, want "
+             "one attempt timeout (100 ms) and at most a handshake" %
              res[0].elapsed)
     return d
 
 
 @scenario
 def health_dropped_query(t):
-    """One upstream drops the first query for a popular name and answers every later one: a client asking it every 0.4 s with --timeout 1000 gets every answer, the first after one attempt timeout (well before the deadline), its second copy over a second connection."""
+    """One upstream drops the first query for a popular name and answers every later one: a client asking it every 0.4 s with --timeout 2000 gets every answer, the first after one attempt timeout (well before half the deadline), its second copy over a second connection."""
     fu = t.fakeup()
     df = fakeup.DropFirst(1, names=["popular.example."])
     fu.set(drop_first=df)
@@ -481,7 +482,8 @@ def health_fastopen_syn_data_dropped(t):
             str(fu.port), "tcp", "flags", "&", "(syn|ack)", "==", "syn",
             "ip", "length", ">", "100", "counter", "drop")
         before = tfo_counters()
-        for i, most in enumerate((3.0, 0.5, 0.5)):
+        # Under the kernel's 1 s SYN timer, with room for a handshake.
+        for i, most in enumerate((3.0, 0.9, 0.9)):
             fu.close_all(graceful=True)
             time.sleep(0.1)
             r = it.ask_udp(d.port, "nosyndata%d.example." % i, timeout=5)

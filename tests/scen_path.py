@@ -139,7 +139,7 @@ def _no_failures(res, what):
 @scenario
 @timed
 def path_lost_segment_other_upstream(t):
-    """Two upstreams, each behind its own 30 ms path, a query every 10 ms: the path of the one in use blackholed for 400 ms, the answers through the other keep their latency (max within RTT + 120 ms, short of TCP's 200 ms retransmission) and the queries caught on the blackholed one are answered within an attempt timeout + RTT + 100 ms via the other (second copies), not after TCP's retransmission, and together: the timeout that demotes it sends on every query waiting there."""
+    """Two upstreams, each behind its own 30 ms path, a query every 10 ms: the path of the one in use blackholed for 400 ms, the answers through the other keep their latency (max within RTT + 170 ms, short of TCP's 200 ms retransmission and a round trip) and the queries caught on the blackholed one are answered within an attempt timeout + RTT + 100 ms via the other (second copies), not after TCP's retransmission, and together: the timeout that demotes it sends on every query waiting there."""
     hole_ms = 400
 
     def body(link):
@@ -237,11 +237,12 @@ def path_lost_segment_other_upstream(t):
         it.check(len(direct) >= 5, "only %d queries went to u%d first "
                  "while u%d was blackholed" % (len(direct), 1 - k, k))
         # What a query held behind the blackhole would wait is TCP's
-        # retransmission, 200 ms at the least; the rest is slack for a
-        # loaded CI (two cores, three builds at once), seen at 107 ms.
-        it.check(dmax <= RTT_MS + 120, "a query answered by u%d, its first "
+        # retransmission, 200 ms at the least, and a round trip; the rest
+        # is slack for a loaded CI (two cores, three builds at once),
+        # seen at 107 ms.
+        it.check(dmax <= RTT_MS + 170, "a query answered by u%d, its first "
                  "copy sent there, waited %.1f ms while u%d was blackholed "
-                 "(want <= %d ms): %s" % (1 - k, dmax, k, RTT_MS + 120,
+                 "(want <= %d ms): %s" % (1 - k, dmax, k, RTT_MS + 170,
                                           direct))
         it.check(hedges >= 1 and won >= 1, "hedges %d, hedges_won %d: "
                  "want second copies sent and winning" % (hedges, won))
@@ -427,8 +428,10 @@ def path_hedge_budget_slow_path(t):
             mid["jump"] = time.monotonic()
             p.set(delay_ms=150)
             time.sleep(1.0)
-            mid["look"] = time.monotonic()
             mid["stats"] = d.stats()
+            # After: the hedges counted may be for queries sent until the
+            # SIGUSR1 was handled, and those earned their share too.
+            mid["look"] = time.monotonic()
         res, t0 = scen_health.stream(d.port, 8.0, gap, "b", timeout=4.5,
                           at={2.0: slow_down})
         u = scen_health.upstream_lines(d).get("u0", {})

@@ -217,20 +217,22 @@ def priv_prewarm(t):
 def priv_prewarm_keeps_hedge_spare(t):
     """With --prewarm and one upstream, the second connection a second copy (hedge) went over stays open past --idle-timeout, beside the warm one, so that the next hedge pays no handshake: 3 s after a hedge (--idle-timeout 1) no connection has closed, and another hedge goes over the same two connections."""
     fu = t.fakeup()
-    fu.rule("slowhedge.example.", delay_ms=400)
-    # The first's 400 ms answer is a round-trip sample (RFC 6298) that
-    # lifts the attempt timeout to about 450 ms: the second is held longer.
-    fu.rule("slowhedge2.example.", delay_ms=1200)
+    # Held long enough for the hedge's new connection to handshake on a
+    # loaded machine before the first copy's answer makes it moot.
+    fu.rule("slowhedge.example.", delay_ms=1000)
+    # The first's answer is a round-trip sample (RFC 6298) that lifts the
+    # attempt timeout to about 1.1 s: the second is held longer.
+    fu.rule("slowhedge2.example.", delay_ms=3000)
     d = t.dnsfwd(*it.tls_up(fu), "--prewarm", "--idle-timeout", "1",
-                 "--timeout", "3000")
+                 "--timeout", "6000")
     it.check(scen.until(lambda: fu.stats()["handshakes"] >= 1, 3),
              "--prewarm: no handshake within 3 s of start")
     for i in range(5):
         it.expect_a(it.ask_udp(d.port, "hw%d.example." % i), it.GOOD_ADDR,
                     "warm-up")
     before = d.stats()
-    it.expect_a(it.ask_udp(d.port, "slowhedge.example.", timeout=3),
-                it.GOOD_ADDR, "the query held 400 ms")
+    it.expect_a(it.ask_udp(d.port, "slowhedge.example.", timeout=7),
+                it.GOOD_ADDR, "the query held 1 s")
     it.check(it._delta(before, d.stats(), "hedges") == 1 and
              fu.count("slowhedge.example.") == 2, "want one second copy: "
              "hedges +%d, the upstream saw %d copies" % (
@@ -244,8 +246,8 @@ def priv_prewarm_keeps_hedge_spare(t):
     it.check(fu.stats()["closed"] == s["closed"], "a connection closed "
              "within 3 s of the hedge (--idle-timeout 1): before %s, after "
              "%s" % (s, fu.stats()))
-    it.expect_a(it.ask_udp(d.port, "slowhedge2.example.", timeout=3),
-                it.GOOD_ADDR, "the second query held 1200 ms")
+    it.expect_a(it.ask_udp(d.port, "slowhedge2.example.", timeout=7),
+                it.GOOD_ADDR, "the second query held 3 s")
     again = sorted({q["conn"] for q in fu.records("slowhedge2.example.")})
     it.check(again == conns and fu.stats()["handshakes"] == s["handshakes"],
              "the next hedge went over connections %s (before %s) with %d "

@@ -978,26 +978,30 @@ def _apply(change):
 
 def _netchange(t, change, tag):
     """A query stuck on a silent connection is answered at once on a new
-    one when `change` (ip arguments, run 0.7 s after sending) changes the
-    network."""
+    one when `change` (ip arguments, run once the upstream has read the
+    query) changes the network."""
     fu = t.fakeup()
     fu.set(mode="blackhole_first_conn")
     d = t.dnsfwd(*it.tls_up(fu), "--timeout", "6000", "--connections", "1")
     name = "%s.example." % tag
     box = {}
-    th = threading.Thread(target=lambda: box.setdefault(
-        "r", it.ask_udp(d.port, name, timeout=8)))
+    th = threading.Thread(target=lambda: box.update(
+        r=it.ask_udp(d.port, name, timeout=8), done=time.monotonic()))
     th.start()
-    time.sleep(0.7)
+    # On the silent connection: a change during its handshake would
+    # leave the query to the second connection alone.
+    it.check(scen.until(lambda: fu.count(name) >= 1, 5), "the query did "
+             "not reach the upstream within 5 s")
+    t0 = time.monotonic()
     _apply(change)
     th.join(10)
     r = box.get("r")
     it.check(r is not None, "query thread did not finish")
     it.expect_a(r, what="query stuck on a silent connection across the "
                 "change")
-    it.check(r.elapsed < 3.0, "answered %.2f s after sending; a network "
-             "change at 0.7 s should move it to a new connection at once "
-             "(deadline 6 s)" % r.elapsed)
+    it.check(box["done"] - t0 < 3.0, "answered %.2f s after the change; "
+             "it should move the query to a new connection at once "
+             "(deadline 6 s)" % (box["done"] - t0))
     st = fu.stats()
     on = sorted({q["conn"] for q in fu.records(name)})
     it.check(st["conns"] == 2 and on == [1, 2], "fakeup saw %d connections, "
@@ -1092,7 +1096,8 @@ def svc_netchange_max_delay(t):
         th = threading.Thread(target=lambda: box.setdefault(
             "r", it.ask_udp(d.port, "maxdelay.example.", timeout=10)))
         th.start()
-        time.sleep(0.7)
+        it.check(scen.until(lambda: fu.count("maxdelay.example.") >= 1, 5),
+                 "the query did not reach the upstream within 5 s")
         t0 = time.monotonic()
         move_local_route()
         answered = None
@@ -1108,7 +1113,7 @@ def svc_netchange_max_delay(t):
         it.expect_a(r, what="query stuck on a silent connection")
         it.check(answered is not None, "answered only after the stream of "
                  "events stopped (%.1f s after the route change, the stream "
-                 "lasted %.1f s)" % (r.elapsed - 0.7, stream))
+                 "lasted %.1f s)" % (time.monotonic() - t0, stream))
         it.check(answered < 3.0, "answered %.2f s after the route change, "
                  "want within 3 s" % answered)
         t.note("answered %.2f s after the route change" % answered)
@@ -1428,7 +1433,7 @@ def svc_tcp_user_timeout(t):
     for timeout, want in (("3000", 3000), ("400", 1000)):
         d = t.dnsfwd(*it.tls_up(fu), "--timeout", timeout, "--connections",
                      "1")
-        it.expect_a(it.ask_udp(d.port, "ut%s.example." % timeout))
+        it.ask_answered(d.port, "ut%s-" % timeout, "--timeout " + timeout)
         pid = d.proc.pid
         ups = {e["inode"] for e in proc_net(pid, "tcp")
                if e["rport"] == fu.port and e["state"] == 1}

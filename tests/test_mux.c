@@ -1659,6 +1659,28 @@ test_hedge(void)
 	teardown();
 
 	/*
+	 * From an upstream in good standing (it answered a query sent after
+	 * this one, so this is a loss, not silence) the hedge goes over its
+	 * second connection, not to the demoted other one.
+	 */
+	setup(2, 2, 8);
+	mux.ups[0].up_srtt = 1000;
+	mux.ups[1].up_srtt = 5000;
+	mux.ups[0].up_sampled = mux.ups[1].up_sampled = t;
+	health_failed(&mux.ups[1], NULL, "test", t);
+	mux.hedge_tokens = HEDGE_EVERY;
+	a = sendname(6, "h6");
+	flush_cb(loop, NULL, 0);
+	CHECK(att_of(a)->a_conn->c_up == &mux.ups[0]);
+	mux.ups[0].up_heard = mux.ups[0].up_heard_sent = now_ms() + 1;
+	expire_attempts();
+	CHECK(mux.ups[0].up_bad == 0);
+	CHECK(pq_of(a)->pq_att[1].a_conn != NULL &&
+	    pq_of(a)->pq_att[1].a_conn->c_up == &mux.ups[0] &&
+	    pq_of(a)->pq_att[1].a_conn != att_of(a)->a_conn);
+	teardown();
+
+	/*
 	 * A hedge that loses: the first copy's answer is delivered and the
 	 * hedge is not refunded; the hedge's answer, later, is no second
 	 * delivery (done_cb checks) and frees the entry it held.
