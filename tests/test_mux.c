@@ -1072,6 +1072,50 @@ test_deadline_not_silent(void)
 	teardown();
 }
 
+/* Whether fd asked for TCP Fast Open on connect, or -1: no such option. */
+static int
+fastopen_on(int fd)
+{
+	int		 v = -1;
+	socklen_t	 l = sizeof(v);
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, &v, &l) == -1)
+		return -1;
+	return v;
+}
+
+/*
+ * Fast Open turned off for an upstream after a path dropped a SYN with
+ * data stays off for its dials, and comes back with a network change,
+ * whose path may take it.
+ */
+static void
+test_fastopen_off(void)
+{
+	struct upstream	*up;
+	struct conn	*c;
+	int64_t		 t = now_ms();
+	int		 on;
+
+	setup(1, 2, 8);
+	up = &mux.ups[0];
+	make_idle(0, 1);
+	up->up_tfo_off_until = t + TFO_OFF_MS;
+	CHECK(upstream_dial(up, t) == 0 && (c = accept_dial(0)) != NULL);
+	on = c != NULL ? fastopen_on(c->c_fd) : -1;
+	if (on == -1) {
+		printf("skip test_fastopen_off: no TCP_FASTOPEN_CONNECT\n");
+		teardown();
+		return;
+	}
+	CHECK(on == 0);
+	mux_netchange(1, t);
+	CHECK(up->up_tfo_off_until == 0);
+	CHECK(upstream_dial(up, t) == 0 && (c = accept_dial(0)) != NULL);
+	CHECK(c != NULL && fastopen_on(c->c_fd) == 1);
+	teardown();
+}
+
 /* The real timer: a send times out at its deadline, not before. */
 static void
 test_deadline_timer(void)
@@ -2673,6 +2717,7 @@ main(void)
 	test_deadline();
 	test_deadline_not_silent();
 	test_deadline_timer();
+	test_fastopen_off();
 	test_timer_after_io();
 	test_extend();
 	test_deadline_earlier_send();
