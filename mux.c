@@ -314,9 +314,10 @@ dispatch(int64_t now)
  * upstream refused: to the best upstream that has neither a copy nor
  * said no, else on another connection of the one that has the copy (the
  * same connection would only queue it behind what holds the first).
- * From an upstream in good standing it goes to a demoted one only when
- * the first said no: a demoted upstream is silent or refusing, and gets
- * its copies as probes (probe()).  It waits for a dial if it must; with
+ * It goes to a demoted upstream only when that one ranks before the one
+ * with the copy (both demoted, and it heard from later), or the first
+ * said no: a demoted upstream is silent or refusing, and gets its copies
+ * as probes (probe()).  It waits for a dial if it must; with
  * nowhere left to go, or no hedge in the budget, the copy out is all; a
  * query with none gets what the upstreams said.
  */
@@ -334,7 +335,8 @@ hedge(struct pq *pq, int64_t now)
 	up = pick_upstream(now, pq->pq_said |
 	    (busy != NULL ? upstream_bit(busy->c_up) : 0));
 	if (busy != NULL && !(pq->pq_said & upstream_bit(busy->c_up)) &&
-	    (up == NULL || (up->up_bad > 0 && busy->c_up->up_bad == 0)))
+	    (up == NULL || (up->up_bad > 0 &&
+	    pick_upstream(now, pq->pq_said) == busy->c_up)))
 		up = busy->c_up;
 	if (up == NULL) {
 		pq_unqueue(pq);

@@ -1667,7 +1667,7 @@ test_hedge(void)
 {
 	struct rec	*a, *b;
 	int64_t		 t = now_ms();
-	int		 left;
+	int		 k, left;
 
 	two_measured(t);
 	a = sendname(1, "h1");
@@ -1723,6 +1723,28 @@ test_hedge(void)
 	    pq_of(a)->pq_att[1].a_conn->c_up == &mux.ups[0] &&
 	    pq_of(a)->pq_att[1].a_conn != att_of(a)->a_conn);
 	teardown();
+
+	/*
+	 * Both demoted, as when a stall silences the healthy one beside one
+	 * that refuses: the copy goes to the one heard from latest.
+	 */
+	for (k = 0; k < 2; k++) {
+		setup(2, 2, 8);
+		mux.ups[0].up_srtt = 1000;
+		mux.ups[1].up_srtt = 5000;
+		mux.ups[0].up_sampled = mux.ups[1].up_sampled = t;
+		mux.ups[0].up_heard = mux.ups[0].up_heard_sent = t - 500;
+		mux.ups[1].up_heard = k == 0 ? t - 1000 : t - 100;
+		health_failed(&mux.ups[1], NULL, "test", t);
+		mux.hedge_tokens = HEDGE_EVERY;
+		a = sendname(7 + k, k == 0 ? "h7" : "h8");
+		flush_cb(loop, NULL, 0);
+		expire_attempts();
+		CHECK(mux.ups[0].up_bad > 0);
+		CHECK(pq_of(a)->pq_att[1].a_conn != NULL &&
+		    pq_of(a)->pq_att[1].a_conn->c_up == &mux.ups[k]);
+		teardown();
+	}
 
 	/*
 	 * A hedge that loses: the first copy's answer is delivered and the
