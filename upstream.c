@@ -67,7 +67,7 @@ upstream_init(struct upstream *up, const struct config *cf,
 	up->up_idx = idx;
 	up->up_nconns = cf->cf_connections;
 	up->up_maxq = cf->cf_max_inflight;
-	up->up_last_rtt = -1;
+	health_reset(up);
 	snprintf(up->up_label, sizeof(up->up_label), "u%d %s", idx,
 	    addr_str(&uc->uc_addr.sa, a, sizeof(a)));
 	if (uc->uc_tls)
