@@ -147,6 +147,7 @@ conn_dial(struct conn *c, char *why, size_t whylen)
 		return -1;
 	}
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	sock_stamp_rx(fd);
 	/* The kernel too gives up on a dead path, not after many minutes. */
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
 	    sizeof(user_timeout));
@@ -171,6 +172,7 @@ conn_dial(struct conn *c, char *why, size_t whylen)
 	c->c_state = CONN_CONNECTING;
 	c->c_slow = 0;
 	c->c_inlen = c->c_outoff = c->c_outlen = 0;
+	c->c_arrived = -1;
 	c->c_queued = c->c_written = 0;
 	c->c_idle_ms = cn.cf->cf_idle_timeout_s * 1000LL;
 	c->c_server_idle = 0;
@@ -587,6 +589,15 @@ tcp_info(const struct conn *c, struct tcp_info *ti)
 }
 
 int64_t
+conn_arrived(const struct conn *c, const struct att *a, int64_t now)
+{
+	int64_t	 t = c->c_tls != NULL ? tls_arrived(c->c_tls) : c->c_arrived;
+
+	/* A stamp outside the attempt is of other data, or the clock's. */
+	return t >= a->a_sent && t <= now ? t : now;
+}
+
+int64_t
 conn_path_rtt(const struct conn *c)
 {
 	struct tcp_info	 ti;
@@ -704,7 +715,7 @@ conn_read(struct conn *c, uint8_t *buf, size_t len)
 
 	if (c->c_tls != NULL)
 		return tls_read(c->c_tls, buf, len);
-	n = recv(c->c_fd, buf, len, 0);
+	n = recv_arrived(c->c_fd, buf, len, &c->c_arrived);
 	c->c_drained = n >= 0 && (size_t)n < len;
 	if (n >= 0)
 		return (int)n;

@@ -108,6 +108,7 @@ struct conn {
 	uint64_t	 c_written;	/* bytes of them written out */
 	uint32_t	 c_reads;	/* successful reads, to spot silence */
 	int		 c_drained;	/* plain TCP: the last read came up short */
+	int64_t		 c_arrived;	/* plain TCP: the last read's stamp */
 	int64_t		 c_idle_ms;	/* ours, or within the server's (RFC 7828) */
 	int		 c_server_idle;	/* the server announced its idle timeout */
 	int		 c_write_wants_read;	/* TLS: retry the flush on EV_READ */
@@ -221,6 +222,11 @@ int	conn_has_room(const struct conn *);
 void	conn_send(struct conn *, struct att *, int64_t);
 /* The kernel's smoothed round trip of its TCP, in us; -1: none known. */
 int64_t	conn_path_rtt(const struct conn *);
+/*
+ * When the answer to a, being handed over at now, arrived: the kernel's
+ * stamp of the last read, which a stall of dnsfwd's own does not move.
+ */
+int64_t	conn_arrived(const struct conn *, const struct att *, int64_t now);
 /* Its TCP retransmitted since the last call: the path loses packets. */
 int	conn_retransmitted(struct conn *);
 /* An attempt on it timed out: it is suspect (conn_stalled). */

@@ -567,7 +567,7 @@ on_reply(struct conn *c, struct att *a, uint8_t *msg, size_t len,
 	struct pq	*pq = a->a_pq;
 	int		 rcode = msg[3] & F_RCODE;
 
-	health_rtt(up, a, now);
+	health_rtt(up, a, conn_arrived(c, a, now));
 	att_end(a);
 	if (health_rcode_failed(up, a, rcode, now)) {
 		if (pq->pq_done != NULL)

@@ -28,6 +28,7 @@
 
 #include "log.h"
 #include "tls.h"
+#include "util.h"
 
 #ifdef MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET
 #define TICKET	MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET
@@ -74,6 +75,7 @@ struct tls_conn {
 	size_t			 tc_roff;	/* next unread byte of tc_rbuf */
 	size_t			 tc_rlen;
 	int			 tc_drained;	/* the last recv came up short */
+	int64_t			 tc_arrived;	/* its data's stamp, recv_arrived */
 	uint8_t			 tc_rbuf[TLS_RBUF];
 	uint8_t			*tc_wbuf;	/* TLS_WBUF, on first need */
 	size_t			 tc_woff;	/* next unsent byte of tc_wbuf */
@@ -284,6 +286,7 @@ tls_conn_new(struct tls_upstream *tu, int fd)
 	}
 	tc->tc_up = tu;
 	tc->tc_fd = fd;
+	tc->tc_arrived = -1;
 	mbedtls_ssl_init(&tc->tc_ssl);
 	if (mbedtls_ssl_setup(&tc->tc_ssl, &tu->tu_conf) != 0 ||
 	    mbedtls_ssl_set_hostname(&tc->tc_ssl, tu->tu_name) != 0) {
@@ -371,6 +374,13 @@ tls_drained(struct tls_conn *tc)
 	return tc->tc_drained && tc->tc_roff == tc->tc_rlen &&
 	    mbedtls_ssl_get_bytes_avail(&tc->tc_ssl) == 0 &&
 	    !mbedtls_ssl_check_pending(&tc->tc_ssl);
+}
+
+/* When the data of its last recv arrived (recv_arrived), or -1. */
+int64_t
+tls_arrived(const struct tls_conn *tc)
+{
+	return tc->tc_arrived;
 }
 
 /* A resumed handshake is one that offered a ticket and saw no chain. */
@@ -582,7 +592,8 @@ bio_recv(void *ctx, unsigned char *buf, size_t len)
 	ssize_t		 n;
 
 	if (tc->tc_roff == tc->tc_rlen) {
-		n = recv(tc->tc_fd, tc->tc_rbuf, sizeof(tc->tc_rbuf), 0);
+		n = recv_arrived(tc->tc_fd, tc->tc_rbuf, sizeof(tc->tc_rbuf),
+		    &tc->tc_arrived);
 		if (n > 0) {
 			tc->tc_roff = 0;
 			tc->tc_rlen = (size_t)n;

@@ -35,6 +35,7 @@ int	tls_handshake(struct tls_conn *, char *, size_t);
 const char *tls_version(struct tls_conn *);
 int	tls_resumed(struct tls_conn *);
 int	tls_drained(struct tls_conn *);
+int64_t	tls_arrived(const struct tls_conn *);
 int	tls_read(struct tls_conn *, uint8_t *, size_t);
 int	tls_write(struct tls_conn *, const uint8_t *, size_t);
 int	tls_flush(struct tls_conn *);

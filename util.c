@@ -5,6 +5,8 @@
  */
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/uio.h>
 #include <arpa/inet.h>
 
 #include <errno.h>
@@ -68,6 +70,44 @@ int64_t
 boottime_ms(void)
 {
 	return clock_ms(CLOCK_BOOTTIME);
+}
+
+void
+sock_stamp_rx(int fd)
+{
+	int	 one = 1;
+
+	(void)setsockopt(fd, SOL_SOCKET, SO_TIMESTAMP, &one, sizeof(one));
+}
+
+ssize_t
+recv_arrived(int fd, void *buf, size_t len, int64_t *arrived)
+{
+	union {
+		struct cmsghdr	 h;
+		char		 b[CMSG_SPACE(sizeof(struct timeval))];
+	}		 cbuf;
+	struct iovec	 iov = { buf, len };
+	struct msghdr	 m = { .msg_iov = &iov, .msg_iovlen = 1,
+			    .msg_control = &cbuf, .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr	*h;
+	struct timeval	 tv;
+	ssize_t		 n;
+	int64_t		 age;
+
+	if ((n = recvmsg(fd, &m, 0)) <= 0)
+		return n;
+	*arrived = -1;
+	for (h = CMSG_FIRSTHDR(&m); h != NULL; h = CMSG_NXTHDR(&m, h)) {
+		if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_TIMESTAMP)
+			continue;
+		memcpy(&tv, CMSG_DATA(h), sizeof(tv));
+		/* The stamp is wall-clock time: only its age carries over. */
+		age = clock_ms(CLOCK_REALTIME) - ((int64_t)tv.tv_sec * 1000 +
+		    tv.tv_usec / 1000);
+		*arrived = now_ms() - (age > 0 ? age : 0);
+	}
+	return n;
 }
 
 void

@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <string.h>
 
 struct ev_loop;
@@ -29,6 +30,14 @@ int	passed_fds(int max);
 /* Monotonic milliseconds: every deadline and RTT in dnsfwd is in these. */
 int64_t	now_ms(void);
 int64_t	boottime_ms(void);
+/*
+ * The kernel stamps what a socket receives as it arrives (SO_TIMESTAMP):
+ * a round trip measured to that stamp leaves out the time dnsfwd itself
+ * was not running.  recv_arrived is recv(2) that also sets *arrived to
+ * the stamp of the last data read, as now_ms, or -1 when there is none.
+ */
+void	sock_stamp_rx(int);
+ssize_t	recv_arrived(int, void *, size_t, int64_t *arrived);
 /* getrandom(2); a failure leaves no safe source of IDs, so it is fatal. */
 void	random_bytes(void *, size_t);
 const char *addr_str(const struct sockaddr *, char *, size_t);

@@ -219,7 +219,7 @@ def _stopped_once(t, d, ups, name, stop):
     """One query whose upstream SIGSTOPs dnsfwd as it reads it, answers
     50 ms later, and SIGCONTs it `stop` s later once the answer is
     written.  (conclusive, reply, [copies per upstream], timeouts
-    charged, hedges sent); not conclusive when the stop came too late
+    charged, hedges sent, upstreams whose srtt rose); not conclusive when the stop came too late
     to hold back dnsfwd's attempt timer."""
     conts, stopped = [], []
     before, hedges = upstream_lines(d), d.stats().get("hedges", 0)
@@ -260,14 +260,17 @@ def _stopped_once(t, d, ups, name, stop):
                   for u in ("u0", "u1"))
     t.note("%s: stopped %.0f ms after sending, attempt timeout %.0f ms" % (
         name, (stopped[0] - sent) * 1000 if stopped else -1, attempt * 1000))
+    rose = ["%s %s -> %s ms" % (u, before[u]["srtt_ms"], after[u]["srtt_ms"])
+            for u in ("u0", "u1")
+            if float(after[u]["srtt_ms"]) > float(before[u]["srtt_ms"])]
     return (conclusive, r, [fu.count(name) for fu in ups], charged,
-            d.stats().get("hedges", 0) - hedges)
+            d.stats().get("hedges", 0) - hedges, rose)
 
 
 @scenario
 @slow
 def health_daemon_stopped_no_blame(t):
-    """dnsfwd stopped (SIGSTOP, as a frozen container or a debugger would) just after it sent a query, its answer arriving 50 ms later, then continued: after its attempt timeout and after its deadline the waiting answer is delivered; no copy goes to the other upstream, and neither is charged a timeout."""
+    """dnsfwd stopped (SIGSTOP, as a frozen container or a debugger would) just after it sent a query, its answer arriving 50 ms later, then continued: after its attempt timeout and after its deadline the waiting answer is delivered; no copy goes to the other upstream, neither is charged a timeout, and the round trip measured is the answer's 50 ms (its srtt falls), not the stop."""
     ups = [t.fakeup(), t.fakeup()]
     d = t.dnsfwd(*it.tls_up(ups[0]), *it.tls_up(ups[1], ca=False),
                  "--timeout", "2000")
@@ -286,8 +289,8 @@ def health_daemon_stopped_no_blame(t):
                        ("deadline", 2.5)):
         for n in range(3):
             name = "stopped-%s-%d.example." % (what.split()[0], n)
-            ok, r, copies, charged, hedged = _stopped_once(t, d, ups, name,
-                                                           stop)
+            ok, r, copies, charged, hedged, rose = _stopped_once(
+                t, d, ups, name, stop)
             if ok:
                 break
             t.note("%s: the stop came late, asked again" % name)
@@ -302,6 +305,10 @@ def health_daemon_stopped_no_blame(t):
                  "%s" % (charged, what))
         it.check(hedged == 0, "%d hedges sent after a stop past the %s" % (
             hedged, what))
+        # Answered 50 ms after it was sent, below every srtt here: the
+        # sample is the answer's arrival, not when dnsfwd woke to it.
+        it.check(not rose, "srtt rose after a stop past the %s: %s" % (
+            what, rose))
     t.note("answered after the stops; no timeout charged")
 
 
