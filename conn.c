@@ -74,6 +74,7 @@ static int	 conn_frames(struct conn *, int64_t);
 static int	 conn_reply(struct conn *, uint8_t *, size_t, int64_t);
 static void	 conn_keepalive(struct conn *, const uint8_t *, size_t);
 static void	 conn_idle_check(struct conn *);
+static void	 conn_timer_set(struct conn *, int64_t, int64_t);
 static void	 conn_flush(struct conn *);
 static void	 conn_flush_ack(struct conn *);
 static void	 conn_quickack(struct conn *);
@@ -180,8 +181,7 @@ conn_dial(struct conn *c, char *why, size_t whylen)
 	ev_io_set(&c->c_rio, fd, EV_READ);
 	ev_io_set(&c->c_wio, fd, EV_WRITE);
 	ev_io_start(cn.loop, &c->c_wio);
-	c->c_timer.repeat = cn.cf->cf_timeout_ms / 2000.0;
-	ev_timer_again(cn.loop, &c->c_timer);
+	conn_timer_set(c, cn.cf->cf_timeout_ms / 2, now_ms());
 	log_debug("%s c%d: connecting", c->c_up->up_label, c->c_idx);
 	return 0;
 }
@@ -395,11 +395,12 @@ conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	struct conn	*c = container_of(w, struct conn, c_timer);
 	int64_t		 now = now_ms();
 
-	(void)loop;
 	(void)revents;
+	if (timer_stalled(loop, w, c->c_due, now, &c->c_looked))
+		return;
 	if (c->c_state != CONN_READY && !c->c_slow) {
 		c->c_slow = 1;
-		ev_timer_again(cn.loop, &c->c_timer);
+		conn_timer_set(c, cn.cf->cf_timeout_ms / 2, now);
 		cn.ev->ce_slow(c, now);
 	} else if (c->c_state == CONN_CONNECTING)
 		conn_end(c, CONN_END_DIAL, "connect timed out", now);
@@ -411,7 +412,17 @@ conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			return;
 		}
 		conn_end(c, CONN_END_LOST, "idle", now);
-	}
+	} else
+		ev_timer_stop(loop, w);
+}
+
+/* A dial's halves and the idle timeout: repeats until re-armed. */
+static void
+conn_timer_set(struct conn *c, int64_t ms, int64_t now)
+{
+	c->c_due = now + ms;
+	c->c_timer.repeat = ms > 0 ? ms / 1000.0 : 0.001;
+	ev_timer_again(cn.loop, &c->c_timer);
 }
 
 /* Reads until the socket is drained, handing over every whole reply. */
@@ -536,8 +547,7 @@ conn_idle_check(struct conn *c)
 {
 	if (c->c_state != CONN_READY || c->c_inflight > 0)
 		return;
-	c->c_timer.repeat = c->c_idle_ms > 0 ? c->c_idle_ms / 1000.0 : 0.001;
-	ev_timer_again(cn.loop, &c->c_timer);
+	conn_timer_set(c, c->c_idle_ms, now_ms());
 }
 
 int
@@ -593,8 +603,13 @@ conn_arrived(const struct conn *c, const struct att *a, int64_t now)
 {
 	int64_t	 t = c->c_tls != NULL ? tls_arrived(c->c_tls) : c->c_arrived;
 
-	/* A stamp outside the attempt is of other data, or the clock's. */
-	return t >= a->a_sent && t <= now ? t : now;
+	/*
+	 * Both clocks are read to the ms, so a stamp may fall up to 2 ms
+	 * before the send; further off it is the wall clock's jump.
+	 */
+	if (t < a->a_sent - 2 || t > now)
+		return now;
+	return t > a->a_sent ? t : a->a_sent;
 }
 
 int64_t

@@ -124,6 +124,8 @@ struct conn {
 	ev_tstamp	 c_lastw;	/* loop time of the last write */
 	ev_tstamp	 c_gap;		/* between writes, averaged */
 	int		 c_slow;	/* dialling for over half a timeout */
+	int64_t		 c_due;		/* c_timer's, as now_ms */
+	int64_t		 c_looked;	/* timer_stalled's, for c_timer */
 	TAILQ_ENTRY(conn) c_dirtylink;
 };
 

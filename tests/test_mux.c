@@ -20,6 +20,7 @@
 #define tls_flush	fake_tls_flush
 #define tls_resumed	fake_tls_resumed
 #define tls_drained	fake_tls_drained
+#define tls_arrived	fake_tls_arrived
 #define tls_upstream_forget fake_tls_upstream_forget
 #include "../conn.c"
 #include "../upstream.c"
@@ -142,6 +143,14 @@ fake_tls_drained(struct tls_conn *tc)
 {
 	(void)tc;
 	return 0;
+}
+
+/* No stamp: a round trip over the fake ends at the read. */
+int64_t
+fake_tls_arrived(const struct tls_conn *tc)
+{
+	(void)tc;
+	return -1;
 }
 
 void
@@ -479,7 +488,6 @@ setup(int nup, int conns, int inflight)
 	test_start = nrecs;
 }
 
-/* Every send still pending reaches its deadline now. */
 /*
  * The timers' callbacks called directly, as a pass that has read its I/O
  * already: a test preempted between setting a time and the call must not
@@ -604,6 +612,12 @@ static int
 flag_set(const void *arg)
 {
 	return *(const int *)arg != 0;
+}
+
+static int
+conn_came_up(const void *arg)
+{
+	return ((const struct conn *)arg)->c_state == CONN_READY;
 }
 
 static int
@@ -1658,6 +1672,69 @@ test_timer_after_io(void)
 }
 
 /*
+ * The kernel turns stamping on a moment after the first socket asks
+ * (a deferred static key): answers until one carries a stamp.
+ */
+static int
+stamps_on(struct conn *c)
+{
+	struct rec	*a;
+	int		 i;
+
+	for (i = 0; i < 100; i++) {
+		a = sendname((uint16_t)(100 + i), "warm");
+		flush_cb(loop, NULL, 0);
+		if (answer_all(0, 0) != 1 || a->calls != 1)
+			return 0;
+		if (c->c_arrived != -1)
+			return 1;
+		usleep(1000);
+	}
+	return 0;
+}
+
+/*
+ * A round trip ends when the kernel stamped the answer (a dialled TCP
+ * socket), not when the loop got round to reading it, 30 ms later here;
+ * without a stamp (a socketpair) it ends at the read.
+ */
+static void
+test_rtt_arrival(void)
+{
+	struct upstream	*up;
+	struct conn	*c;
+	struct rec	*a;
+	int64_t		 sent, wrote;
+	int		 stamped;
+
+	for (stamped = 0; stamped < 2; stamped++) {
+		up = one_upstream(1, 1, 0);
+		if (stamped) {
+			make_idle(0, 0);
+			CHECK(upstream_dial(up, now_ms()) == 0 &&
+			    (c = accept_dial(0)) != NULL);
+			conn_write_cb(loop, &up->up_conns[0].c_wio, EV_WRITE);
+			CHECK(up->up_conns[0].c_state == CONN_READY);
+			CHECK(stamps_on(&up->up_conns[0]));
+		}
+		a = sendname((uint16_t)(20 + stamped), "stamped");
+		flush_cb(loop, NULL, 0);
+		CHECK(read_frames(peer[0][0]) == 1);
+		sent = att_of(a)->a_sent;
+		reply(peer[0][0], fr.m[0], fr.len[0], dns_get16(fr.m[0]), F_QR);
+		wrote = now_ms();
+		usleep(30000);
+		ev_run(loop, EVRUN_ONCE);
+		CHECK(a->calls == 1 && a->st == MUX_ANSWER);
+		if (stamped)	/* each side of the sum rounds to the ms */
+			CHECK(up->up_last_rtt <= (wrote - sent + 2) * 1000);
+		else
+			CHECK(up->up_last_rtt >= 30000);
+		teardown();
+	}
+}
+
+/*
  * A copy unanswered past its attempt timeout gets a second: from a
  * demoted upstream to one in good standing for free (failover), else
  * within the budget, on another connection, never the same one.
@@ -2134,6 +2211,30 @@ test_slow_dial(void)
 	CHECK(r->calls == 0);
 	flush_cb(loop, NULL, 0);
 	CHECK(answer_all(1, 0) == 1 && r->calls == 1 && r->st == MUX_ANSWER);
+	teardown();
+}
+
+/*
+ * A dial's timer that fires long past its end, dnsfwd having been
+ * stopped, does not fail the dial before the loop has read what came
+ * meanwhile: the connection that got through is kept.
+ */
+static void
+test_dial_stalled(void)
+{
+	struct conn	*c;
+
+	setup(1, 1, 8);
+	c = &mux.ups[0].up_conns[0];
+	make_idle(0, 0);
+	CHECK(upstream_dial(&mux.ups[0], now_ms()) == 0 &&
+	    accept_dial(0) == c);
+	c->c_slow = 1;
+	c->c_due = now_ms() - 100;
+	conn_timer_cb(loop, &c->c_timer, EV_TIMER);
+	CHECK(c->c_state == CONN_CONNECTING && ev_is_active(&c->c_timer));
+	CHECK(spin_until(conn_came_up, c, 1000));
+	CHECK(mux.ups[0].up_fails == 0);
 	teardown();
 }
 
@@ -2741,6 +2842,7 @@ main(void)
 	test_deadline_timer();
 	test_fastopen_off();
 	test_timer_after_io();
+	test_rtt_arrival();
 	test_extend();
 	test_deadline_earlier_send();
 	test_requeue_on_close();
@@ -2757,6 +2859,7 @@ main(void)
 	test_timeout_judgement();
 	test_pick_demoted();
 	test_slow_dial();
+	test_dial_stalled();
 	test_suspend();
 	test_keep_warm();
 	test_warm_backoff();
