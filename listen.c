@@ -84,6 +84,7 @@ struct tcp_client {
 	ev_io		 tc_wio;
 	ev_timer	 tc_idle;	/* no progress for TCP_CLIENT_IDLE */
 	int64_t		 tc_progress;	/* when it last made progress, ms */
+	int64_t		 tc_looked;	/* timer_stalled's, for tc_idle */
 	int		 tc_pending;	/* queries given to query.c */
 	int		 tc_denied;	/* not a client --allow admits */
 	int		 tc_last;	/* close once the output is written */
@@ -154,6 +155,7 @@ static void	client_close(struct tcp_client *, const char *, int);
 static void	client_read_cb(struct ev_loop *, ev_io *, int);
 static void	client_frames(struct tcp_client *, int64_t);
 static void	client_progress(struct tcp_client *, int64_t);
+static int	client_idle_s(const struct tcp_client *);
 static int	client_sent(struct tcp_client *, size_t);
 static void	client_write_cb(struct ev_loop *, ev_io *, int);
 static void	client_idle_cb(struct ev_loop *, ev_timer *, int);
@@ -734,7 +736,6 @@ client_open(int fd, const union sockaddr_any *peer)
 	ev_io_init(&c->tc_rio, client_read_cb, fd, EV_READ);
 	ev_io_init(&c->tc_wio, client_write_cb, fd, EV_WRITE);
 	timer_init(&c->tc_idle, client_idle_cb);
-	c->tc_idle.repeat = c->tc_denied ? TCP_DENIED_WAIT : TCP_CLIENT_IDLE;
 	ev_io_start(ls.loop, &c->tc_rio);
 	client_progress(c, now_ms());
 	ls.nclients++;
@@ -899,6 +900,12 @@ client_write_cb(struct ev_loop *l, ev_io *w, int revents)
 	client_flush(container_of(w, struct tcp_client, tc_wio));
 }
 
+static int
+client_idle_s(const struct tcp_client *c)
+{
+	return c->tc_denied ? TCP_DENIED_WAIT : TCP_CLIENT_IDLE;
+}
+
 /*
  * Progress is a whole query read or a whole answer written; only it
  * restarts the idle timer, so a client cannot keep its slot by sending,
@@ -908,6 +915,7 @@ static void
 client_progress(struct tcp_client *c, int64_t now)
 {
 	c->tc_progress = now;
+	c->tc_idle.repeat = client_idle_s(c);
 	ev_timer_again(ls.loop, &c->tc_idle);
 }
 
@@ -945,8 +953,12 @@ client_idle_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
 	struct tcp_client	*c = container_of(w, struct tcp_client, tc_idle);
 
-	(void)l;
 	(void)revents;
+	/* Not while what it sent as dnsfwd was stopped lies unread. */
+	if (timer_stalled(l, w, c->tc_progress + client_idle_s(c) * 1000LL,
+	    now_ms(), &c->tc_looked))
+		return;
+	w->repeat = client_idle_s(c);
 	if (c->tc_outlen > 0)
 		client_close(c, "not reading its answers", 1);
 	else if (c->tc_pending > 0)

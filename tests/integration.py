@@ -1408,6 +1408,33 @@ def tcp_client_stalled_idle(t):
 
 
 @scenario
+@slow
+def tcp_client_query_while_stopped(t):
+    """A TCP client's query sent while dnsfwd was stopped (SIGSTOP, as a frozen container) past the client's 10 s idle timeout is read and answered on that connection once dnsfwd continues, not closed as idle before it was read."""
+    fu = t.fakeup()
+    d = t.dnsfwd(*tls_up(fu))
+    with tcp_connect(d.port) as s:
+        s.sendall(fakeup.frame(make_query("before-stop.example.").to_wire()))
+        check(len(tcp_read_frames(s, 1, 5)) == 1, "no answer before the stop")
+        # Stopped asleep in epoll_wait, which then returns EINTR with
+        # nothing read: its timers are due, the query not yet seen.
+        time.sleep(0.5)
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        try:
+            s.sendall(fakeup.frame(make_query(
+                "while-stopped.example.").to_wire()))
+            time.sleep(11.5)
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        got = tcp_read_frames(s, 1, 5)
+        check(len(got) == 1, "no answer on the connection after the stop: "
+              "it was closed (fakeup saw %d queries)" % fu.nqueries())
+        m = dns.message.from_wire(got[0])
+        check([r.address for rr in m.answer for r in rr] == [GOOD_ADDR],
+              "bad answer %s" % m)
+
+
+@scenario
 def tcp_clients_not_reading_free_slots(t):
     """256 TCP clients (the most served at once) that each ask for 500 KB of cached answers and read none are all cut off, so a polite 257th client is still answered within 5 s."""
     _raise_nofile(4096)
