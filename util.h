@@ -6,12 +6,12 @@
 #ifndef UTIL_H
 #define UTIL_H
 
+#include <sys/types.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/types.h>
 #include <string.h>
 
 struct ev_loop;
