@@ -412,8 +412,7 @@ conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			return;
 		}
 		conn_end(c, CONN_END_LOST, "idle", now);
-	} else
-		ev_timer_stop(loop, w);
+	}
 }
 
 /* A dial's halves and the idle timeout: repeats until re-armed. */

@@ -736,6 +736,7 @@ client_open(int fd, const union sockaddr_any *peer)
 	ev_io_init(&c->tc_rio, client_read_cb, fd, EV_READ);
 	ev_io_init(&c->tc_wio, client_write_cb, fd, EV_WRITE);
 	timer_init(&c->tc_idle, client_idle_cb);
+	c->tc_idle.repeat = client_idle_s(c);
 	ev_io_start(ls.loop, &c->tc_rio);
 	client_progress(c, now_ms());
 	ls.nclients++;
@@ -915,7 +916,6 @@ static void
 client_progress(struct tcp_client *c, int64_t now)
 {
 	c->tc_progress = now;
-	c->tc_idle.repeat = client_idle_s(c);
 	ev_timer_again(ls.loop, &c->tc_idle);
 }
 
@@ -958,7 +958,6 @@ client_idle_cb(struct ev_loop *l, ev_timer *w, int revents)
 	if (timer_stalled(l, w, c->tc_progress + client_idle_s(c) * 1000LL,
 	    now_ms(), &c->tc_looked))
 		return;
-	w->repeat = client_idle_s(c);
 	if (c->tc_outlen > 0)
 		client_close(c, "not reading its answers", 1);
 	else if (c->tc_pending > 0)

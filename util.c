@@ -182,7 +182,10 @@ timer_stalled(struct ev_loop *loop, ev_timer *t, int64_t due, int64_t now,
 	if (now - due < TIMER_STALL_MS || *looked >= due)
 		return 0;
 	*looked = now;
-	timer_arm(loop, t, now, now);
+	/* A millisecond on; a repeating timer keeps its interval. */
+	ev_timer_stop(loop, t);
+	ev_timer_set(t, 0.001, t->repeat);
+	ev_timer_start(loop, t);
 	return 1;
 }
 

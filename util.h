@@ -58,9 +58,9 @@ void	timer_init(struct ev_timer *,
  * after `due` that dnsfwd itself was not running (stopped, frozen,
  * starved).  A stopped epoll_wait returns EINTR having read nothing, so
  * what came meanwhile may be unread: the timer is armed for the next
- * pass, which reads it first, and the caller returns.  `*looked` holds
- * when that pass was asked for: one is enough for whatever was due by
- * then.
+ * pass, which reads it first, and the caller returns; a repeating timer
+ * keeps its interval.  `*looked` holds when that pass was asked for: one
+ * is enough for whatever was due by then.
  */
 int	timer_stalled(struct ev_loop *, struct ev_timer *, int64_t due,
 	    int64_t now, int64_t *looked);

@@ -2217,6 +2217,29 @@ test_slow_dial(void)
 }
 
 /*
+ * A stamp counts within its attempt: up to 2 ms before the send (both
+ * clocks are read to the ms) it is the send; further before, after now,
+ * or none at all, the read time stands.
+ */
+static void
+test_arrived_bounds(void)
+{
+	static const int64_t	 stamp[] = { 9500, 8998, 8997, 10001, -1 };
+	static const int64_t	 want[] = { 9500, 9000, 10000, 10000, 10000 };
+	struct conn		 c;
+	struct att		 a;
+	size_t			 i;
+
+	memset(&c, 0, sizeof(c));
+	memset(&a, 0, sizeof(a));
+	a.a_sent = 9000;
+	for (i = 0; i < sizeof(stamp) / sizeof(stamp[0]); i++) {
+		c.c_arrived = stamp[i];
+		CHECK(conn_arrived(&c, &a, 10000) == want[i]);
+	}
+}
+
+/*
  * A dial's timer that fires long past its end, dnsfwd having been
  * stopped, does not fail the dial before the loop has read what came
  * meanwhile: the connection that got through is kept.
@@ -2845,6 +2868,7 @@ main(void)
 	test_fastopen_off();
 	test_timer_after_io();
 	test_rtt_arrival();
+	test_arrived_bounds();
 	test_extend();
 	test_deadline_earlier_send();
 	test_requeue_on_close();
